@@ -1,0 +1,257 @@
+"""The ``editpipe`` command line.
+
+Exit codes (manifest.md): 0 every run succeeded or was skipped; 1 some runs failed;
+2 the manifest or the settings are invalid (nothing was paid).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import EditpipeError, ManifestError, SettingsError
+from .jobs import JobStatus, JobStore
+from .ledger import usd
+from .settings import Settings
+
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_INVALID = 0, 1, 2
+
+
+class EditpipeGroup(click.Group):
+    """Turns our errors into a one-line message and the documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ManifestError as exc:
+            for issue in exc.issues:
+                err.print(str(issue), markup=False)
+            err.print(f"{len(exc.issues)} error(s); nothing was submitted.", markup=False)
+            sys.exit(EXIT_INVALID)
+        except SettingsError as exc:
+            err.print(f"editpipe: {exc}", markup=False)
+            sys.exit(EXIT_INVALID)
+        except EditpipeError as exc:
+            err.print(f"editpipe: {exc}", markup=False)
+            sys.exit(EXIT_FAILED_RUNS)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _jobs(settings: Settings) -> JobStore:
+    if not settings.redis_url:
+        raise SettingsError("REDIS_URL is not set: the distributed commands need the Redis the workers use")
+    return JobStore.from_url(settings.redis_url)
+
+
+def _exit_code(status: JobStatus) -> int:
+    return EXIT_OK if status.failed == 0 and status.status in ("succeeded",) else EXIT_FAILED_RUNS
+
+
+@click.group(cls=EditpipeGroup)
+@click.version_option(package_name="editpipe")
+def main() -> None:
+    """editpipe: YAML manifests in, paid image edits, results and an exact cost ledger out."""
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+def validate(manifest: Path) -> None:
+    """Check a manifest; print every error as file:line:col: field: message."""
+    from .submission import prepare
+
+    prepared = prepare(manifest, _settings())
+    console.print(f"{manifest}: ok, {len(prepared.plan.runs)} runs", markup=False)
+
+
+@main.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema (for editors)."""
+    from .manifest import manifest_json_schema
+
+    click.echo(json.dumps(manifest_json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--limit", default=50, show_default=True, help="Rows of the run table to show.")
+def plan(manifest: Path, limit: int) -> None:
+    """Show the runs a manifest expands to and what they would cost. Pays nothing."""
+    from .submission import prepare
+
+    prepared = prepare(manifest, _settings())
+    runs = prepared.plan.runs
+    table = Table(title=f"{prepared.manifest.name}: {len(runs)} runs")
+    for col in ("#", "image set", "prompt", "variant", "options", "output", "run key"):
+        table.add_column(col)
+    for run in runs[:limit]:
+        opts = " ".join(f"{k}={v}" for k, v in run.options.items())
+        table.add_row(str(run.index), run.image_set, run.prompt_id, str(run.variant), opts, run.output_key, run.run_key[:12])
+    console.print(table)
+    if len(runs) > limit:
+        console.print(f"… and {len(runs) - limit} more", markup=False)
+    budget = prepared.manifest.budget_usd
+    console.print(f"Estimated cost: ${usd(prepared.estimated_usd)} for {len(runs)} runs", markup=False)
+    if budget is not None:
+        verdict = "within" if prepared.estimated_usd <= budget else "OVER"
+        console.print(f"Budget: ${usd(budget)} ({verdict} budget)", markup=False)
+
+
+def _progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
+    from .submission import follow
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]} · failed {task.fields[failed]} · ${task.fields[spent]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(job_id, total=None, ok=0, failed=0, spent="0.00")
+
+        def show(status: JobStatus) -> None:
+            progress.update(
+                task,
+                total=status.total,
+                completed=status.finished,
+                ok=status.succeeded + status.skipped,
+                failed=status.failed,
+                spent=usd(status.spent_usd),
+            )
+
+        return follow(jobs, job_id, show)
+
+
+def _print_summary(status: JobStatus) -> None:
+    console.print(
+        f"Job {status.id}: {status.status}\n"
+        f"  runs: {status.total} planned, {status.succeeded} succeeded, {status.skipped} skipped, {status.failed} failed\n"
+        f"  spent: ${usd(status.spent_usd)}"
+        + (f" of ${usd(status.budget_usd)} budget" if status.budget_usd is not None else "")
+        + f"\n  results: {status.output}/jobs/{status.id}/  (report.html, results.jsonl, ledger.jsonl)",
+        markup=False,
+    )
+    if status.error:
+        console.print(f"  error: {status.error}", markup=False)
+
+
+def _failures(jobs: JobStore, job_id: str, limit: int = 10) -> None:
+    failed = [r for r in jobs.results(job_id) if r["status"] == "failed"]
+    for r in failed[:limit]:
+        console.print(f"  failed {r['image_set']}/{r['prompt']}/v{r['variant']}: {r['error']}", markup=False)
+    if len(failed) > limit:
+        console.print(f"  … {len(failed) - limit} more in results.jsonl", markup=False)
+
+
+def _enqueuer(settings: Settings):
+    """Sends a job's first chunk to the workers' broker (the task is looked up by name)."""
+    from workers.celery_app import make_app
+
+    app = make_app(settings)
+
+    def enqueue(job_id: str) -> None:
+        app.send_task("editpipe.enqueue_chunk", (job_id, 0))
+
+    return enqueue
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--simulate", is_flag=True, help="Run against the built-in API simulator (nothing is paid).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
+@click.option("--concurrency", default=4, show_default=True, help="Pool size of each worker process.")
+def run(manifest: Path, simulate: bool, workers: int, concurrency: int) -> None:
+    """Run a manifest start to finish on this machine (private Redis, workers, progress bar)."""
+    from .embedded import embedded
+    from .submission import prepare, submit
+
+    settings = _settings()
+    if not simulate:
+        settings.require_api_key()
+    prepared = prepare(manifest, settings)
+    console.print(
+        f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs, estimated ${usd(prepared.estimated_usd)}"
+        + (" (simulated API: nothing is paid)" if simulate else ""),
+        markup=False,
+    )
+    with embedded(settings, simulate=simulate, workers=workers, concurrency=concurrency) as live:
+        jobs = _jobs(live)
+        job_id = submit(prepared, jobs, _enqueuer(live))
+        status = _progress_follow(jobs, job_id)
+        _print_summary(status)
+        _failures(jobs, job_id)
+    sys.exit(_exit_code(status))
+
+
+@main.command("submit")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
+def submit_cmd(manifest: Path, wait: bool) -> None:
+    """Submit a manifest to the workers (`celery -A workers worker`); prints the job id."""
+    from .submission import prepare, submit
+
+    settings = _settings()
+    jobs = _jobs(settings)
+    prepared = prepare(manifest, settings)
+    job_id = submit(prepared, jobs, _enqueuer(settings))
+    click.echo(job_id)
+    if wait:
+        status = _progress_follow(jobs, job_id)
+        _print_summary(status)
+        _failures(jobs, job_id)
+        sys.exit(_exit_code(status))
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(job_id: str, as_json: bool) -> None:
+    """Show one job's progress, counts and spend."""
+    st = _jobs(_settings()).status(job_id)
+    if as_json:
+        click.echo(json.dumps(st.to_dict(), indent=2))
+    else:
+        _print_summary(st)
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+def jobs(limit: int) -> None:
+    """List recent jobs."""
+    table = Table()
+    for col in ("job", "status", "planned", "ok", "failed", "spent", "created"):
+        table.add_column(col)
+    for st in _jobs(_settings()).recent(limit):
+        table.add_row(st.id, st.status, str(st.total), str(st.succeeded + st.skipped), str(st.failed),
+                      f"${usd(st.spent_usd)}", st.created_at)
+    console.print(table)
+
+
+@main.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Stop submitting a job's runs; predictions already running still finish and are collected."""
+    st = _jobs(_settings()).cancel(job_id)
+    console.print(f"{job_id}: cancel requested ({st.finished}/{st.total} runs finished)", markup=False)
+
+
+def _attach_simulator() -> None:
+    from .simulator.cli import simulate_api
+
+    main.add_command(simulate_api, "simulate-api")
+
+
+_attach_simulator()

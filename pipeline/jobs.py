@@ -1,0 +1,286 @@
+"""Jobs: the live state of every job in Redis.
+
+A job is a hash of counters and facts (``ep:job:<id>``) plus a few hashes keyed by run
+index: the planned runs, the prediction id of each submitted run, and the result of each
+finished run. Every change that must happen once (a run finishing, a prediction being
+charged) is one Lua script call, so concurrent workers and redelivered tasks cannot
+count twice. Storage, not Redis, is the lasting record: ``finalize`` writes it out.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from importlib import resources
+
+import redis
+
+from .errors import JobNotFound
+from .ledger import from_micros
+from .plan import Run
+
+PREFIX = "ep"
+JOBS_INDEX = f"{PREFIX}:jobs"
+ACTIVE = ("queued", "running")
+
+
+def _load_script(client: redis.Redis, name: str):
+    source = resources.files("pipeline").joinpath("lua", name).read_text()
+    return client.register_script(source)
+
+
+def new_job_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one job, read from Redis."""
+
+    id: str
+    name: str
+    status: str
+    output: str
+    total: int
+    succeeded: int
+    skipped: int
+    failed: int
+    finished: int
+    spent_usd: Decimal
+    estimated_usd: Decimal
+    budget_usd: Decimal | None
+    created_at: str
+    finished_at: str
+    error: str
+
+    @property
+    def done(self) -> bool:
+        return self.status not in ACTIVE
+
+    @property
+    def in_progress(self) -> int:
+        return self.total - self.finished
+
+    def to_dict(self) -> dict:
+        from .ledger import usd
+
+        return {
+            "job_id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "output": self.output,
+            "counts": {
+                "planned": self.total,
+                "succeeded": self.succeeded,
+                "skipped": self.skipped,
+                "failed": self.failed,
+                "unfinished": self.in_progress,
+            },
+            "spent_usd": usd(self.spent_usd),
+            "estimated_usd": usd(self.estimated_usd),
+            "budget_usd": usd(self.budget_usd) if self.budget_usd is not None else None,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at or None,
+            "error": self.error or None,
+        }
+
+
+class JobStore:
+    """Job state in Redis, shared by the CLI and every worker."""
+
+    def __init__(self, client: redis.Redis):
+        self.r = client
+        self._finish = _load_script(client, "finish_run.lua")
+
+    @classmethod
+    def from_url(cls, url: str) -> "JobStore":
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    # keys
+    @staticmethod
+    def key(job_id: str, part: str = "") -> str:
+        return f"{PREFIX}:job:{job_id}" + (f":{part}" if part else "")
+
+    # creating
+    def create(
+        self,
+        job_id: str,
+        *,
+        name: str,
+        output: str,
+        runs: Iterable[Run],
+        total: int,
+        estimated_usd: Decimal,
+        budget_usd: Decimal | None,
+        created_at: str,
+        batch: int = 2000,
+    ) -> None:
+        runs_key = self.key(job_id, "runs")
+        pipe = self.r.pipeline(transaction=False)
+        pending = 0
+        for run in runs:
+            pipe.hset(runs_key, str(run.index), json.dumps(run.to_dict(), separators=(",", ":")))
+            pending += 1
+            if pending >= batch:
+                pipe.execute()
+                pending = 0
+        pipe.hset(
+            self.key(job_id),
+            mapping={
+                "id": job_id,
+                "name": name,
+                "status": "queued",
+                "output": output,
+                "total": total,
+                "succeeded": 0,
+                "skipped": 0,
+                "failed": 0,
+                "finished": 0,
+                "spent_micros": 0,
+                "estimated_usd": str(estimated_usd),
+                "budget_usd": "" if budget_usd is None else str(budget_usd),
+                "created_at": created_at,
+                "finished_at": "",
+                "error": "",
+            },
+        )
+        pipe.zadd(JOBS_INDEX, {job_id: datetime.now(timezone.utc).timestamp()})
+        pipe.execute()
+
+    # reading
+    def status(self, job_id: str) -> JobStatus:
+        h = self.r.hgetall(self.key(job_id))
+        if not h:
+            raise JobNotFound(f"no job {job_id!r} (see `editpipe jobs`)")
+        budget = h.get("budget_usd") or ""
+        return JobStatus(
+            id=h["id"],
+            name=h["name"],
+            status=h["status"],
+            output=h["output"],
+            total=int(h["total"]),
+            succeeded=int(h["succeeded"]),
+            skipped=int(h["skipped"]),
+            failed=int(h["failed"]),
+            finished=int(h["finished"]),
+            spent_usd=from_micros(h["spent_micros"]),
+            estimated_usd=Decimal(h["estimated_usd"]),
+            budget_usd=Decimal(budget) if budget else None,
+            created_at=h["created_at"],
+            finished_at=h.get("finished_at", ""),
+            error=h.get("error", ""),
+        )
+
+    def recent(self, limit: int = 20) -> list[JobStatus]:
+        ids = self.r.zrevrange(JOBS_INDEX, 0, limit - 1)
+        out = []
+        for job_id in ids:
+            try:
+                out.append(self.status(job_id))
+            except JobNotFound:
+                self.r.zrem(JOBS_INDEX, job_id)
+        return out
+
+    def field(self, job_id: str, name: str) -> str | None:
+        return self.r.hget(self.key(job_id), name)
+
+    def run(self, job_id: str, index: int) -> Run:
+        raw = self.r.hget(self.key(job_id, "runs"), str(index))
+        if raw is None:
+            raise JobNotFound(f"job {job_id!r} has no run {index}")
+        return Run.from_dict(json.loads(raw))
+
+    def runs(self, job_id: str) -> Iterator[Run]:
+        for _, raw in self.r.hscan_iter(self.key(job_id, "runs"), count=1000):
+            yield Run.from_dict(json.loads(raw))
+
+    def results(self, job_id: str) -> list[dict]:
+        lines = [json.loads(v) for _, v in self.r.hscan_iter(self.key(job_id, "results"), count=1000)]
+        return sorted(lines, key=lambda line: line["index"])
+
+    def ledger(self, job_id: str) -> list[dict]:
+        lines = [json.loads(v) for _, v in self.r.hscan_iter(self.key(job_id, "ledger"), count=1000)]
+        return sorted(lines, key=lambda line: (line["charged_at"], line["prediction_id"]))
+
+    def is_finished(self, job_id: str, index: int) -> bool:
+        return bool(self.r.hexists(self.key(job_id, "results"), str(index)))
+
+    # run state
+    def prediction_of(self, job_id: str, index: int) -> str | None:
+        return self.r.hget(self.key(job_id, "pred"), str(index))
+
+    def record_prediction(self, job_id: str, index: int, prediction_id: str) -> None:
+        """Stored the moment the submit answers: a redelivered task polls this one instead
+        of submitting again."""
+        self.r.hset(self.key(job_id, "pred"), str(index), prediction_id)
+
+    def claim(self, job_id: str, index: int, token: str, ttl_s: int) -> bool:
+        """Only one delivery of a run may be submitting it at a time."""
+        key = self.key(job_id, f"claim:{index}")
+        if self.r.set(key, token, nx=True, ex=ttl_s):
+            return True
+        return self.r.get(key) == token
+
+    def release_claim(self, job_id: str, index: int) -> None:
+        self.r.delete(self.key(job_id, f"claim:{index}"))
+
+    def mark_running(self, job_id: str) -> None:
+        self.r.hsetnx(self.key(job_id), "started_at", datetime.now(timezone.utc).isoformat())
+        # Only a queued job becomes running; a cancelled or stopped one stays as it is.
+        self.r.eval(
+            "if redis.call('HGET', KEYS[1], 'status') == 'queued' then "
+            "redis.call('HSET', KEYS[1], 'status', 'running') end",
+            1,
+            self.key(job_id),
+        )
+
+    def stop(self, job_id: str, reason: str) -> None:
+        """Stop submitting for this job (a 401, say); runs in flight still finish."""
+        self.r.hsetnx(self.key(job_id), "stop_reason", reason)
+
+    def stop_reason(self, job_id: str) -> str | None:
+        return self.r.hget(self.key(job_id), "stop_reason")
+
+    def cancel(self, job_id: str) -> JobStatus:
+        status = self.status(job_id)
+        if not status.done:
+            self.stop(job_id, "cancelled")
+            self.r.hset(self.key(job_id), "cancel_requested", "1")
+        return self.status(job_id)
+
+    def finish_run(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        outcome: str,
+        result: dict,
+        ledger_line: dict | None = None,
+        cost_micros: int = 0,
+    ) -> int:
+        """Record a run's end once. Returns 1 if it was the job's last run, 0 if not, -1 if
+        the run had already finished (the call changed nothing)."""
+        return int(
+            self._finish(
+                keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "ledger")],
+                args=[
+                    index,
+                    outcome,
+                    json.dumps(result, separators=(",", ":")),
+                    ledger_line["prediction_id"] if ledger_line else "",
+                    json.dumps(ledger_line, separators=(",", ":")) if ledger_line else "",
+                    cost_micros,
+                ],
+            )
+        )
+
+    def set_final(self, job_id: str, status: str, finished_at: str) -> None:
+        self.r.hset(self.key(job_id), mapping={"status": status, "finished_at": finished_at})
+
+    def set_error(self, job_id: str, message: str) -> None:
+        self.r.hset(self.key(job_id), "error", message)

@@ -1,0 +1,19 @@
+-- Finish one run of a job, exactly once, and charge its prediction exactly once.
+-- KEYS[1] job hash, KEYS[2] results hash (index -> result line), KEYS[3] ledger hash
+-- (prediction id -> ledger line)
+-- ARGV[1] run index, ARGV[2] counter to bump (succeeded|skipped|failed), ARGV[3] result line,
+-- ARGV[4] prediction id ('' when nothing is charged), ARGV[5] ledger line, ARGV[6] cost in micro-USD
+-- Returns -1 when the run was already finished (a redelivery), 1 when this call finished the
+-- job's last run (the caller then finalizes the job), 0 otherwise.
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
+  return -1
+end
+if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'spent_micros', ARGV[6])
+end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)
+if finished == tonumber(redis.call('HGET', KEYS[1], 'total')) then
+  return 1
+end
+return 0

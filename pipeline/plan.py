@@ -1,0 +1,237 @@
+"""Plans: a validated manifest turned into the ordered list of runs a job will pay for.
+
+Each run carries a ``run_key``, the sha256 of what the provider is asked to do: the model,
+every resolved request option, the prompt as sent, the inputs by content identity, and the
+variant number. Equal requests get equal keys in any process on any day, which is what lets
+a job skip runs already done; the key never depends on the output root, the manifest name
+or the run's position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .manifest import EXTENSIONS, Combination, ImageSet, Manifest, image_kind
+from .modelspec import ModelSpec
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One reference image of a run.
+
+    ``uri``: s3:// and http(s) URIs as written, local files as an absolute path.
+    ``identity``: ``sha256:<hex>`` of a local file's bytes, ``etag:<etag>`` of an s3 object,
+    the URI itself for http(s) (the provider fetches it; we cannot see what it will get).
+    """
+
+    uri: str
+    kind: str
+    identity: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"uri": self.uri, "kind": self.kind, "identity": self.identity}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One paid edit request, fully resolved: nothing left to look up in the manifest.
+
+    ``options`` holds every request option of the model; ``output_key`` already has the
+    output format's extension; ``variant`` is 1-based, ``index`` 0-based in plan order.
+    """
+
+    index: int
+    run_key: str
+    image_set: str
+    prompt_id: str
+    variant: int
+    model: str
+    prompt: str
+    options: dict[str, str]
+    inputs: tuple[InputRef, ...]
+    output_key: str
+    vars: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict that ``from_dict`` turns back into an equal ``Run``."""
+        return {
+            "index": self.index,
+            "run_key": self.run_key,
+            "image_set": self.image_set,
+            "prompt_id": self.prompt_id,
+            "variant": self.variant,
+            "model": self.model,
+            "prompt": self.prompt,
+            "options": dict(self.options),
+            "inputs": [ref.to_dict() for ref in self.inputs],
+            "output_key": self.output_key,
+            "vars": dict(self.vars),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Run:
+        return cls(
+            index=int(d["index"]),
+            run_key=str(d["run_key"]),
+            image_set=str(d["image_set"]),
+            prompt_id=str(d["prompt_id"]),
+            variant=int(d["variant"]),
+            model=str(d["model"]),
+            prompt=str(d["prompt"]),
+            options={str(k): str(v) for k, v in d["options"].items()},
+            inputs=tuple(InputRef(str(i["uri"]), str(i["kind"]), str(i["identity"])) for i in d["inputs"]),
+            output_key=str(d["output_key"]),
+            vars={str(k): str(v) for k, v in d["vars"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifest_name: str
+    runs: list[Run]
+
+    def estimated_cost(self, specs: Mapping[str, ModelSpec]) -> Decimal:
+        """What the whole plan costs if every run completes (only completed runs are billed)."""
+        return self.cost_of(self.runs, specs)
+
+    def cost_of(self, runs: Iterable[Run], specs: Mapping[str, ModelSpec]) -> Decimal:
+        """What ``runs`` cost if each completes once."""
+        return sum((specs[run.model].price_for(run.options) for run in runs), Decimal(0))
+
+
+def run_key(model: str, options: Mapping[str, str], prompt: str, inputs: Iterable[InputRef], variant: int) -> str:
+    """The sha256 (hex) of a canonical JSON of one request; see the module docstring.
+
+    Local inputs count by content only, so a checkout in another directory (or a renamed
+    file with the same bytes) keeps its keys; s3 inputs by URI and ETag; URLs by URI.
+    """
+    canonical = {
+        "model": model,
+        "options": dict(options),
+        "prompt": prompt,
+        "inputs": [_input_identity(ref) for ref in inputs],
+        "variant": variant,
+    }
+    return hashlib.sha256(_canonical_json(canonical).encode("utf-8")).hexdigest()
+
+
+def _input_identity(ref: InputRef) -> list[str]:
+    return [ref.identity] if ref.kind == "local" else [ref.uri, ref.identity]
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Identities:
+    """Input identities, each computed once per plan however many runs share the input."""
+
+    def __init__(self, manifest: Manifest, s3_etag: Callable[[str], str] | None):
+        self._manifest = manifest
+        self._s3_etag = s3_etag
+        self._refs: dict[str, InputRef] = {}
+        self._sets: dict[int, tuple[InputRef, ...]] = {}
+
+    def of_set(self, image_set: ImageSet) -> tuple[InputRef, ...]:
+        if id(image_set) not in self._sets:
+            self._sets[id(image_set)] = tuple(self._ref(ref) for ref in image_set.images)
+        return self._sets[id(image_set)]
+
+    def _ref(self, ref: str) -> InputRef:
+        if ref not in self._refs:
+            self._refs[ref] = self._identify(ref)
+        return self._refs[ref]
+
+    def _identify(self, ref: str) -> InputRef:
+        kind = image_kind(ref)
+        if kind == "https":
+            return InputRef(ref, kind, ref)
+        if kind == "s3":
+            if self._s3_etag is None:
+                raise ValueError(f"{ref} is in S3: planning needs an s3_etag lookup to identify it")
+            # S3 sends ETags quoted; the quotes are transport, not identity.
+            etag = self._s3_etag(ref).strip('"')
+            return InputRef(ref, kind, f"etag:{etag}")
+        path = self._manifest.local_path(ref)
+        return InputRef(str(path), kind, f"sha256:{_file_sha256(path)}")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def plan_runs(
+    manifest: Manifest,
+    specs: Mapping[str, ModelSpec],
+    s3_etag: Callable[[str], str] | None = None,
+) -> Plan:
+    """Every run of ``manifest``, in the order of ``Manifest.combinations``.
+
+    ``s3_etag(uri)`` returns an s3 object's ETag; it is required when any input is in S3
+    (``ValueError`` otherwise). Deterministic: the same manifest and input bytes give the
+    same runs and keys.
+    """
+    identities = _Identities(manifest, s3_etag)
+    prompts: dict[tuple[int, int], str] = {}
+    # The canonical JSON of a combination, up to the variant number: "variant" sorts last,
+    # so every variant's key is this prefix plus its number (the same text run_key builds).
+    prefixes: dict[tuple[int, int, int], str] = {}
+    runs: list[Run] = []
+    for combo in manifest.combinations(specs):
+        image_set, prompt = combo.image_set, combo.prompt
+        inputs = identities.of_set(image_set)
+        pair = (id(image_set), id(prompt))
+        if pair not in prompts:
+            prompts[pair] = manifest.render_prompt(image_set, prompt)
+        text = prompts[pair]
+        # combinations() shares one options dict per prompt/run entry and matrix value for
+        # the whole iteration, so its id names that option set while we loop.
+        prefix_key = (*pair, id(combo.options))
+        if prefix_key not in prefixes:
+            prefixes[prefix_key] = _key_prefix(combo, text, inputs)
+        key = hashlib.sha256(f"{prefixes[prefix_key]}{combo.variant}}}".encode("utf-8")).hexdigest()
+        runs.append(
+            Run(
+                index=len(runs),
+                run_key=key,
+                image_set=image_set.id,
+                prompt_id=prompt.id,
+                variant=combo.variant,
+                model=combo.model,
+                prompt=text,
+                options=dict(combo.options),
+                inputs=inputs,
+                output_key=_output_key(manifest, combo),
+                vars=dict(image_set.vars),
+            )
+        )
+    return Plan(manifest_name=manifest.name, runs=runs)
+
+
+def _key_prefix(combo: Combination, prompt: str, inputs: tuple[InputRef, ...]) -> str:
+    canonical = _canonical_json(
+        {
+            "inputs": [_input_identity(ref) for ref in inputs],
+            "model": combo.model,
+            "options": dict(combo.options),
+            "prompt": prompt,
+            "variant": 0,
+        }
+    )
+    return canonical[: -len("0}")]
+
+
+def _output_key(manifest: Manifest, combo: Combination) -> str:
+    return f"{manifest.render_output_key(combo)}.{EXTENSIONS[combo.options['output_format']]}"

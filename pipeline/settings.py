@@ -1,0 +1,124 @@
+"""Settings: the one place editpipe reads the environment and ``configs/``.
+
+Every other module receives a ``Settings`` (or values taken from it); none reads
+``os.environ`` itself. The API key is a ``SecretStr`` so that neither ``repr`` nor a log
+line can print it by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from .errors import SettingsError
+
+DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+# Account limits by tier, from the provider's documentation (wavespeed-api.md).
+TIERS: dict[str, tuple[int, int]] = {
+    "bronze": (10, 3),
+    "silver": (500, 100),
+    "gold": (3000, 2000),
+    "ultra": (5000, 5000),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: SecretStr | None = None
+    base_url: str = DEFAULT_BASE_URL
+    redis_url: str | None = None
+    s3_endpoint_url: str | None = None
+    configs_dir: Path = PACKAGE_CONFIGS
+    tier: str = "bronze"
+    images_per_minute: int = TIERS["bronze"][0]
+    max_concurrent: int = TIERS["bronze"][1]
+    request_timeout_s: float = 60.0
+    # First poll of a prediction, and the cap of its growing interval (the provider asks
+    # for at least 2 s between checks of the same task).
+    poll_initial_s: float = 2.0
+    poll_max_s: float = 30.0
+    # Transient errors (5xx, timeouts) a run may meet before it fails; 429s never count.
+    max_transient_retries: int = 8
+    submit_chunk_size: int = 200
+    daily_budget_usd: Decimal | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        tier = env.get("WAVESPEED_TIER", "bronze").strip().lower()
+        if tier not in TIERS:
+            raise SettingsError(f"WAVESPEED_TIER={tier!r} is not one of {', '.join(TIERS)}")
+        per_minute, concurrent = TIERS[tier]
+        key = env.get("WAVESPEED_API_KEY", "").strip()
+        return cls(
+            api_key=SecretStr(key) if key else None,
+            base_url=env.get("WAVESPEED_BASE_URL", DEFAULT_BASE_URL).rstrip("/") or DEFAULT_BASE_URL,
+            redis_url=env.get("REDIS_URL") or None,
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
+            configs_dir=Path(env.get("EDITPIPE_CONFIGS", str(PACKAGE_CONFIGS))),
+            tier=tier,
+            images_per_minute=_int(env, "WAVESPEED_IMAGES_PER_MINUTE", per_minute),
+            max_concurrent=_int(env, "WAVESPEED_MAX_CONCURRENT", concurrent),
+            request_timeout_s=_float(env, "EDITPIPE_REQUEST_TIMEOUT", 60.0),
+            poll_initial_s=_float(env, "EDITPIPE_POLL_INITIAL", 2.0),
+            poll_max_s=_float(env, "EDITPIPE_POLL_MAX", 30.0),
+            max_transient_retries=_int(env, "EDITPIPE_MAX_RETRIES", 8),
+            submit_chunk_size=_int(env, "EDITPIPE_CHUNK_SIZE", 200),
+            daily_budget_usd=_decimal(env, "EDITPIPE_DAILY_BUDGET_USD"),
+        )
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.configs_dir / "models"
+
+    def require_api_key(self) -> str:
+        if self.api_key is None:
+            raise SettingsError(
+                "no API key: set WAVESPEED_API_KEY, or add --simulate to run against the "
+                "built-in simulator (nothing is paid)"
+            )
+        return self.api_key.get_secret_value()
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def _decimal(env: Mapping[str, str], name: str) -> Decimal | None:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name} must be a decimal amount in USD, got {raw!r}") from None

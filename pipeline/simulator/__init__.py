@@ -1,0 +1,18 @@
+"""An HTTP simulator of the WaveSpeed v3 API, for tests and for dry runs that pay nothing.
+
+It speaks the real API's routes and envelopes (submit, poll, sync mode, base64 output,
+uploads, webhooks), enforces the account limits of a tier, renders real output images, bills
+each completed prediction once, and injects faults on demand: random by rate, or exactly
+where a test wants them through markers in the prompt (``[sim:fail]``, ``[sim:400]``,
+``[sim:500-once]``, ``[sim:drop-once]``, ``[sim:slow]``). ``/_sim/stats`` reports what
+happened, including what a correct client must never cause (duplicate submissions, 429s).
+
+    from pipeline.simulator import SimConfig, Simulator
+    with Simulator(SimConfig(latency_s=0.2, tier="bronze")) as sim:
+        ...  # point the client at sim.base_url
+"""
+
+from .config import SimConfig
+from .server import Simulator
+
+__all__ = ["SimConfig", "Simulator"]

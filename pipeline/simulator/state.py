@@ -1,0 +1,193 @@
+"""What the simulated provider remembers: predictions, limits, billing and counters.
+
+Everything here is touched from the simulator's one event loop only, and no method awaits,
+so "check the limits, then create" is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from .config import SimConfig
+from .images import Rendered
+from .limits import StartWindow
+
+ACTIVE = frozenset({"created", "processing"})
+
+
+def utc_stamp() -> str:
+    """Now in UTC as the provider writes it: ``2026-11-23T12:00:00.000Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class Prediction:
+    """One created prediction; ``data()`` is its provider-shaped ``data`` object."""
+
+    id: str
+    model: str
+    run_key: str
+    origin: str
+    images: list[str]
+    aspect_ratio: str
+    output_format: str
+    base64_output: bool
+    webhook: str | None
+    will_fail: bool
+    created_mono: float
+    created_at: str = field(default_factory=utc_stamp)
+    status: str = "created"
+    error: str = ""
+    outputs: list[str] = field(default_factory=list)
+    inference_ms: int | None = None
+    billed: bool = False
+    cost_usd: Decimal = Decimal("0")
+    dropped: bool = False
+    rendered: Rendered | None = field(default=None, repr=False)
+    done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "status": self.status,
+            "outputs": list(self.outputs),
+            "urls": {"get": f"{self.origin}/api/v3/predictions/{self.id}/result"},
+            "has_nsfw_contents": [False] * len(self.outputs),
+            "created_at": self.created_at,
+            "error": self.error,
+            "timings": {} if self.inference_ms is None else {"inference": self.inference_ms},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_key": self.run_key,
+            "model": self.model,
+            "status": self.status,
+            "billed": self.billed,
+            "cost_usd": str(self.cost_usd),
+            "created_at": self.created_at,
+            "error": self.error,
+            "dropped": self.dropped,
+        }
+
+
+@dataclass
+class Counters:
+    """The numbers ``GET /_sim/stats`` reports, apart from those derived from live state."""
+
+    submits: int = 0
+    created: int = 0
+    completed: int = 0
+    failed: int = 0
+    billed_count: int = 0
+    billed_usd: Decimal = Decimal("0.00")
+    peak_concurrency: int = 0
+    count_429: int = 0
+    count_401: int = 0
+    count_400: int = 0
+    injected_5xx: int = 0
+    dropped_responses: int = 0
+    duplicate_submissions: int = 0
+    polls: int = 0
+    uploads: int = 0
+    webhooks_sent: int = 0
+
+
+class SimState:
+    """Predictions and account state of one simulated API account.
+
+    Guarantees: a prediction is billed at most once, and only when it completes; rejected
+    submits leave no trace but their counters; ``max_starts_60s`` and ``peak_concurrency``
+    are exact over everything created since the last reset.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.predictions: dict[str, Prediction] = {}
+        self.counters = Counters()
+        self.window = StartWindow()
+        self.in_flight = 0
+        self.run_keys: set[str] = set()
+        # (marker, run key) pairs whose one-time fault has already fired.
+        self.once_fired: set[tuple[str, str]] = set()
+
+    def chance(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+    def first_time(self, marker: str, run_key: str) -> bool:
+        """True the first time ``marker`` is met with ``run_key``, False ever after."""
+        if (marker, run_key) in self.once_fired:
+            return False
+        self.once_fired.add((marker, run_key))
+        return True
+
+    def refusal(self, cfg: SimConfig, now: float) -> tuple[str, int] | None:
+        """``(message, retry_after_s)`` if one more start would break a limit, else ``None``."""
+        per_minute, concurrent = cfg.limits
+        if concurrent is not None and self.in_flight >= concurrent:
+            return f"too many concurrent tasks (limit {concurrent})", 1
+        wait = self.window.retry_after(now, per_minute)
+        if wait is not None:
+            return f"too many images started per minute (limit {per_minute})", wait
+        return None
+
+    def create(self, now: float, **fields: Any) -> Prediction:
+        pred = Prediction(id=uuid.uuid4().hex, created_mono=now, **fields)
+        self.predictions[pred.id] = pred
+        self.window.record(now)
+        self.in_flight += 1
+        c = self.counters
+        c.created += 1
+        c.peak_concurrency = max(c.peak_concurrency, self.in_flight)
+        if pred.run_key in self.run_keys:
+            c.duplicate_submissions += 1
+        self.run_keys.add(pred.run_key)
+        return pred
+
+    def start_processing(self, pred: Prediction) -> None:
+        if pred.status == "created":
+            pred.status = "processing"
+
+    def complete(self, pred: Prediction, outputs: list[str], inference_ms: int, price: Decimal) -> None:
+        if not self._end(pred, "completed"):
+            return
+        pred.outputs = outputs
+        pred.inference_ms = inference_ms
+        pred.billed = True
+        pred.cost_usd = price
+        c = self.counters
+        c.completed += 1
+        c.billed_count += 1
+        c.billed_usd += price
+
+    def fail(self, pred: Prediction, error: str) -> None:
+        if self._end(pred, "failed"):
+            pred.error = error
+            self.counters.failed += 1
+
+    def cancel(self, pred: Prediction, reason: str) -> None:
+        if self._end(pred, "cancelled"):
+            pred.error = reason
+
+    def _end(self, pred: Prediction, status: str) -> bool:
+        if pred.status not in ACTIVE:
+            return False
+        pred.status = status
+        self.in_flight -= 1
+        pred.done.set()
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        out = asdict(self.counters)
+        out["billed_usd"] = str(self.counters.billed_usd)
+        out["processing"] = self.in_flight
+        out["max_starts_60s"] = self.window.max_in_window
+        return out

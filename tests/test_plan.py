@@ -1,0 +1,311 @@
+"""Planning: which runs a manifest asks for, in what order, and the keys that identify them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.errors import ManifestError
+from pipeline.manifest import load_manifest
+from pipeline.modelspec import load_model_specs
+from pipeline.plan import InputRef, Plan, Run, plan_runs, run_key
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "models"
+FIXTURES = Path(__file__).resolve().parent / "data" / "manifests"
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return load_model_specs(CONFIGS)
+
+
+def make_image(path: Path, color: str = "red") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), color).save(path)
+    return path
+
+
+def write(directory: Path, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "m.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+THREE_BY_TWO = """
+version: 1
+name: earrings
+output: out
+image_sets:
+  - id: gold
+    images: [gold.png]
+    vars: {product: gold earrings}
+  - id: silver
+    images: [silver.png, https://cdn.example.com/silver-2.jpg]
+    vars: {product: silver earrings}
+  - id: pearl
+    images: [https://cdn.example.com/pearl.jpg]
+    vars: {product: pearl earrings}
+prompts:
+  - id: editorial
+    text: An editorial portrait wearing the {product}.
+  - id: flatlay
+    text: A flat-lay of the {product}.
+matrix:
+  aspect_ratio: ["2:3", "3:2"]
+"""
+
+
+def three_by_two(directory: Path, text: str = THREE_BY_TWO) -> Path:
+    make_image(directory / "gold.png", "gold")
+    make_image(directory / "silver.png", "silver")
+    return write(directory, text)
+
+
+def plan_of(path: Path, specs, **kwargs) -> Plan:
+    return plan_runs(load_manifest(path, specs), specs, **kwargs)
+
+
+def test_every_set_meets_every_prompt_and_matrix_value_in_manifest_order(tmp_path, specs):
+    plan = plan_of(three_by_two(tmp_path), specs)
+
+    assert plan.manifest_name == "earrings"
+    assert [(r.image_set, r.prompt_id, r.options["aspect_ratio"]) for r in plan.runs] == [
+        (s, p, a) for s in ("gold", "silver", "pearl") for p in ("editorial", "flatlay") for a in ("2:3", "3:2")
+    ]
+    assert [r.index for r in plan.runs] == list(range(12))
+    assert len({r.run_key for r in plan.runs}) == 12
+    assert len({r.output_key for r in plan.runs}) == 12
+    assert plan.runs[0].output_key == "gold/editorial/2:3/1.png"
+    assert plan.runs[0].prompt == "An editorial portrait wearing the gold earrings."
+    assert all(len(r.run_key) == 64 and int(r.run_key, 16) >= 0 for r in plan.runs)
+
+
+def test_inputs_are_identified_by_content_etag_or_url(tmp_path, specs):
+    path = three_by_two(tmp_path, THREE_BY_TWO.replace("[gold.png]", "[gold.png, s3://media/gold-2.png]"))
+    plan = plan_of(path, specs, s3_etag=lambda uri: '"9b2cf535f27731c974343645a3985328"')
+
+    gold = plan.runs[0].inputs
+    assert gold == (
+        InputRef(str(tmp_path / "gold.png"), "local", "sha256:" + hashlib.sha256((tmp_path / "gold.png").read_bytes()).hexdigest()),
+        InputRef("s3://media/gold-2.png", "s3", "etag:9b2cf535f27731c974343645a3985328"),
+    )
+    pearl = plan.runs[-1].inputs
+    assert pearl == (InputRef("https://cdn.example.com/pearl.jpg", "https", "https://cdn.example.com/pearl.jpg"),)
+
+
+def test_an_s3_input_needs_an_etag_lookup(tmp_path, specs):
+    path = three_by_two(tmp_path, THREE_BY_TWO.replace("[gold.png]", "[s3://media/gold.png]"))
+    with pytest.raises(ValueError, match="s3_etag"):
+        plan_of(path, specs)
+
+
+def test_planning_twice_gives_the_same_runs(tmp_path, specs):
+    path = three_by_two(tmp_path)
+    assert plan_of(path, specs) == plan_of(path, specs)
+
+
+def test_keys_are_the_same_in_another_process(tmp_path, specs):
+    path = three_by_two(tmp_path)
+    script = (
+        "import sys, json; from pathlib import Path;"
+        "from pipeline.manifest import load_manifest; from pipeline.plan import plan_runs;"
+        "from pipeline.modelspec import load_model_specs;"
+        "s = load_model_specs(Path(sys.argv[2]));"
+        "print(json.dumps([r.run_key for r in plan_runs(load_manifest(Path(sys.argv[1]), s), s).runs]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(CONFIGS)], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    assert json.loads(out) == [r.run_key for r in plan_of(path, specs).runs]
+
+
+def test_run_key_is_the_sha256_of_the_documented_canonical_request(tmp_path, specs):
+    run = plan_of(three_by_two(tmp_path), specs).runs[2]
+    assert run.run_key == run_key(run.model, run.options, run.prompt, run.inputs, run.variant)
+
+
+def test_keys_do_not_depend_on_output_name_or_position(tmp_path, specs):
+    first = plan_of(three_by_two(tmp_path / "a"), specs)
+    moved = THREE_BY_TWO.replace("name: earrings", "name: other").replace("output: out", "output: s3://b/elsewhere")
+    # Reversing the prompts reorders the plan; each request keeps its key.
+    reordered = moved.replace(
+        "  - id: editorial\n    text: An editorial portrait wearing the {product}.\n"
+        "  - id: flatlay\n    text: A flat-lay of the {product}.\n",
+        "  - id: flatlay\n    text: A flat-lay of the {product}.\n"
+        "  - id: editorial\n    text: An editorial portrait wearing the {product}.\n",
+    )
+    assert reordered != moved
+    second = plan_of(three_by_two(tmp_path / "b", reordered + 'output_key: "x/{prompt}/{image_set}/{aspect_ratio}/{variant}"\n'), specs)
+
+    def by_request(plan):
+        return {(r.image_set, r.prompt_id, r.options["aspect_ratio"]): r.run_key for r in plan.runs}
+
+    assert [r.index for r in second.runs] == list(range(12))
+    assert by_request(first) == by_request(second)
+
+
+def test_changing_one_prompt_changes_exactly_its_runs_keys(tmp_path, specs):
+    before = plan_of(three_by_two(tmp_path / "a"), specs)
+    after = plan_of(three_by_two(tmp_path / "b", THREE_BY_TWO.replace("A flat-lay", "A top-down flat-lay")), specs)
+
+    changed = {a.index for a, b in zip(before.runs, after.runs, strict=True) if a.run_key != b.run_key}
+    assert changed == {r.index for r in before.runs if r.prompt_id == "flatlay"}
+
+
+def test_local_file_content_changes_the_key(tmp_path, specs):
+    path = three_by_two(tmp_path)
+    before = plan_of(path, specs)
+    make_image(tmp_path / "gold.png", "black")
+    after = plan_of(path, specs)
+
+    changed = {a.index for a, b in zip(before.runs, after.runs, strict=True) if a.run_key != b.run_key}
+    assert changed == {r.index for r in before.runs if r.image_set == "gold"}
+
+
+def test_variants_are_distinct_runs(tmp_path, specs):
+    path = three_by_two(tmp_path, THREE_BY_TWO + "defaults: {variants: 3}\n")
+    plan = plan_of(path, specs)
+
+    assert len(plan.runs) == 36
+    assert [r.variant for r in plan.runs[:3]] == [1, 2, 3]
+    assert len({r.run_key for r in plan.runs}) == 36
+    assert [r.output_key for r in plan.runs[:3]] == [f"gold/editorial/2:3/{v}.png" for v in (1, 2, 3)]
+
+
+def test_option_precedence_is_run_then_prompt_then_matrix_then_defaults_then_spec(tmp_path, specs):
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        name: precedence
+        output: out
+        defaults: {aspect_ratio: "4:5", resolution: 2k, quality: low}
+        image_sets:
+          - id: a
+            images: [https://cdn.example.com/a.jpg]
+        prompts:
+          - id: p
+            text: A photo.
+            quality: high
+            variants: 2
+        matrix:
+          aspect_ratio: ["1:1", "16:9"]
+          quality: [low, medium]
+          resolution: [4k]
+        runs:
+          - {image_set: a, prompt: p}
+          - {image_set: a, prompt: p, resolution: 1k, output_format: webp, variants: 1}
+        output_key: "{resolution}/{aspect_ratio}/{quality}/{variant}"
+        """,
+    )
+    plan = plan_of(path, specs)
+
+    assert [(r.output_key, r.options) for r in plan.runs] == [
+        # matrix beats defaults; the prompt's quality pins that axis; png is the spec default
+        ("4k/1:1/high/1.png", {"aspect_ratio": "1:1", "resolution": "4k", "quality": "high", "output_format": "png"}),
+        ("4k/1:1/high/2.png", {"aspect_ratio": "1:1", "resolution": "4k", "quality": "high", "output_format": "png"}),
+        ("4k/16:9/high/1.png", {"aspect_ratio": "16:9", "resolution": "4k", "quality": "high", "output_format": "png"}),
+        ("4k/16:9/high/2.png", {"aspect_ratio": "16:9", "resolution": "4k", "quality": "high", "output_format": "png"}),
+        # the run beats the matrix and the prompt, jpeg/webp get their own extension
+        ("1k/1:1/high/1.webp", {"aspect_ratio": "1:1", "resolution": "1k", "quality": "high", "output_format": "webp"}),
+        ("1k/16:9/high/1.webp", {"aspect_ratio": "16:9", "resolution": "1k", "quality": "high", "output_format": "webp"}),
+    ]
+
+
+def test_model_spec_defaults_fill_every_option(tmp_path, specs):
+    plan = plan_of(three_by_two(tmp_path, THREE_BY_TWO.split("matrix:")[0]), specs)
+    assert plan.runs[0].options == {"aspect_ratio": "1:1", "resolution": "1k", "quality": "medium", "output_format": "png"}
+    assert plan.runs[0].model == "openai/gpt-image-2/edit"
+
+
+def test_runs_mode_plans_exactly_the_listed_pairs(tmp_path, specs):
+    path = three_by_two(
+        tmp_path,
+        THREE_BY_TWO
+        + """
+runs:
+  - {image_set: pearl, prompt: flatlay, quality: high}
+  - {image_set: gold, prompt: editorial, aspect_ratio: "1:1", variants: 2}
+""",
+    )
+    plan = plan_of(path, specs)
+
+    assert [(r.image_set, r.prompt_id, r.options["aspect_ratio"], r.options["quality"], r.variant) for r in plan.runs] == [
+        ("pearl", "flatlay", "2:3", "high", 1),
+        ("pearl", "flatlay", "3:2", "high", 1),
+        ("gold", "editorial", "1:1", "medium", 1),
+        ("gold", "editorial", "1:1", "medium", 2),
+    ]
+
+
+def test_documented_example_plans_one_run(tmp_path, specs):
+    path = tmp_path / "example.yaml"
+    shutil.copy(FIXTURES / "example.yaml", path)
+    make_image(tmp_path / "products/0412/front.jpg")
+    plan = plan_of(path, specs, s3_etag=lambda uri: "abc")
+
+    [run] = plan.runs
+    assert (run.image_set, run.prompt_id, run.output_key) == ("earring-0412", "flatlay", "earring-0412/flatlay/1:1/1.png")
+    assert run.options == {"aspect_ratio": "1:1", "resolution": "1k", "quality": "high", "output_format": "png"}
+    assert run.prompt == "A minimal flat-lay of the gold pearl drop earrings on warm beige linen."
+    assert run.vars == {"product": "gold pearl drop earrings"}
+
+
+def test_run_round_trips_through_json(tmp_path, specs):
+    for run in plan_of(three_by_two(tmp_path), specs).runs:
+        assert Run.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+
+
+def test_estimated_cost_prices_every_run(tmp_path, specs):
+    plan = plan_of(three_by_two(tmp_path), specs)
+    assert plan.estimated_cost(specs) == Decimal("1.20")
+    assert plan.cost_of(plan.runs[:3], specs) == Decimal("0.30")
+    assert plan.cost_of([], specs) == Decimal("0")
+
+
+def test_identical_output_keys_are_caught_before_planning(tmp_path, specs):
+    with pytest.raises(ManifestError, match="is the output of two runs"):
+        load_manifest(three_by_two(tmp_path, THREE_BY_TWO + 'output_key: "{image_set}/{variant}"\n'), specs)
+
+
+def test_a_hundred_thousand_runs_plan_in_seconds(tmp_path, specs):
+    sets = "".join(
+        f"  - id: s{i}\n    images: [https://cdn.example.com/{i}.jpg, shared.png]\n    vars: {{product: item {i}}}\n"
+        for i in range(1000)
+    )
+    prompts = "".join(f"  - id: p{j}\n    text: Photo {j} of the {{product}}.\n" for j in range(10))
+    make_image(tmp_path / "shared.png")
+    path = write(
+        tmp_path,
+        f"""
+version: 1
+name: big
+output: out
+defaults: {{variants: 5}}
+image_sets:
+{sets}prompts:
+{prompts}matrix:
+  aspect_ratio: ["2:3", "3:2"]
+""",
+    )
+    started = time.perf_counter()
+    plan = plan_of(path, specs)
+    elapsed = time.perf_counter() - started
+
+    assert len(plan.runs) == 100_000
+    assert len({r.run_key for r in plan.runs}) == 100_000
+    assert elapsed < 10, f"load + plan of 100,000 runs took {elapsed:.1f}s"

@@ -1,0 +1,390 @@
+"""The WaveSpeed simulator behaves like the real API, over real HTTP on loopback.
+
+Each test gets its own simulator (0.2 s latency) and talks to it with httpx, or with the
+provider's own SDK for the conformance checks. Nothing is patched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+import wavespeed
+from PIL import Image
+
+from pipeline.simulator import SimConfig, Simulator
+
+KEY = "sim-test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODEL = "openai/gpt-image-2/edit"
+
+
+@pytest.fixture
+def api() -> Iterator[Simulator]:
+    with Simulator(SimConfig(latency_s=0.2, api_key=KEY, seed=1)) as sim:
+        yield sim
+
+
+@pytest.fixture
+def http(api: Simulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api.base_url, headers=AUTH, timeout=10) as client:
+        yield client
+
+
+def png_bytes(size: tuple[int, int] = (32, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def image_url(http: httpx.Client) -> str:
+    """An input image the simulator can fetch: uploaded to the simulator itself."""
+    r = http.post("/api/v3/media/upload/binary", files={"file": ("in.png", png_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    return r.json()["data"]["download_url"]
+
+
+def submit(http: httpx.Client, image_url: str, prompt: str = "make it blue", *, run_key: str | None = None,
+           query: str = "", **fields: Any) -> httpx.Response:
+    headers = {"X-Editpipe-Run-Key": run_key} if run_key else {}
+    body = {"images": [image_url], "prompt": prompt, **fields}
+    return http.post(f"/api/v3/{MODEL}{query}", json=body, headers=headers)
+
+
+def wait_terminal(http: httpx.Client, pred_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        data = http.get(f"/api/v3/predictions/{pred_id}/result").json()["data"]
+        if data["status"] not in ("created", "processing"):
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"prediction {pred_id} still running after {timeout_s}s")
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/nothing.png"
+
+
+def test_completed_prediction_has_the_requested_image_and_is_billed_once(api, http, image_url):
+    r = submit(http, image_url, aspect_ratio="16:9", output_format="jpeg")
+    assert r.status_code == 200
+    envelope = r.json()
+    assert envelope["code"] == 200 and envelope["message"] == "success"
+    created = envelope["data"]
+    assert created["status"] == "created" and created["outputs"] == [] and created["model"] == MODEL
+    assert created["urls"]["get"] == f"{api.base_url}/api/v3/predictions/{created['id']}/result"
+    assert created["created_at"].endswith("Z")
+
+    done = wait_terminal(http, created["id"])
+    assert done["status"] == "completed" and done["error"] == ""
+    assert done["has_nsfw_contents"] == [False] and done["timings"]["inference"] >= 150
+    out = httpx.get(done["outputs"][0])
+    assert out.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(out.content))
+    assert img.format == "JPEG" and img.size == (256, 144)
+
+    wait_terminal(http, created["id"])  # polling again must not bill again
+    stats = api.stats()
+    assert stats["completed"] == 1 and stats["billed_count"] == 1 and stats["billed_usd"] == "0.10"
+    assert stats["processing"] == 0 and stats["polls"] >= 2
+    [listed] = api.predictions()
+    assert listed["billed"] is True and listed["cost_usd"] == "0.10" and listed["status"] == "completed"
+
+
+def test_fail_marker_fails_the_prediction_without_billing(api, http, image_url):
+    pred_id = submit(http, image_url, "edit [sim:fail]").json()["data"]["id"]
+    done = wait_terminal(http, pred_id)
+    assert done["status"] == "failed" and done["error"] == "simulated failure" and done["outputs"] == []
+    stats = api.stats()
+    assert stats["failed"] == 1 and stats["billed_count"] == 0 and stats["billed_usd"] == "0.00"
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"images": []}, "images"),
+        ({"images": ["x"] * 17}, "images"),
+        ({"prompt": "  "}, "prompt"),
+        ({"aspect_ratio": "7:5"}, "aspect_ratio must be one of"),
+        ({"quality": "ultra"}, "quality must be one of"),
+        ({"prompt": "edit [sim:400]"}, "simulated bad request"),
+    ],
+)
+def test_invalid_submit_is_rejected_with_400_and_creates_nothing(api, http, image_url, fields, message):
+    body = {"images": [image_url], "prompt": "edit", **fields}
+    r = http.post(f"/api/v3/{MODEL}", json=body)
+    assert r.status_code == 400 and message in r.json()["message"]
+    stats = api.stats()
+    assert stats["count_400"] == 1 and stats["created"] == 0
+
+
+def test_missing_or_wrong_key_is_401_and_never_echoed(api, image_url):
+    body = {"images": [image_url], "prompt": "edit"}
+    wrong = "wrong-key-do-not-echo"
+    no_key = httpx.post(f"{api.base_url}/api/v3/{MODEL}", json=body)
+    bad_key = httpx.post(f"{api.base_url}/api/v3/{MODEL}", json=body, headers={"Authorization": f"Bearer {wrong}"})
+    poll = httpx.get(f"{api.base_url}/api/v3/predictions/x/result", headers={"Authorization": f"Bearer {wrong}"})
+    assert [no_key.status_code, bad_key.status_code, poll.status_code] == [401, 401, 401]
+    assert wrong not in bad_key.text and KEY not in bad_key.text
+    stats = api.stats()
+    assert stats["count_401"] == 3 and stats["submits"] == 2 and stats["created"] == 0
+
+
+def test_any_key_is_accepted_when_none_is_configured(image_url, api):
+    api.configure(api_key=None)
+    r = httpx.post(f"{api.base_url}/api/v3/{MODEL}", json={"images": [image_url], "prompt": "x"},
+                   headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 200
+
+
+def test_concurrency_limit_answers_429_with_retry_after(api, http, image_url):
+    api.configure(max_concurrent=2, latency_s=0.5)
+    first = [submit(http, image_url).json()["data"]["id"] for _ in range(2)]
+    over = submit(http, image_url)
+    assert over.status_code == 429 and over.headers["Retry-After"] == "1"
+    for pred_id in first:
+        wait_terminal(http, pred_id)
+    assert submit(http, image_url).status_code == 200
+    stats = api.stats()
+    assert stats["count_429"] == 1 and stats["created"] == 3 and stats["peak_concurrency"] == 2
+    assert stats["billed_count"] == 2  # the 429 billed nothing
+
+
+def test_images_per_minute_limit_answers_429_until_a_slot_frees(api, http, image_url):
+    api.configure(images_per_minute=3)
+    assert all(submit(http, image_url).status_code == 200 for _ in range(3))
+    over = submit(http, image_url)
+    assert over.status_code == 429
+    assert 55 <= int(over.headers["Retry-After"]) <= 60
+    stats = api.stats()
+    assert stats["count_429"] == 1 and stats["created"] == 3 and stats["max_starts_60s"] == 3
+
+
+def test_tier_sets_both_limits(api, http, image_url):
+    api.configure(tier="bronze", latency_s=1.0)
+    codes = [submit(http, image_url).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]  # bronze: 3 concurrent
+    assert api.stats()["peak_concurrency"] == 3
+
+
+def test_dropped_response_still_creates_and_bills_the_prediction(api, http, image_url):
+    with pytest.raises(httpx.TransportError):
+        submit(http, image_url, "edit [sim:drop-once]", run_key="run-1")
+    stats = api.stats()
+    assert stats["created"] == 1 and stats["dropped_responses"] == 1
+    [lost] = api.predictions()
+    assert lost["dropped"] is True and lost["run_key"] == "run-1"
+
+    retry = submit(http, image_url, "edit [sim:drop-once]", run_key="run-1")
+    assert retry.status_code == 200  # only the first submit of a run key is dropped
+    wait_terminal(http, retry.json()["data"]["id"])
+    wait_terminal(http, lost["id"])
+    stats = api.stats()
+    assert stats["duplicate_submissions"] == 1 and stats["billed_count"] == 2
+
+
+def test_server_error_once_creates_nothing(api, http, image_url):
+    first = submit(http, image_url, "edit [sim:500-once]", run_key="run-5")
+    second = submit(http, image_url, "edit [sim:500-once]", run_key="run-5")
+    assert (first.status_code, second.status_code) == (500, 200)
+    stats = api.stats()
+    assert stats["injected_5xx"] == 1 and stats["created"] == 1 and stats["duplicate_submissions"] == 0
+
+
+def test_duplicates_are_counted_by_run_key_or_body(api, http, image_url):
+    submit(http, image_url, run_key="a")
+    submit(http, image_url, run_key="a")
+    submit(http, image_url, run_key="b")
+    submit(http, image_url, "same body")
+    submit(http, image_url, "same body")
+    assert api.stats()["duplicate_submissions"] == 2
+
+
+def test_random_faults_follow_their_rates(api, http, image_url):
+    api.configure(error_5xx_rate=1.0)
+    assert submit(http, image_url).status_code in (500, 502, 503)
+    api.configure(error_5xx_rate=0.0, fail_rate=1.0)
+    assert wait_terminal(http, submit(http, image_url).json()["data"]["id"])["status"] == "failed"
+    api.configure(fail_rate=0.0, drop_rate=1.0)
+    with pytest.raises(httpx.TransportError):
+        submit(http, image_url)
+    api.configure(drop_rate=0.0, slow_rate=1.0, slow_s=0.3)
+    started = time.monotonic()
+    assert submit(http, image_url).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    stats = api.stats()
+    assert stats["injected_5xx"] == 1 and stats["failed"] == 1 and stats["dropped_responses"] == 1
+
+
+def test_slow_marker_triples_the_latency(api, http, image_url):
+    pred_id = submit(http, image_url, "edit [sim:slow]").json()["data"]["id"]
+    time.sleep(0.35)
+    assert http.get(f"/api/v3/predictions/{pred_id}/result").json()["data"]["status"] == "processing"
+    assert wait_terminal(http, pred_id)["status"] == "completed"
+
+
+def test_unreachable_or_broken_input_fails_the_prediction_unbilled(api, http, image_url):
+    unreachable = submit(http, image_url, images=[image_url, closed_port_url()]).json()["data"]["id"]
+    not_image = http.post("/api/v3/media/upload/binary", files={"file": ("x.png", b"not a png", "image/png")})
+    broken = submit(http, image_url, images=[not_image.json()["data"]["download_url"]]).json()["data"]["id"]
+    first, second = wait_terminal(http, unreachable), wait_terminal(http, broken)
+    assert first["status"] == "failed" and first["error"].startswith("could not fetch input image 2: ")
+    assert second["status"] == "failed" and second["error"].startswith("could not fetch input image 1: not a decodable")
+    assert api.stats()["billed_count"] == 0
+
+
+def test_unknown_prediction_is_404(http):
+    assert http.get("/api/v3/predictions/does-not-exist/result").status_code == 404
+
+
+def test_both_upload_ways_give_urls_a_prediction_can_use(api, http):
+    data = png_bytes()
+    ticket = http.post("/api/v3/media/uploads", json={"filename": "a.png", "size": len(data), "content_type": "image/png"})
+    t = ticket.json()["data"]
+    assert t["upload"]["method"] == "PUT"
+    assert httpx.put(t["upload"]["url"], content=data, headers=t["upload"]["headers"]).status_code == 200
+    binary = http.post("/api/v3/media/upload/binary", files={"file": ("b.png", data, "image/png")}).json()["data"]
+    for url in (t["download_url"], binary["download_url"]):
+        fetched = httpx.get(url)
+        assert fetched.content == data and fetched.headers["content-type"] == "image/png"
+    pred_id = submit(http, t["download_url"], images=[t["download_url"], binary["download_url"]]).json()["data"]["id"]
+    assert wait_terminal(http, pred_id)["status"] == "completed"
+    assert api.stats()["uploads"] == 2
+
+    too_big = http.post("/api/v3/media/uploads", json={"filename": "big.png", "size": 21 * 1024 * 1024})
+    assert too_big.status_code == 400
+
+
+def test_sync_mode_returns_the_finished_prediction(http, image_url):
+    r = submit(http, image_url, enable_sync_mode=True, aspect_ratio="2:3")
+    data = r.json()["data"]
+    assert data["status"] == "completed"
+    assert Image.open(io.BytesIO(httpx.get(data["outputs"][0]).content)).size == (171, 256)
+
+
+def test_sync_mode_timeout_answers_processing_with_code_5004(api, http, image_url):
+    api.configure(sync_timeout_s=0.05)
+    data = submit(http, image_url, enable_sync_mode=True).json()["data"]
+    assert data["status"] == "processing" and data["error"] == "Sync mode timed out" and data["code"] == 5004
+    assert wait_terminal(http, data["id"])["status"] == "completed"
+
+
+def test_base64_output_is_the_naked_image_bytes(http, image_url):
+    data = submit(http, image_url, enable_base64_output=True, enable_sync_mode=True, output_format="webp").json()["data"]
+    img = Image.open(io.BytesIO(base64.b64decode(data["outputs"][0], validate=True)))
+    assert img.format == "WEBP" and img.size == (256, 256)
+    refused = submit(http, image_url, query="?webhook=http://127.0.0.1:9/x", enable_base64_output=True)
+    assert refused.status_code == 400 and "base64" in refused.json()["message"]
+
+
+def test_webhook_receives_the_finished_prediction(api, http, image_url):
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = f"http://127.0.0.1:{server.server_port}/hook"
+        pred_id = submit(http, image_url, query=f"?webhook={hook}").json()["data"]["id"]
+        wait_terminal(http, pred_id)
+        deadline = time.monotonic() + 3
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received and received[0]["id"] == pred_id and received[0]["status"] == "completed"
+    assert api.stats()["webhooks_sent"] == 1
+
+
+def test_five_thousand_predictions_in_flight_at_once(api):
+    api.configure(latency_s=3.0, fetch_inputs=False)
+    body = {"images": ["http://example.invalid/a.png"], "prompt": "x"}
+
+    # aiohttp on the client side: httpx's async pool is too slow to make thousands of calls quickly.
+    async def burst() -> set[int]:
+        async with aiohttp.ClientSession(base_url=api.base_url, headers=AUTH) as session:
+            async def one(i: int) -> int:
+                async with session.post(f"/api/v3/{MODEL}", json=body, headers={"X-Editpipe-Run-Key": str(i)}) as r:
+                    return r.status
+            return set(await asyncio.gather(*(one(i) for i in range(5000))))
+
+    assert asyncio.run(burst()) == {200}
+    stats = api.stats()
+    assert stats["created"] == 5000 and stats["max_starts_60s"] == 5000 and stats["peak_concurrency"] >= 2500
+    deadline = time.monotonic() + 15
+    while api.stats()["processing"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stats = api.stats()
+    assert stats["completed"] == 5000 and stats["billed_usd"] == "500.00" and stats["duplicate_submissions"] == 0
+
+
+def test_control_endpoints_change_config_and_reset(api, http, image_url):
+    changed = httpx.post(f"{api.base_url}/_sim/config", json={"latency_s": 0.05, "price_usd": "0.25"})
+    assert changed.status_code == 200 and changed.json()["price_usd"] == "0.25"
+    assert changed.json()["api_key"] == "***"
+    assert httpx.post(f"{api.base_url}/_sim/config", json={"nope": 1}).status_code == 400
+    wait_terminal(http, submit(http, image_url).json()["data"]["id"])
+    assert httpx.get(f"{api.base_url}/_sim/stats").json()["billed_usd"] == "0.25"
+    assert httpx.post(f"{api.base_url}/_sim/reset").status_code == 200
+    assert httpx.get(f"{api.base_url}/_sim/predictions").json() == []
+    assert api.stats()["created"] == 0
+
+
+class TestSdkConformance:
+    """The provider's SDK, pointed at the simulator, works unchanged."""
+
+    @pytest.fixture
+    def client(self, api: Simulator) -> wavespeed.Client:
+        return wavespeed.Client(api_key=KEY, base_url=api.base_url, max_connection_retries=0)
+
+    @pytest.fixture
+    def uploaded(self, client: wavespeed.Client, tmp_path: Path) -> str:
+        path = tmp_path / "input.png"
+        path.write_bytes(png_bytes())
+        return client.upload(str(path))
+
+    def test_upload_then_run_and_get_result(self, client, uploaded, api):
+        assert httpx.get(uploaded).content == png_bytes()
+        result = client.run(MODEL, {"images": [uploaded], "prompt": "edit", "aspect_ratio": "3:2"}, poll_interval=0.05)
+        assert Image.open(io.BytesIO(httpx.get(result["outputs"][0]).content)).size == (256, 171)
+        [pred] = api.predictions()
+        fetched = client.get_result(pred["id"])
+        assert fetched["data"]["status"] == "completed" and fetched["data"]["outputs"] == result["outputs"]
+
+    def test_sync_mode(self, client, uploaded):
+        result = client.run(MODEL, {"images": [uploaded], "prompt": "edit"}, enable_sync_mode=True)
+        assert len(result["outputs"]) == 1
+
+    def test_sync_timeout_is_reported_as_processing(self, client, uploaded, api):
+        api.configure(sync_timeout_s=0.05)
+        outcome = client.run_no_throw(MODEL, {"images": [uploaded], "prompt": "edit"}, enable_sync_mode=True)
+        assert outcome["status"] == "processing" and outcome["task_id"] == api.predictions()[0]["id"]
+
+    def test_failed_prediction_raises(self, client, uploaded):
+        with pytest.raises(RuntimeError, match="simulated failure"):
+            client.run(MODEL, {"images": [uploaded], "prompt": "x [sim:fail]"}, poll_interval=0.05)
