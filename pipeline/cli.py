@@ -93,11 +93,12 @@ def plan(manifest: Path, limit: int) -> None:
     prepared = prepare(manifest, _settings())
     runs = prepared.plan.runs
     table = Table(title=f"{prepared.manifest.name}: {len(runs)} runs")
-    for col in ("#", "image set", "prompt", "variant", "options", "output", "run key"):
-        table.add_column(col)
+    option_names = list(runs[0].options) if runs else []
+    for col in ("#", "image set", "prompt", "v", *option_names, "output", "run key"):
+        table.add_column(col, overflow="fold")
     for run in runs[:limit]:
-        opts = " ".join(f"{k}={v}" for k, v in run.options.items())
-        table.add_row(str(run.index), run.image_set, run.prompt_id, str(run.variant), opts, run.output_key, run.run_key[:12])
+        table.add_row(str(run.index), run.image_set, run.prompt_id, str(run.variant),
+                      *(run.options.get(name, "") for name in option_names), run.output_key, run.run_key[:10])
     console.print(table)
     if len(runs) > limit:
         console.print(f"… and {len(runs) - limit} more", markup=False)

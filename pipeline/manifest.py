@@ -734,6 +734,12 @@ class _Checker:
         except ValueError as exc:
             self.add(path, str(exc))
             return False
+        # The template's own text can make every key unsafe (``../{image_set}``, ``/abs``):
+        # say so even when other errors hold back the per-run check.
+        static_problem = _unsafe_key(template.render({name: "x" for name in template.names}))
+        if static_problem is not None:
+            self.add(path, f"{self.m.output_key!r} {static_problem}")
+            return False
         used_sets = list(dict.fromkeys(id(s) for s, _, _ in pairs))
         sets_by_identity = {id(s): s for s, _, _ in pairs}
         ok = True

@@ -268,7 +268,7 @@ def test_output_key_that_climbs_out_of_the_root_is_rejected(tmp_path, specs):
     path = write(tmp_path, BASE + 'output_key: "../{image_set}/{prompt}/{variant}"\n')
     issues = issues_of(path, specs)
     assert len(issues) == 1
-    assert issues[0].startswith(f"{path}:11:13: output_key: '../a/p/1' for ")
+    assert issues[0].startswith(f"{path}:11:13: output_key: '../{{image_set}}/{{prompt}}/{{variant}}' ")
     assert "'.' or '..' segment" in issues[0]
 
 

@@ -112,6 +112,9 @@ def test_twelve_runs_end_with_outputs_sidecars_results_and_a_ledger_matching_the
     assert sum(Decimal(line["cost_usd"]) for line in ledger) == Decimal(stats["billed_usd"]) == Decimal("1.20")
     assert {line["prediction_id"] for line in ledger} == {r["prediction_id"] for r in results}
     assert stats["duplicate_submissions"] == 0
+    # S3 references reached the provider as presigned URLs, which it fetched.
+    s3_inputs = [u for p in sim.predictions() for u in p["images"] if f"/{bucket}/products/b.png" in u]
+    assert s3_inputs and all("X-Amz-Signature=" in u for u in s3_inputs)
     # The one local file was uploaded once, however many runs use it.
     assert stats["uploads"] - uploads_before == 1
     sidecar = json.loads(s3.get_object(Bucket=bucket, Key=sidecars[0])["Body"].read())

@@ -76,6 +76,7 @@ class Prediction:
             "created_at": self.created_at,
             "error": self.error,
             "dropped": self.dropped,
+            "images": list(self.images),
         }
 
 
