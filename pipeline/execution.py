@@ -132,18 +132,35 @@ def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str
     return Next("finalize") if last == 1 else DONE
 
 
+class UploadInProgress(Exception):
+    """Another worker is uploading the same file right now; try this run again shortly."""
+
+
+def _uploaded_url(ctx: Context, path: str, identity: str) -> str:
+    """The provider URL of a local file's content, uploading it once across all workers."""
+    r = ctx.jobs.r
+    cache_key = f"ep:upload:{identity}"
+    url = r.get(cache_key)
+    if url is not None:
+        return url
+    lock_key = f"ep:upload-lock:{identity}"
+    if not r.set(lock_key, "1", nx=True, ex=120):
+        raise UploadInProgress(path)
+    try:
+        url = ctx.client.upload(Path(path))
+        r.set(cache_key, url, ex=UPLOAD_TTL_S)
+        return url
+    finally:
+        r.delete(lock_key)
+
+
 def prepare_inputs(ctx: Context, run: Run) -> list[str]:
     """URLs the provider can fetch: local files are uploaded once per content hash (the
     upload URL is reused while the provider keeps it), ``s3://`` objects are presigned."""
     urls = []
     for ref in run.inputs:
         if ref.kind == "local":
-            cache_key = f"ep:upload:{ref.identity}"
-            url = ctx.jobs.r.get(cache_key)
-            if url is None:
-                url = ctx.client.upload(Path(ref.uri))
-                ctx.jobs.r.set(cache_key, url, ex=UPLOAD_TTL_S)
-            urls.append(url)
+            urls.append(_uploaded_url(ctx, ref.uri, ref.identity))
         elif ref.kind == "s3":
             urls.append(presigned_get(ref.uri, ctx.settings))
         else:
@@ -170,6 +187,9 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     try:
         images = prepare_inputs(ctx, run)
         prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key)
+    except UploadInProgress:
+        jobs.release_claim(job_id, index)
+        return Next("submit", random.uniform(0.5, 1.5), failures)
     except RateLimited as exc:
         jobs.release_claim(job_id, index)
         return Next("submit", backoff_s(failures, exc.retry_after), failures)  # never counted
