@@ -83,27 +83,35 @@ def schema() -> None:
     click.echo(json.dumps(manifest_json_schema(), indent=2))
 
 
+FORCE = click.option("--force", is_flag=True, help="Pay again for runs whose output already exists.")
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--limit", default=50, show_default=True, help="Rows of the run table to show.")
-def plan(manifest: Path, limit: int) -> None:
-    """Show the runs a manifest expands to and what they would cost. Pays nothing."""
+@FORCE
+def plan(manifest: Path, limit: int, force: bool) -> None:
+    """Show the runs a manifest expands to, which are already done, and what the new ones
+    would cost. Pays nothing."""
     from .submission import prepare
 
-    prepared = prepare(manifest, _settings())
+    prepared = prepare(manifest, _settings(), force=force)
     runs = prepared.plan.runs
     table = Table(title=f"{prepared.manifest.name}: {len(runs)} runs")
     option_names = list(runs[0].options) if runs else []
-    for col in ("#", "image set", "prompt", "v", *option_names, "output", "run key"):
+    for col in ("#", "image set", "prompt", "v", *option_names, "output", "run key", "state"):
         table.add_column(col, overflow="fold")
     for run in runs[:limit]:
+        state = "done" if run.run_key in prepared.done else "new"
         table.add_row(str(run.index), run.image_set, run.prompt_id, str(run.variant),
-                      *(run.options.get(name, "") for name in option_names), run.output_key, run.run_key[:10])
+                      *(run.options.get(name, "") for name in option_names), run.output_key, run.run_key[:10], state)
     console.print(table)
     if len(runs) > limit:
         console.print(f"… and {len(runs) - limit} more", markup=False)
     budget = prepared.manifest.budget_usd
-    console.print(f"Estimated cost: ${usd(prepared.estimated_usd)} for {len(runs)} runs", markup=False)
+    console.print(f"Runs: {len(runs)} planned, {prepared.new_runs} new, {len(prepared.done)} already done "
+                  "(skipped at $0)", markup=False)
+    console.print(f"Estimated cost: ${usd(prepared.estimated_usd)} for {prepared.new_runs} new runs", markup=False)
     if budget is not None:
         verdict = "within" if prepared.estimated_usd <= budget else "OVER"
         console.print(f"Budget: ${usd(budget)} ({verdict} budget)", markup=False)
@@ -169,12 +177,24 @@ def _enqueuer(settings: Settings):
     return enqueue
 
 
+def _run_enqueuer(settings: Settings):
+    from workers.celery_app import make_app
+
+    app = make_app(settings)
+
+    def enqueue(job_id: str, indices: list[int]) -> None:
+        app.send_task("editpipe.enqueue_runs", (job_id, indices))
+
+    return enqueue
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--simulate", is_flag=True, help="Run against the built-in API simulator (nothing is paid).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
 @click.option("--concurrency", default=4, show_default=True, help="Pool size of each worker process.")
-def run(manifest: Path, simulate: bool, workers: int, concurrency: int) -> None:
+@FORCE
+def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: bool) -> None:
     """Run a manifest start to finish on this machine (private Redis, workers, progress bar)."""
     from .embedded import embedded
     from .submission import prepare, submit
@@ -182,9 +202,10 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int) -> None:
     settings = _settings()
     if not simulate:
         settings.require_api_key()
-    prepared = prepare(manifest, settings)
+    prepared = prepare(manifest, settings, force=force)
     console.print(
-        f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs, estimated ${usd(prepared.estimated_usd)}"
+        f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs ({len(prepared.done)} already done), "
+        f"estimated ${usd(prepared.estimated_usd)}"
         + (" (simulated API: nothing is paid)" if simulate else ""),
         markup=False,
     )
@@ -200,13 +221,14 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int) -> None:
 @main.command("submit")
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
-def submit_cmd(manifest: Path, wait: bool) -> None:
+@FORCE
+def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
     """Submit a manifest to the workers (`celery -A workers worker`); prints the job id."""
     from .submission import prepare, submit
 
     settings = _settings()
     jobs = _jobs(settings)
-    prepared = prepare(manifest, settings)
+    prepared = prepare(manifest, settings, force=force)
     job_id = submit(prepared, jobs, _enqueuer(settings))
     click.echo(job_id)
     if wait:
@@ -249,10 +271,116 @@ def cancel(job_id: str) -> None:
     console.print(f"{job_id}: cancel requested ({st.finished}/{st.total} runs finished)", markup=False)
 
 
-def _attach_simulator() -> None:
+@main.command()
+@click.argument("job_id")
+@click.option("--budget-usd", type=str, default=None,
+              help="A new budget for the whole job (what it spent before counts).")
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
+def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
+    """Run again what a finished job did not finish (transient failures, cancelled,
+    budget-exhausted, lost); finished runs are not touched."""
+    from decimal import Decimal, InvalidOperation
+
+    from .submission import resume as resume_job
+
+    settings = _settings()
+    jobs = _jobs(settings)
+    try:
+        budget = Decimal(budget_usd) if budget_usd is not None else None
+    except InvalidOperation:
+        raise SettingsError(f"--budget-usd must be a decimal amount, got {budget_usd!r}") from None
+    indices = resume_job(jobs, job_id, _run_enqueuer(settings), budget_usd=budget)
+    console.print(f"{job_id}: {len(indices)} runs enqueued again", markup=False)
+    if wait and indices:
+        status = _progress_follow(jobs, job_id)
+        _print_summary(status)
+        _failures(jobs, job_id)
+        sys.exit(_exit_code(status))
+
+
+def _output_roots(settings: Settings, outputs: tuple[str, ...]) -> list[str]:
+    if outputs:
+        return list(outputs)
+    if not settings.redis_url:
+        raise SettingsError("name an output root with --output (or set REDIS_URL to use those of known jobs)")
+    return sorted({st.output for st in _jobs(settings).recent(10_000)})
+
+
+@main.command()
+@click.option("--job", "job_id", help="Only this job.")
+@click.option("--day", help="Only charges of this UTC day (YYYY-MM-DD).")
+@click.option("--schedule", help="Only jobs started by this schedule.")
+@click.option("--output", "outputs", multiple=True, help="Output root(s) to read (default: those of known jobs).")
+@click.option("--json", "as_json", is_flag=True)
+def ledger(job_id: str | None, day: str | None, schedule: str | None, outputs: tuple[str, ...], as_json: bool) -> None:
+    """Totals from the ledger files in storage (the record), per job."""
+    from decimal import Decimal
+
+    from .ledger import read_ledgers
+    from .storage import open_storage
+
+    settings = _settings()
+    rows = []
+    for root in _output_roots(settings, outputs):
+        for book in read_ledgers(open_storage(root, settings), job_id):
+            if schedule and book.schedule != schedule:
+                continue
+            lines = [l for l in book.lines if day is None or l["charged_at"].startswith(day)]
+            if not lines:
+                continue
+            rows.append({
+                "job_id": book.job_id, "schedule": book.schedule or None, "output": root,
+                "lines": len(lines),
+                "completed_usd": usd(book.total(day, "completed")),
+                "unconfirmed_usd": usd(book.total(day, "unconfirmed_submit")),
+                "total_usd": usd(book.total(day)),
+            })
+    total = sum((Decimal(r["total_usd"]) for r in rows), Decimal("0"))
+    if as_json:
+        click.echo(json.dumps({"jobs": rows, "total_usd": usd(total)}, indent=2))
+        return
+    table = Table()
+    for col in ("job", "schedule", "lines", "completed", "unconfirmed", "total"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["job_id"], r["schedule"] or "", str(r["lines"]), f"${r['completed_usd']}",
+                      f"${r['unconfirmed_usd']}", f"${r['total_usd']}")
+    console.print(table)
+    console.print(f"Total: ${usd(total)}", markup=False)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--output", help="The job's output root (default: from Redis).")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
+    """Check a job's ledger against the provider and its results; list every difference.
+    Exit 0 when none, 1 otherwise."""
+    from .provider import WaveSpeedClient
+    from .reconcile import reconcile as check
+    from .storage import open_storage
+
+    settings = _settings()
+    root = output or _jobs(settings).status(job_id).output
+    with WaveSpeedClient(settings.base_url, settings.require_api_key()) as client:
+        checked, diffs = check(open_storage(root, settings), job_id, client)
+    if as_json:
+        click.echo(json.dumps({"job_id": job_id, "ledger_lines": checked,
+                               "differences": [d.to_dict() for d in diffs]}, indent=2))
+    else:
+        console.print(f"{job_id}: {checked} ledger lines checked, {len(diffs)} difference(s)", markup=False)
+        for d in diffs:
+            console.print(f"  {d.kind}: run {d.run_key or '-'} prediction {d.prediction_id or '-'}: {d.detail}",
+                          markup=False)
+    sys.exit(EXIT_OK if not diffs else EXIT_FAILED_RUNS)
+
+
+def _attach_commands() -> None:
+    from .report import report_command
     from .simulator.cli import simulate_api
 
     main.add_command(simulate_api, "simulate-api")
+    main.add_command(report_command, "report")
 
 
-_attach_simulator()
+_attach_commands()

@@ -86,6 +86,11 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env["EDITPIPE_CONFIGS"] = str(settings.configs_dir)
     env["EDITPIPE_POLL_INITIAL"] = str(settings.poll_initial_s)
     env["EDITPIPE_POLL_MAX"] = str(settings.poll_max_s)
+    env["EDITPIPE_VISIBILITY_TIMEOUT"] = str(settings.visibility_timeout_s)
+    env["EDITPIPE_MAX_RETRIES"] = str(settings.max_transient_retries)
+    env["EDITPIPE_REQUEST_TIMEOUT"] = str(settings.request_timeout_s)
+    if settings.daily_budget_usd is not None:
+        env["EDITPIPE_DAILY_BUDGET_USD"] = str(settings.daily_budget_usd)
     return env
 
 

@@ -13,11 +13,14 @@ later delivery of the run polls that prediction instead of submitting again.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, unquote
 
 from .errors import (
     AuthFailed,
@@ -29,15 +32,22 @@ from .errors import (
     StorageError,
     SubmitUnconfirmed,
 )
-from .jobs import JobStore
+from .jobs import BUDGET_EXHAUSTED, JobStore
 from .ledger import LedgerEntry, to_micros, usd, utc_now
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Run
 from .provider import Prediction, WaveSpeedClient
+from .report import store_output_thumbnail
 from .settings import Settings
 from .storage import Storage, open_storage, presigned_get
 
+log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
+INDEX_PREFIX = "_index/runs"
+LOST_ANSWER = (
+    "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
+    "line in the ledger); `editpipe resume` submits it again"
+)
 
 
 @dataclass
@@ -107,9 +117,25 @@ def sidecar_key(output_key: str) -> str:
     return f"{stem}.json"
 
 
+def index_key(run_key: str, output_key: str) -> str:
+    """The empty marker that says a run key's output exists at ``output_key`` (incremental
+    runs): both are in its name, so one listing of the index answers for a whole plan."""
+    return f"{INDEX_PREFIX}/{run_key}.{quote(output_key, safe='')}.done"
+
+
+def parse_index_key(key: str) -> tuple[str, str] | None:
+    """``(run_key, output_key)`` from a marker's key, or None for anything else."""
+    name = key.rsplit("/", 1)[-1]
+    run_key, dot, rest = name.partition(".")
+    if not dot or not rest.endswith(".done"):
+        return None
+    return run_key, unquote(rest[: -len(".done")])
+
+
 def _result(run: Run, status: str, *, output: str | None = None, prediction_id: str | None = None,
-            cost: Decimal = Decimal("0"), error: str | None = None) -> dict:
-    return {
+            cost: Decimal = Decimal("0"), error: str | None = None, retryable: bool = False,
+            not_started: bool = False) -> dict:
+    result = {
         "index": run.index,
         "run_key": run.run_key,
         "image_set": run.image_set,
@@ -123,13 +149,42 @@ def _result(run: Run, status: str, *, output: str | None = None, prediction_id: 
         "error": error,
         "finished_at": utc_now(),
     }
+    if status == "failed":
+        # Whether `editpipe resume` may run it again, and whether it was never sent.
+        result["retryable"] = retryable
+        result["not_started"] = not_started
+    return result
 
 
-def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None) -> Next:
+def skipped_result(run: Run, existing_output: str) -> dict:
+    return _result(run, "skipped", output=existing_output)
+
+
+def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None, *,
+             retryable: bool = False, not_started: bool = False) -> Next:
+    """Finish a run as failed; its budget reservation (if any) goes back first."""
+    ctx.jobs.release(job_id, run.index)
     last = ctx.jobs.finish_run(
-        job_id, run.index, outcome="failed", result=_result(run, "failed", prediction_id=prediction_id, error=error)
+        job_id, run.index, outcome="failed",
+        result=_result(run, "failed", prediction_id=prediction_id, error=error, retryable=retryable,
+                       not_started=not_started),
     )
     return Next("finalize") if last == 1 else DONE
+
+
+def charge_lost_answer(ctx: Context, job_id: str, run: Run, attempt: int, price: Decimal) -> None:
+    """Put a submit whose answer was lost in the ledger, at the price it may have cost."""
+    entry = LedgerEntry(
+        prediction_id=None,
+        run_key=run.run_key,
+        job_id=job_id,
+        model=run.model,
+        cost_usd=usd(price),
+        charged_at=utc_now(),
+        kind="unconfirmed_submit",
+    )
+    ctx.jobs.charge_unconfirmed(job_id, run.index, f"unconfirmed:{run.index}:{attempt}", entry.to_dict(),
+                                to_micros(price))
 
 
 class UploadInProgress(Exception):
@@ -144,7 +199,7 @@ def _uploaded_url(ctx: Context, path: str, identity: str) -> str:
     if url is not None:
         return url
     lock_key = f"ep:upload-lock:{identity}"
-    if not r.set(lock_key, "1", nx=True, ex=120):
+    if not r.set(lock_key, "1", nx=True, ex=60):
         raise UploadInProgress(path)
     try:
         url = ctx.client.upload(Path(path))
@@ -169,43 +224,99 @@ def prepare_inputs(ctx: Context, run: Run) -> list[str]:
 
 
 def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: int = 0) -> Next:
-    """Submit one run, unless it is finished, already submitted, or its job stopped."""
+    """Submit one run, unless it is finished, already submitted, or its job stopped.
+
+    In order: claim the run (one delivery at a time), reserve its price against the budgets,
+    mark the submit as on the wire, submit, and store the prediction id at once.
+    """
     jobs = ctx.jobs
     if jobs.is_finished(job_id, index):
         return DONE
     if jobs.prediction_of(job_id, index):
         return Next("poll")  # a redelivery: resume the prediction already paid for
+    # The claim outlives the longest submit; a delivery that finds it taken (another one is
+    # submitting, or died doing so) looks again once it has expired.
+    claim_ttl = int(ctx.settings.request_timeout_s) + 5
+    if not jobs.claim(job_id, index, token, claim_ttl):
+        return Next("submit", jobs.claim_ttl(job_id, index) + random.uniform(0.5, 1.5), failures)
     run = jobs.run(job_id, index)
+    spec = ctx.specs[run.model]
+    price = spec.price_for(run.options)
+    if jobs.submit_open(job_id, index):
+        # The delivery before this one died with the submit on the wire. Submitting again
+        # could pay twice; record what it may have cost and let a person resume it.
+        charge_lost_answer(ctx, job_id, run, jobs.submit_attempts(job_id, index), price)
+        jobs.end_submit(job_id, index)
+        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), retryable=True)
     stop = jobs.stop_reason(job_id)
     if stop:
-        return fail_run(ctx, job_id, run, f"not started: {stop}")
-    claim_ttl = int(ctx.settings.request_timeout_s * 2 + 60)
-    if not jobs.claim(job_id, index, token, claim_ttl):
-        return DONE  # another delivery is submitting it right now
+        return fail_run(ctx, job_id, run, f"not started: {stop}", retryable=True, not_started=True)
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    held = jobs.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)
+    if held < 0:
+        status = jobs.status(job_id)
+        reason = (
+            f"{BUDGET_EXHAUSTED}: the job's budget of ${usd(status.budget_usd or Decimal(0))} is used up"
+            if held == -1
+            else f"{BUDGET_EXHAUSTED}: the daily budget of ${usd(ctx.settings.daily_budget_usd or Decimal(0))} "
+            f"for {day} (UTC) is used up"
+        )
+        jobs.stop(job_id, reason)
+        jobs.flag(job_id, BUDGET_EXHAUSTED)
+        return fail_run(ctx, job_id, run, f"not started: {jobs.stop_reason(job_id)}", retryable=True,
+                        not_started=True)
     jobs.mark_running(job_id)
-    spec = ctx.specs[run.model]
     try:
         images = prepare_inputs(ctx, run)
-        prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key)
     except UploadInProgress:
         jobs.release_claim(job_id, index)
         return Next("submit", random.uniform(0.5, 1.5), failures)
-    except RateLimited as exc:
+    except ProviderTransient as exc:
         jobs.release_claim(job_id, index)
-        return Next("submit", backoff_s(failures, exc.retry_after), failures)  # never counted
-    except (SubmitUnconfirmed, ProviderTransient) as exc:
-        jobs.release_claim(job_id, index)
-        if failures + 1 > ctx.settings.max_transient_retries:
-            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}")
-        return Next("submit", backoff_s(failures + 1, exc.retry_after), failures + 1)
+        return _retry_submit(ctx, job_id, run, exc, failures)
     except AuthFailed as exc:
-        jobs.stop(job_id, str(exc))
-        jobs.set_error(job_id, str(exc))
-        return fail_run(ctx, job_id, run, str(exc))
-    except (RunRejected, ProviderError, StorageError, OSError) as exc:
+        return _stop_job(ctx, job_id, run, exc)
+    except (ProviderError, StorageError, OSError) as exc:
+        return fail_run(ctx, job_id, run, f"reference image: {exc}", retryable=isinstance(exc, StorageError))
+
+    attempt = jobs.begin_submit(job_id, index)
+    try:
+        prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key)
+    except SubmitUnconfirmed:
+        charge_lost_answer(ctx, job_id, run, attempt, price)
+        jobs.end_submit(job_id, index)
+        if jobs.count_lost(job_id, index) >= 2:
+            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), retryable=True)
+        jobs.release_claim(job_id, index)
+        return Next("submit", backoff_s(1), failures)  # at most once more
+    except ProviderError as exc:
+        jobs.end_submit(job_id, index)
+        if isinstance(exc, ProviderTransient):
+            jobs.release_claim(job_id, index)
+            return _retry_submit(ctx, job_id, run, exc, failures)
+        if isinstance(exc, AuthFailed):
+            return _stop_job(ctx, job_id, run, exc)
         return fail_run(ctx, job_id, run, str(exc))
     jobs.record_prediction(job_id, index, prediction.id)
     return Next("poll", ctx.settings.poll_initial_s)
+
+
+def _stop_job(ctx: Context, job_id: str, run: Run, exc: AuthFailed) -> Next:
+    """The key was rejected: no run of this job can be paid for; stop submitting them."""
+    ctx.jobs.stop(job_id, str(exc))
+    ctx.jobs.set_error(job_id, str(exc))
+    return fail_run(ctx, job_id, run, str(exc), retryable=True, not_started=True)
+
+
+def _retry_submit(ctx: Context, job_id: str, run: Run, exc: ProviderTransient, failures: int) -> Next:
+    """Try a submit again later. A 429 never counts against the run; other transient errors
+    do, up to ``max_transient_retries``. The budget reservation is kept meanwhile."""
+    if isinstance(exc, RateLimited):
+        return Next("submit", backoff_s(failures, exc.retry_after), failures)
+    if failures + 1 > ctx.settings.max_transient_retries:
+        return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}",
+                        retryable=True, not_started=True)
+    return Next("submit", backoff_s(failures + 1, exc.retry_after), failures + 1)
 
 
 def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failures: int = 0) -> Next:
@@ -227,14 +338,15 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
         return collect(ctx, job_id, run, prediction)
     except ProviderTransient as exc:
         if failures + 1 > ctx.settings.max_transient_retries and not isinstance(exc, RateLimited):
-            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}", prediction_id)
+            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}",
+                            prediction_id, retryable=True)
         bump = 0 if isinstance(exc, RateLimited) else 1
         return Next("poll", max(2.0, backoff_s(failures + bump, exc.retry_after)), failures + bump)
     except (AuthFailed, RunRejected, ProviderError) as exc:
         if isinstance(exc, AuthFailed):
             jobs.stop(job_id, str(exc))
             jobs.set_error(job_id, str(exc))
-        return fail_run(ctx, job_id, run, str(exc), prediction_id)
+        return fail_run(ctx, job_id, run, str(exc), prediction_id, retryable=isinstance(exc, AuthFailed))
 
 
 def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
@@ -247,6 +359,10 @@ def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next
     spec = ctx.specs[run.model]
     cost = spec.price_for(run.options)
     storage.put_bytes(run.output_key, data)
+    try:
+        store_output_thumbnail(storage, job_id, run.index, data)  # so finalize need not make them all
+    except (OSError, StorageError) as exc:
+        log.warning("no thumbnail for run %s of %s: %s", run.index, job_id, exc)
     sidecar = {
         "run_key": run.run_key,
         "job_id": job_id,
@@ -265,6 +381,7 @@ def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next
         "created_at": utc_now(),
     }
     storage.put_text(sidecar_key(run.output_key), json.dumps(sidecar, indent=2), "application/json")
+    storage.put_bytes(index_key(run.run_key, run.output_key), b"", "application/octet-stream")
     entry = LedgerEntry(
         prediction_id=prediction.id,
         run_key=run.run_key,

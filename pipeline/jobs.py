@@ -20,12 +20,14 @@ from importlib import resources
 import redis
 
 from .errors import JobNotFound
-from .ledger import from_micros
+from .ledger import from_micros, to_micros
 from .plan import Run
 
 PREFIX = "ep"
 JOBS_INDEX = f"{PREFIX}:jobs"
+DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"
 ACTIVE = ("queued", "running")
+BUDGET_EXHAUSTED = "budget_exhausted"
 
 
 def _load_script(client: redis.Redis, name: str):
@@ -52,11 +54,13 @@ class JobStatus:
     failed: int
     finished: int
     spent_usd: Decimal
+    unconfirmed_usd: Decimal
     estimated_usd: Decimal
     budget_usd: Decimal | None
     created_at: str
     finished_at: str
     error: str
+    schedule: str = ""
 
     @property
     def done(self) -> bool:
@@ -82,11 +86,13 @@ class JobStatus:
                 "unfinished": self.in_progress,
             },
             "spent_usd": usd(self.spent_usd),
+            "unconfirmed_usd": usd(self.unconfirmed_usd),
             "estimated_usd": usd(self.estimated_usd),
             "budget_usd": usd(self.budget_usd) if self.budget_usd is not None else None,
             "created_at": self.created_at,
             "finished_at": self.finished_at or None,
             "error": self.error or None,
+            "schedule": self.schedule or None,
         }
 
 
@@ -96,6 +102,10 @@ class JobStore:
     def __init__(self, client: redis.Redis):
         self.r = client
         self._finish = _load_script(client, "finish_run.lua")
+        self._reserve = _load_script(client, "budget_reserve.lua")
+        self._release = _load_script(client, "budget_release.lua")
+        self._unconfirmed = _load_script(client, "charge_unconfirmed.lua")
+        self._reopen = _load_script(client, "reopen_run.lua")
 
     @classmethod
     def from_url(cls, url: str) -> "JobStore":
@@ -118,6 +128,8 @@ class JobStore:
         estimated_usd: Decimal,
         budget_usd: Decimal | None,
         created_at: str,
+        schedule: str = "",
+        notify_url: str = "",
         batch: int = 2000,
     ) -> None:
         runs_key = self.key(job_id, "runs")
@@ -144,6 +156,11 @@ class JobStore:
                 "spent_micros": 0,
                 "estimated_usd": str(estimated_usd),
                 "budget_usd": "" if budget_usd is None else str(budget_usd),
+                "budget_micros": "" if budget_usd is None else to_micros(budget_usd),
+                "held_micros": 0,
+                "unconfirmed_micros": 0,
+                "schedule": schedule,
+                "notify_url": notify_url,
                 "created_at": created_at,
                 "finished_at": "",
                 "error": "",
@@ -169,11 +186,13 @@ class JobStore:
             failed=int(h["failed"]),
             finished=int(h["finished"]),
             spent_usd=from_micros(h["spent_micros"]),
+            unconfirmed_usd=from_micros(h.get("unconfirmed_micros", 0)),
             estimated_usd=Decimal(h["estimated_usd"]),
             budget_usd=Decimal(budget) if budget else None,
             created_at=h["created_at"],
             finished_at=h.get("finished_at", ""),
             error=h.get("error", ""),
+            schedule=h.get("schedule", ""),
         )
 
     def recent(self, limit: int = 20) -> list[JobStatus]:
@@ -205,7 +224,15 @@ class JobStore:
 
     def ledger(self, job_id: str) -> list[dict]:
         lines = [json.loads(v) for _, v in self.r.hscan_iter(self.key(job_id, "ledger"), count=1000)]
-        return sorted(lines, key=lambda line: (line["charged_at"], line["prediction_id"]))
+        return sorted(lines, key=lambda line: (line["charged_at"], line["prediction_id"] or ""))
+
+    def unfinished(self, job_id: str, indices: Iterable[int]) -> list[int]:
+        """Those of ``indices`` that have no result yet (one round trip)."""
+        wanted = list(indices)
+        if not wanted:
+            return []
+        found = self.r.hmget(self.key(job_id, "results"), [str(i) for i in wanted])
+        return [i for i, result in zip(wanted, found) if result is None]
 
     def is_finished(self, job_id: str, index: int) -> bool:
         return bool(self.r.hexists(self.key(job_id, "results"), str(index)))
@@ -217,14 +244,19 @@ class JobStore:
     def record_prediction(self, job_id: str, index: int, prediction_id: str) -> None:
         """Stored the moment the submit answers: a redelivered task polls this one instead
         of submitting again."""
-        self.r.hset(self.key(job_id, "pred"), str(index), prediction_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.key(job_id, "pred"), str(index), prediction_id)
+        pipe.hdel(self.key(job_id, "submitting_open"), str(index))
+        pipe.execute()
 
     def claim(self, job_id: str, index: int, token: str, ttl_s: int) -> bool:
-        """Only one delivery of a run may be submitting it at a time."""
-        key = self.key(job_id, f"claim:{index}")
-        if self.r.set(key, token, nx=True, ex=ttl_s):
-            return True
-        return self.r.get(key) == token
+        """Only one execution of a run may be submitting it at a time. ``token`` is unique
+        per execution, so a task delivered twice cannot hold the claim twice."""
+        return bool(self.r.set(self.key(job_id, f"claim:{index}"), token, nx=True, ex=ttl_s))
+
+    def claim_ttl(self, job_id: str, index: int) -> float:
+        """Seconds until a run's claim expires (0 when there is none)."""
+        return max(0.0, self.r.pttl(self.key(job_id, f"claim:{index}")) / 1000)
 
     def release_claim(self, job_id: str, index: int) -> None:
         self.r.delete(self.key(job_id, f"claim:{index}"))
@@ -267,7 +299,8 @@ class JobStore:
         the run had already finished (the call changed nothing)."""
         return int(
             self._finish(
-                keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "ledger")],
+                keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "ledger"),
+                      self.key(job_id, "reserved")],
                 args=[
                     index,
                     outcome,
@@ -278,6 +311,83 @@ class JobStore:
                 ],
             )
         )
+
+    # money
+    def reserve(self, job_id: str, index: int, price: Decimal, *, day: str, day_cap: Decimal | None) -> int:
+        """Hold a run's price against the job's and the day's budget before it is submitted.
+        Returns 1 when held, -1 when the job's budget is used up, -2 when the day's is."""
+        return int(
+            self._reserve(
+                keys=[self.key(job_id), self.key(job_id, "reserved"), DAY_BUDGET_PREFIX + day],
+                args=[index, to_micros(price), "" if day_cap is None else to_micros(day_cap), day],
+            )
+        )
+
+    def release(self, job_id: str, index: int) -> None:
+        """Give a run's reservation back: its call was not billed. Safe to repeat."""
+        self._release(keys=[self.key(job_id), self.key(job_id, "reserved")], args=[index, DAY_BUDGET_PREFIX])
+
+    def day_held(self, day: str) -> Decimal:
+        return from_micros(self.r.get(DAY_BUDGET_PREFIX + day) or 0)
+
+    def charge_unconfirmed(self, job_id: str, index: int, entry_id: str, line: dict, cost_micros: int) -> bool:
+        """Charge a submit whose answer was lost, once per ``entry_id``."""
+        return bool(
+            self._unconfirmed(
+                keys=[self.key(job_id), self.key(job_id, "ledger"), self.key(job_id, "reserved")],
+                args=[index, entry_id, json.dumps(line, separators=(",", ":")), cost_micros],
+            )
+        )
+
+    def begin_submit(self, job_id: str, index: int) -> int:
+        """Mark a submit as on the wire, just before it is sent; returns its attempt number.
+        A later delivery that finds the mark without a prediction id knows the answer was
+        lost with its worker."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(self.key(job_id, "submitting"), str(index), 1)
+        pipe.hset(self.key(job_id, "submitting_open"), str(index), 1)
+        return int(pipe.execute()[0])
+
+    def submit_attempts(self, job_id: str, index: int) -> int:
+        return int(self.r.hget(self.key(job_id, "submitting"), str(index)) or 0)
+
+    def end_submit(self, job_id: str, index: int) -> None:
+        """The submit is settled (answered, or known not sent): forget the on-the-wire mark."""
+        self.r.hdel(self.key(job_id, "submitting_open"), str(index))
+
+    def submit_open(self, job_id: str, index: int) -> bool:
+        return bool(self.r.hexists(self.key(job_id, "submitting_open"), str(index)))
+
+    def count_lost(self, job_id: str, index: int) -> int:
+        """Count one more lost submit answer for a run; returns how many it has had."""
+        return int(self.r.hincrby(self.key(job_id, "lost"), str(index), 1))
+
+    def flag(self, job_id: str, name: str) -> None:
+        self.r.hset(self.key(job_id), name, "1")
+
+    def reopen(self, job_id: str, index: int, counter: str = "failed") -> bool:
+        """Take a finished run back so it can run again (``resume``)."""
+        return bool(
+            self._reopen(
+                keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "submitting")],
+                args=[index, counter],
+            )
+        )
+
+    def reopen_job(self, job_id: str, budget_usd: Decimal | None = None) -> None:
+        """Make a finished job runnable again (``resume``): lift its stop, optionally with a
+        new budget (a cap on the job's whole spend, what it spent before included)."""
+        key = self.key(job_id)
+        self.r.hdel(key, "stop_reason", "cancel_requested", BUDGET_EXHAUSTED)
+        fields: dict[str, str | int] = {"status": "running", "finished_at": "", "error": ""}
+        if budget_usd is not None:
+            fields.update(budget_usd=str(budget_usd), budget_micros=to_micros(budget_usd))
+        self.r.hset(key, mapping=fields)
+
+    def forget_attempts(self, job_id: str, index: int) -> None:
+        """Clear a run's claim and lost-answer count so a resumed run starts afresh."""
+        self.r.delete(self.key(job_id, f"claim:{index}"))
+        self.r.hdel(self.key(job_id, "lost"), str(index))
 
     def set_final(self, job_id: str, status: str, finished_at: str) -> None:
         self.r.hset(self.key(job_id), mapping={"status": status, "finished_at": finished_at})

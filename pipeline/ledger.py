@@ -39,7 +39,7 @@ class LedgerEntry:
     """One billed prediction. ``kind`` is ``completed`` for a confirmed charge and
     ``unconfirmed_submit`` for a submit whose answer was lost (it may have been billed)."""
 
-    prediction_id: str
+    prediction_id: str | None
     run_key: str
     job_id: str
     model: str
@@ -47,5 +47,40 @@ class LedgerEntry:
     charged_at: str
     kind: str = "completed"
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobLedger:
+    """One job's ledger as stored: the lasting record of what it was charged."""
+
+    job_id: str
+    schedule: str
+    lines: list[dict]
+
+    def total(self, day: str | None = None, kind: str | None = None) -> Decimal:
+        return sum(
+            (Decimal(line["cost_usd"]) for line in self.lines
+             if (day is None or line["charged_at"].startswith(day)) and (kind is None or line.get("kind") == kind)),
+            Decimal("0"),
+        )
+
+
+def read_ledgers(storage, job_id: str | None = None) -> list[JobLedger]:
+    """Every finished job's ``ledger.jsonl`` under an output root (or one job's)."""
+    import json
+
+    prefix = f"jobs/{job_id}/" if job_id else "jobs/"
+    out = []
+    for key in storage.list_keys(prefix):
+        parts = key.split("/")
+        if len(parts) != 3 or parts[2] != "ledger.jsonl":
+            continue
+        lines = [json.loads(line) for line in storage.get_text(key).splitlines() if line.strip()]
+        try:
+            schedule = json.loads(storage.get_text(f"jobs/{parts[1]}/summary.json")).get("schedule") or ""
+        except FileNotFoundError:
+            schedule = ""
+        out.append(JobLedger(job_id=parts[1], schedule=schedule, lines=lines))
+    return out

@@ -14,6 +14,12 @@ validation are exactly those the plan writes:
   sets itself (those pin one value, so the axis collapses rather than repeating a run);
 - options resolve run > prompt > matrix > defaults > model spec defaults; ``model`` and
   ``variants`` resolve run > prompt > defaults.
+
+A ``catalog`` (a CSV/JSONL feed or a folder of product folders, read by ``catalog.py``) adds
+``CatalogSet``s after the inline image sets. Its rows are judged one by one: a row without a
+usable image or id is a bad row, skipped (and listed in ``Manifest.skipped_rows``) or an
+issue located in the feed, as ``on_bad_row`` says. What every row shares (the columns, the
+vars prompts may use) is judged once, at the manifest's own lines.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ from pydantic import (
     model_validator,
 )
 
+from .catalog import CatalogUnreadable, Entry, MissingColumns, Sources, read_feed, read_folder
 from .errors import ManifestError, ManifestIssue
 from .modelspec import DEFAULT_MODEL, ModelSpec
+from .settings import Settings
 
 SUPPORTED_VERSION = 1
 DEFAULT_OUTPUT_KEY = "{image_set}/{prompt}/{aspect_ratio}/{variant}"
@@ -56,6 +64,7 @@ DocPath = tuple[str | int, ...]
 
 _NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 _PLACEHOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f]")
 # Aliases can make a tiny document expand enormously; no real manifest comes near this.
 _MAX_NODES = 5_000_000
 # Issues found by walking every planned run are capped so that one systematic mistake in a
@@ -297,17 +306,21 @@ class RunSpec(_WithOptions):
 class Catalog(_Strict):
     """Image sets from a feed (``feed``, ``id``, ``images``…) or a folder (``prefix``, ``pattern``)."""
 
-    feed: Text | None = None
-    id: Text | None = None
-    images: list[Text] | None = None
-    vars: list[Text] | None = None
-    on_bad_row: Annotated[Literal["skip", "fail"], BeforeValidator(_as_text)] | None = None
-    prefix: Text | None = None
-    pattern: Text | None = None
+    feed: Annotated[Text, Field(description="Local path (relative to the manifest), https URL or s3:// URI; .csv or .jsonl.")] | None = None
+    id: Annotated[Text, Field(description="The column naming each image set.")] | None = None
+    images: Annotated[list[Text], Field(min_length=1, description="Columns with image references; empty cells are ignored.")] | None = None
+    vars: Annotated[list[Text], Field(description="Columns usable as {name} in prompts.")] | None = None
+    on_bad_row: Annotated[
+        Literal["skip", "fail"],
+        Field(description="A row (or folder) without a usable image or id: skip it (default) or fail."),
+        BeforeValidator(_as_text),
+    ] | None = None
+    prefix: Annotated[Text, Field(description="s3://bucket/prefix/ or a local folder (relative to the manifest).")] | None = None
+    pattern: Annotated[Text, Field(description="Glob over keys under the prefix, e.g. */*.jpg; each file's folder is an image set.")] | None = None
 
     @model_validator(mode="after")
     def _one_shape(self) -> Catalog:
-        feed_fields = (self.feed, self.id, self.images, self.vars, self.on_bad_row)
+        feed_fields = (self.feed, self.id, self.images, self.vars)
         folder_fields = (self.prefix, self.pattern)
         is_feed = self.feed is not None and self.id is not None and self.images is not None
         is_folder = self.prefix is not None and self.pattern is not None
@@ -440,10 +453,27 @@ def image_kind(ref: str) -> Literal["local", "s3", "https"]:
     return "local"
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogSet:
+    """An image set from a catalog row or folder, checked as it was read.
+
+    Light on purpose (a feed may hold 100,000 of them). ``vars`` holds every declared var,
+    ``""`` for an empty cell; ``line`` is the feed line (0 for a folder), for messages.
+    """
+
+    id: str
+    images: tuple[str, ...]
+    vars: dict[str, str]
+    line: int
+
+
+AnyImageSet = ImageSet | CatalogSet
+
+
 class Combination(NamedTuple):
     """One planned run before its inputs are identified; ``options`` is shared, read only."""
 
-    image_set: ImageSet
+    image_set: AnyImageSet
     prompt: Prompt
     entry: RunSpec | None
     variant: int
@@ -464,12 +494,24 @@ class Manifest:
     budget_usd: Decimal | None
     priority: int
     defaults: Defaults
-    image_sets: tuple[ImageSet, ...]
+    image_sets: tuple[AnyImageSet, ...]
     prompts: tuple[Prompt, ...]
     matrix: Mapping[str, tuple[str, ...]]
     runs: tuple[RunSpec, ...] | None
     output_key: str
     locations: Locations = field(repr=False)
+    # With a catalog: the bad rows it skipped (as ``file:line:col: field: message``) and the
+    # ETags its S3 listing already gave (planning need not ask for them again).
+    catalog: Catalog | None = None
+    skipped_rows: tuple[str, ...] = ()
+    s3_etags: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def catalog_vars(self) -> tuple[str, ...] | None:
+        """The vars every catalog set has (prompts may use only these), or None without a catalog."""
+        if self.catalog is None:
+            return None
+        return ("folder",) if self.catalog.prefix is not None else tuple(self.catalog.vars or ())
 
     @cached_property
     def output_template(self) -> Template:
@@ -484,14 +526,14 @@ class Manifest:
         return {p.id: p for p in self.prompts}
 
     @cached_property
-    def _sets_by_id(self) -> dict[str, ImageSet]:
+    def _sets_by_id(self) -> dict[str, AnyImageSet]:
         return {s.id: s for s in self.image_sets}
 
     def local_path(self, ref: str) -> Path:
         """The absolute path of a local image reference (relative to the manifest's directory)."""
         return Path(os.path.abspath(self.base_dir / ref))
 
-    def render_prompt(self, image_set: ImageSet, prompt: Prompt) -> str:
+    def render_prompt(self, image_set: AnyImageSet, prompt: Prompt) -> str:
         return self._prompt_templates[prompt.id].render(image_set.vars)
 
     def render_output_key(self, combo: Combination) -> str:
@@ -506,7 +548,7 @@ class Manifest:
     def variants_of(self, prompt: Prompt, entry: RunSpec | None = None) -> int:
         return (entry and entry.variants) or prompt.variants or self.defaults.variants or 1
 
-    def pairs(self) -> Iterator[tuple[ImageSet, Prompt, RunSpec | None]]:
+    def pairs(self) -> Iterator[tuple[AnyImageSet, Prompt, RunSpec | None]]:
         """Image set × prompt pairs in plan order, with the run entry that named each (if any)."""
         if self.runs is None:
             for image_set in self.image_sets:
@@ -550,12 +592,18 @@ class Manifest:
 class _Checker:
     """Semantic checks on structurally valid parts; appends issues, never stops early."""
 
-    def __init__(self, manifest: Manifest, specs: Mapping[str, ModelSpec], issues: list[ManifestIssue]):
+    def __init__(
+        self,
+        manifest: Manifest,
+        specs: Mapping[str, ModelSpec],
+        issues: list[ManifestIssue],
+        references: _References | None = None,
+    ):
         self.m = manifest
         self.specs = specs
         self.issues = issues
         self.locations = manifest.locations
-        self._file_checks: dict[Path, bool] = {}
+        self.references = references or _References(manifest.base_dir)
         self._reported: set[tuple[DocPath, str]] = set()
 
     def add(self, path: DocPath, message: str, *, key: bool = False) -> None:
@@ -566,7 +614,9 @@ class _Checker:
 
     def run(self) -> None:
         m = self.m
-        ids_ok = self._duplicates(m.image_sets, "image set") & self._duplicates(m.prompts, "prompt")
+        # Catalog sets were checked row by row as they were read (ids, references, counts).
+        inline = tuple(s for s in m.image_sets if isinstance(s, ImageSet))
+        ids_ok = self._duplicates(inline, "image set") & self._duplicates(m.prompts, "prompt")
         refs_ok = self._run_references()
         pairs = list(m.pairs()) if refs_ok else []
         self._models()
@@ -574,14 +624,21 @@ class _Checker:
         self._options(pairs)
         options_ok = len(self.issues) == before
         set_models: dict[int, set[str]] = {}
+        catalog_models: set[str] = set()
         for image_set, prompt, entry in pairs:
-            set_models.setdefault(id(image_set), set()).add(m.model_of(prompt, entry))
+            model = m.model_of(prompt, entry)
+            if isinstance(image_set, CatalogSet):
+                catalog_models.add(model)
+            else:
+                set_models.setdefault(id(image_set), set()).add(model)
         # Without valid pairs (all reported already), judge names by the models prompts name.
-        used_models = set().union(*set_models.values()) or {m.model_of(p) for p in m.prompts}
+        used_models = set().union(catalog_models, *set_models.values()) or {m.model_of(p) for p in m.prompts}
         option_names = {name for spec in self._known_models(used_models) for name in spec.options}
-        for image_set in m.image_sets:
+        for image_set in inline:
             self._images(image_set, set_models.get(id(image_set), set()))
             self._var_names(image_set, option_names)
+        if m.catalog_vars is not None:
+            self._catalog_var_names(option_names)
         templates_ok = self._prompt_vars(pairs)
         # An unknown model (reported already) leaves its option names unknown too.
         key_ok = self._output_key_names(pairs, option_names if used_models <= set(self.specs) else None)
@@ -622,7 +679,7 @@ class _Checker:
                 known = ", ".join(sorted(self.specs)) or "none"
                 self.add(holder._path + ("model",), f"unknown model {holder.model!r} (known: {known})")
 
-    def _options(self, pairs: list[tuple[ImageSet, Prompt, RunSpec | None]]) -> None:
+    def _options(self, pairs: list[tuple[AnyImageSet, Prompt, RunSpec | None]]) -> None:
         m = self.m
         all_models = {m.model_of(p, e) for _, p, e in pairs} or {m.defaults.model or DEFAULT_MODEL}
         prompt_models: dict[int, set[str]] = {}
@@ -676,37 +733,47 @@ class _Checker:
                 )
                 break
         for i, ref in enumerate(image_set.images):
-            problem = self._image_problem(ref)
+            problem = self.references.problem(ref)
             if problem:
                 self.add(image_set._path + ("images", i), problem)
 
-    def _image_problem(self, ref: str) -> str | None:
-        kind = image_kind(ref)
-        if kind == "s3":
-            bucket, _, key = ref[len("s3://") :].partition("/")
-            return None if bucket and key else f"{ref!r} is not an s3://bucket/key URI"
-        if kind == "https":
-            host = ref.split("://", 1)[1].split("/", 1)[0]
-            return None if host else f"{ref!r} has no host"
-        if "://" in ref:
-            return f"{ref!r}: images are local paths, s3:// URIs or http(s) URLs"
-        path = self.m.local_path(ref)
-        if path not in self._file_checks:
-            self._file_checks[path] = path.is_file()
-        return None if self._file_checks[path] else f"no file {ref!r} (looked for {path})"
-
     def _var_names(self, image_set: ImageSet, option_names: set[str]) -> None:
         for name in image_set.vars:
-            path = image_set._path + ("vars", name)
-            if not _PLACEHOLDER.match(name):
-                self.add(path, f"var name {name!r} must start with a letter or _ and use letters, digits, _ or -", key=True)
-            elif name in RUN_FIELDS or name == "model" or name in option_names:
-                self.add(path, f"var name {name!r} is reserved for the run's own {name}", key=True)
+            self._var_name(image_set._path + ("vars", name), name, option_names, key=True)
 
-    def _prompt_vars(self, pairs: list[tuple[ImageSet, Prompt, RunSpec | None]]) -> bool:
+    def _var_name(self, path: DocPath, name: str, option_names: set[str], *, key: bool = False) -> None:
+        if not _PLACEHOLDER.match(name):
+            self.add(path, f"var name {name!r} must start with a letter or _ and use letters, digits, _ or -", key=key)
+        elif name in RUN_FIELDS or name == "model" or name in option_names:
+            self.add(path, f"var name {name!r} is reserved for the run's own {name}", key=key)
+
+    def _catalog_var_names(self, option_names: set[str]) -> None:
+        """A feed's var columns are var names for every row: checked once, where they are listed."""
+        for i, name in enumerate(self.m.catalog.vars or () if self.m.catalog else ()):
+            self._var_name(("catalog", "vars", i), name, option_names)
+
+    def _catalog_prompts(self, pairs: list[tuple[AnyImageSet, Prompt, RunSpec | None]]) -> set[int]:
+        """The prompts (by identity) that meet catalog sets, however many rows were usable."""
+        if self.m.catalog_vars is None:
+            return set()
+        if self.m.runs is None:
+            return {id(p) for p in self.m.prompts}
+        return {id(prompt) for image_set, prompt, _ in pairs if isinstance(image_set, CatalogSet)}
+
+    def _not_a_catalog_var(self, name: str) -> str:
+        declared = self.m.catalog_vars or ()
+        if self.m.catalog is not None and self.m.catalog.prefix is not None:
+            return f"{{{name}}} is not a var of the catalog's sets: a folder catalog has only {{folder}}"
+        listed = f" (it lists {', '.join(declared)})" if declared else ""
+        return f"{{{name}}} is not a catalog var: name its column in catalog.vars{listed}"
+
+    def _prompt_vars(self, pairs: list[tuple[AnyImageSet, Prompt, RunSpec | None]]) -> bool:
         ok = True
         paired: dict[int, list[ImageSet]] = {}
+        catalog_prompts = self._catalog_prompts(pairs)
         for image_set, prompt, _ in pairs:
+            if isinstance(image_set, CatalogSet):
+                continue
             sets = paired.setdefault(id(prompt), [])
             if not sets or sets[-1] is not image_set:
                 sets.append(image_set)
@@ -723,10 +790,13 @@ class _Checker:
                 if lacking:
                     self.add(path, f"{{{name}}} is not a var of {_sets_phrase(lacking)}")
                     ok = False
+                if id(prompt) in catalog_prompts and name not in (self.m.catalog_vars or ()):
+                    self.add(path, self._not_a_catalog_var(name))
+                    ok = False
         return ok
 
     def _output_key_names(
-        self, pairs: list[tuple[ImageSet, Prompt, RunSpec | None]], options: set[str] | None
+        self, pairs: list[tuple[AnyImageSet, Prompt, RunSpec | None]], options: set[str] | None
     ) -> bool:
         path: DocPath = ("output_key",)
         try:
@@ -740,19 +810,24 @@ class _Checker:
         if static_problem is not None:
             self.add(path, f"{self.m.output_key!r} {static_problem}")
             return False
-        used_sets = list(dict.fromkeys(id(s) for s, _, _ in pairs))
-        sets_by_identity = {id(s): s for s, _, _ in pairs}
+        used_sets = list({id(s): s for s, _, _ in pairs if isinstance(s, ImageSet)}.values())
+        catalog_used = bool(self._catalog_prompts(pairs))
         ok = True
         for name in template.names:
-            if name in RUN_FIELDS or options is None or name in options or not used_sets:
+            if name in RUN_FIELDS or options is None or name in options or not (used_sets or catalog_used):
                 continue
-            lacking = [sets_by_identity[i].id for i in used_sets if name not in sets_by_identity[i].vars]
-            if len(lacking) == len(used_sets):
+            lacking = [s.id for s in used_sets if name not in s.vars]
+            catalog_lacks = catalog_used and name not in (self.m.catalog_vars or ())
+            if len(lacking) == len(used_sets) and (catalog_lacks or not catalog_used):
                 known = ", ".join([*RUN_FIELDS, *sorted(options)])
                 self.add(path, f"unknown name {{{name}}}: use {known} or a var of every image set")
                 ok = False
-            elif lacking:
+                continue
+            if lacking:
                 self.add(path, f"{{{name}}} is not a var of {_sets_phrase(lacking)}")
+                ok = False
+            if catalog_lacks:
+                self.add(path, self._not_a_catalog_var(name))
                 ok = False
         return ok
 
@@ -804,12 +879,12 @@ def _unsafe_key(key: str) -> str | None:
         return "contains a backslash"
     if key.startswith("/"):
         return "is absolute"
-    if any(ord(c) < 0x20 for c in key):
+    if _CONTROL.search(key):
         return "contains a control character"
     segments = key.split("/")
-    if any(s == "" for s in segments):
+    if "" in segments:
         return "has an empty segment"
-    if any(s in (".", "..") for s in segments):
+    if "." in segments or ".." in segments:
         return "has a '.' or '..' segment"
     return None
 
@@ -822,6 +897,168 @@ def _resolve_output(output: str, base_dir: Path) -> tuple[str | None, str | None
     if "://" in output:
         return None, "output is s3://bucket/prefix or a local directory"
     return os.path.abspath(base_dir / os.path.expanduser(output)), None
+
+
+class _References:
+    """Whether an image reference can be fetched: a well-formed s3:// URI or http(s) URL, or a
+    local file (relative to the manifest) that exists, each file looked at once."""
+
+    def __init__(self, base_dir: Path):
+        self.base_dir = base_dir
+        self._files: dict[str, str | None] = {}
+
+    def problem(self, ref: str) -> str | None:
+        kind = image_kind(ref)
+        if kind == "s3":
+            bucket, _, key = ref[len("s3://") :].partition("/")
+            return None if bucket and key else f"{ref!r} is not an s3://bucket/key URI"
+        if kind == "https":
+            host = ref.split("://", 1)[1].split("/", 1)[0]
+            return None if host else f"{ref!r} has no host"
+        if "://" in ref:
+            return f"{ref!r}: images are local paths, s3:// URIs or http(s) URLs"
+        if ref not in self._files:
+            path = os.path.abspath(os.path.join(self.base_dir, ref))
+            self._files[ref] = None if os.path.isfile(path) else f"no file {ref!r} (looked for {path})"
+        return self._files[ref]
+
+
+# --- Catalogs: rows judged one by one --------------------------------------------------------
+
+
+class _CatalogReader:
+    """Turns a catalog's entries (``catalog.py``) into ``CatalogSet``s, judging each on its own.
+
+    A row (or folder) is bad when it has no id, an id another image set already has or that
+    cannot be part of an output key, no image, an image reference that cannot be fetched, or
+    more images than a model it meets accepts. ``read`` yields a set or, for a bad row, the
+    issue saying why: located in the feed (``feed:line:1: column: message``), or for a folder
+    at the manifest's ``catalog.prefix``. Whatever stops the whole catalog (an unreadable
+    feed, a missing column) goes to ``issues``, located at the manifest's own lines.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        sources: Sources,
+        references: _References,
+        locations: Locations,
+        label: str,
+        inline_ids: set[str],
+        limit: ModelSpec | None,
+    ):
+        self.catalog = catalog
+        self.sources = sources
+        self.references = references
+        self.locations = locations
+        self.label = label
+        self.limit = limit
+        self.issues: list[ManifestIssue] = []
+        self.s3_etags: dict[str, str] = {}
+        # id → the line of the row that has it (0: an inline set) to name the first of two.
+        self._seen: dict[str, int] = dict.fromkeys(inline_ids, 0)
+
+    def read(self) -> Iterator[CatalogSet | ManifestIssue]:
+        c = self.catalog
+        if c.feed is not None:
+            source: DocPath = ("catalog", "feed")
+            entries = read_feed(c.feed, self.sources, id_column=c.id or "", image_columns=c.images or (), var_columns=c.vars or ())
+        else:
+            source = ("catalog", "prefix")
+            entries = read_folder(c.prefix or "", c.pattern or "", self.sources)
+        try:
+            for entry in entries:
+                yield self._judge(entry)
+        except MissingColumns as exc:
+            header = ", ".join(exc.header[:20]) + (", …" if len(exc.header) > 20 else "")
+            for column in exc.columns:
+                self.issues.append(self.locations.issue(self._column_path(column), f"no column {column!r} in {self.label} (its header has: {header})"))
+        except CatalogUnreadable as exc:
+            self.issues.append(self.locations.issue(source, str(exc)))
+
+    def _column_path(self, column: str) -> DocPath:
+        c = self.catalog
+        if column == c.id:
+            return ("catalog", "id")
+        for where, names in (("images", c.images or ()), ("vars", c.vars or ())):
+            if column in names:
+                return ("catalog", where, list(names).index(column))
+        return ("catalog",)
+
+    def _judge(self, entry: Entry) -> CatalogSet | ManifestIssue:
+        if entry.problem is not None:
+            return self._bad(entry, *entry.problem)
+        id_field = self.catalog.id or "folder"
+        if not entry.id:
+            if self.catalog.feed is None:
+                return self._bad(entry, id_field, "files at the top of the prefix match the pattern; each image set is a folder (e.g. */*.jpg)")
+            return self._bad(entry, id_field, "no id: the cell is empty")
+        unsafe = _unsafe_key(entry.id)
+        if unsafe is not None:
+            return self._bad(entry, id_field, f"id {entry.id!r} {unsafe}; ids are part of output keys")
+        if entry.id in self._seen:
+            first = self._seen[entry.id]
+            where = f"first at line {first}" if first else "an inline image set has it"
+            return self._bad(entry, id_field, f"duplicate image set id {entry.id!r} ({where})")
+        if not entry.images:
+            columns = ", ".join(self.catalog.images or ())
+            return self._bad(entry, "images", f"no image: {columns} {'is' if len(self.catalog.images or ()) == 1 else 'are'} empty")
+        if self.catalog.feed is not None:
+            for column, ref in entry.images:
+                problem = self.references.problem(ref)
+                if problem is not None:
+                    return self._bad(entry, column, problem)
+        if self.limit is not None and len(entry.images) > self.limit.max_images:
+            return self._bad(entry, "images", f"{len(entry.images)} images; {self.limit.name} accepts at most {self.limit.max_images}")
+        images = tuple(ref for _, ref in entry.images)
+        self.s3_etags.update(zip(images, entry.etags))
+        self._seen[entry.id] = entry.line
+        return CatalogSet(entry.id, images, entry.vars, entry.line)
+
+    def _bad(self, entry: Entry, column: str, message: str) -> ManifestIssue:
+        if self.catalog.feed is not None:
+            return ManifestIssue(self.label, entry.line, 1, column, message)
+        return self.locations.issue(("catalog", "prefix"), f"folder {entry.id!r}: {message}" if entry.id else message)
+
+
+def _feed_label(feed: str, filename: str) -> str:
+    """How issues name a feed: a local one beside the manifest as the manifest is named."""
+    if "://" in feed or os.path.isabs(feed) or "://" in filename:
+        return feed
+    return os.path.normpath(os.path.join(os.path.dirname(filename), os.path.expanduser(feed)))
+
+
+def _max_images_spec(
+    defaults: Defaults, prompts: tuple[Prompt, ...], runs: tuple[RunSpec, ...] | None, specs: Mapping[str, ModelSpec]
+) -> ModelSpec | None:
+    """Of the models any prompt or run may use, the one accepting the fewest images."""
+    models = {p.model or defaults.model or DEFAULT_MODEL for p in prompts} | {e.model for e in runs or () if e.model}
+    known = [specs[name] for name in sorted(models) if name in specs]
+    return min(known, key=lambda spec: spec.max_images) if known else None
+
+
+def _read_catalog(
+    catalog: Catalog, reader: _CatalogReader, issues: list[ManifestIssue]
+) -> tuple[list[CatalogSet], list[str]]:
+    """The catalog's sets and the skipped rows; with ``on_bad_row: fail``, bad rows are issues."""
+    sets: list[CatalogSet] = []
+    skipped: list[str] = []
+    failed = 0
+    for item in reader.read():
+        if isinstance(item, CatalogSet):
+            sets.append(item)
+        elif catalog.on_bad_row != "fail":
+            skipped.append(str(item))
+        else:
+            failed += 1
+            if failed <= _MAX_RUN_ISSUES:
+                issues.append(item)
+    if failed > _MAX_RUN_ISSUES:
+        path: DocPath = ("catalog", "feed") if catalog.feed is not None else ("catalog", "prefix")
+        issues.append(reader.locations.issue(path, f"and {failed - _MAX_RUN_ISSUES} more bad rows"))
+    issues.extend(reader.issues)
+    return sets, skipped
 
 
 # --- Putting it together -------------------------------------------------------------------
@@ -850,7 +1087,14 @@ def _located(items: list[Any] | None, where: str) -> tuple[Any, ...]:
     return tuple(items or ())
 
 
-def _parse(text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSpec], path: Path | None) -> Manifest:
+def _parse(
+    text: str,
+    filename: str,
+    base_dir: Path,
+    specs: Mapping[str, ModelSpec],
+    path: Path | None,
+    settings: Settings | None,
+) -> Manifest:
     data, locations, issues = _read_yaml(text, filename)
     if data is None:
         raise ManifestError(issues)
@@ -870,6 +1114,7 @@ def _parse(text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSp
         image_sets = _located(doc.image_sets, "image_sets")
         prompts = _located(doc.prompts, "prompts")
         runs = _located(doc.runs, "runs") if doc.runs is not None else None
+        catalog = doc.catalog
     else:
         # Salvage what is structurally sound so that semantic mistakes are reported too.
         defaults = _try(Defaults, data.get("defaults", {}), ("defaults",)) or Defaults()
@@ -879,19 +1124,35 @@ def _parse(text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSp
         matrix = _salvage_matrix(data.get("matrix"))
         raw_key = data.get("output_key", DEFAULT_OUTPUT_KEY)
         output_key = raw_key if isinstance(raw_key, str) else DEFAULT_OUTPUT_KEY
+        catalog = _try(Catalog, data["catalog"], ("catalog",)) if "catalog" in data else None
 
     version = _as_value(data.get("version"))
     if isinstance(version, int) and not isinstance(version, bool) and version != SUPPORTED_VERSION:
         issues.append(locations.issue(("version",), f"version {version} is not supported; this editpipe reads version 1"))
-    if "catalog" in data:
-        issues.append(locations.issue(("catalog",), "catalog sources are not supported yet", key=True))
-    elif "image_sets" not in data:
-        issues.append(locations.issue(("image_sets",), "required field is missing"))
+    if "catalog" not in data and "image_sets" not in data:
+        issues.append(locations.issue(("image_sets",), "required field is missing (or a catalog)"))
     output = None
     if isinstance(data.get("output"), str):
         output, problem = _resolve_output(data["output"], base_dir)
         if problem:
             issues.append(locations.issue(("output",), problem))
+
+    references = _References(base_dir)
+    catalog_sets: list[CatalogSet] = []
+    skipped: list[str] = []
+    s3_etags: dict[str, str] = {}
+    if catalog is not None:
+        reader = _CatalogReader(
+            catalog,
+            sources=Sources(base_dir, settings),
+            references=references,
+            locations=locations,
+            label=_feed_label(catalog.feed, filename) if catalog.feed is not None else filename,
+            inline_ids={s.id for s in image_sets},
+            limit=_max_images_spec(defaults, prompts, runs, specs),
+        )
+        catalog_sets, skipped = _read_catalog(catalog, reader, issues)
+        s3_etags = reader.s3_etags
 
     manifest = Manifest(
         path=path,
@@ -902,16 +1163,20 @@ def _parse(text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSp
         budget_usd=doc.budget_usd if doc else None,
         priority=doc.priority if doc else 0,
         defaults=defaults,
-        image_sets=image_sets,
+        image_sets=(*image_sets, *catalog_sets),
         prompts=prompts,
         matrix={name: tuple(values) for name, values in matrix.items()},
         runs=runs,
         output_key=output_key,
         locations=locations,
+        catalog=catalog,
+        skipped_rows=tuple(skipped),
+        s3_etags=s3_etags,
     )
-    _Checker(manifest, specs, issues).run()
+    _Checker(manifest, specs, issues, references).run()
     if issues:
-        raise ManifestError(sorted(issues, key=lambda i: (i.line, i.col)))
+        # The manifest's own issues first, then those located in a feed.
+        raise ManifestError(sorted(issues, key=lambda i: (i.file != filename, i.line, i.col)))
     return manifest
 
 
@@ -933,25 +1198,29 @@ def _salvage_matrix(value: Any) -> dict[str, list[str]]:
     return adapter.validate_python({k: v for k, v in value.items() if k not in broken})
 
 
-def parse_manifest(text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSpec]) -> Manifest:
+def parse_manifest(
+    text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSpec], settings: Settings | None = None
+) -> Manifest:
     """Validate manifest text not on disk (e.g. fetched from S3).
 
-    ``filename`` names it in issues; local paths (images, a local output) resolve against
-    ``base_dir``. Raises ``ManifestError`` with every issue found.
+    ``filename`` names it in issues; local paths (images, a local output, a local catalog)
+    resolve against ``base_dir``. ``settings`` reach an ``s3://`` catalog (without them it
+    is an issue). Raises ``ManifestError`` with every issue found.
     """
-    return _parse(text, filename, base_dir, specs, None)
+    return _parse(text, filename, base_dir, specs, None, settings)
 
 
-def load_manifest(path: Path, specs: Mapping[str, ModelSpec]) -> Manifest:
+def load_manifest(path: Path, specs: Mapping[str, ModelSpec], settings: Settings | None = None) -> Manifest:
     """Read and validate the manifest at ``path``; issues name the file as given.
 
+    A ``catalog`` is read here (streamed, row by row); ``settings`` reach an ``s3://`` one.
     Raises ``ManifestError`` with every issue found (an unreadable file is one issue).
     """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError([ManifestIssue(str(path), 1, 1, "manifest", f"cannot read the manifest: {exc}")]) from None
-    return _parse(text, str(path), Path(os.path.abspath(path.parent)), specs, path)
+    return _parse(text, str(path), Path(os.path.abspath(path.parent)), specs, path, settings)
 
 
 def manifest_json_schema(specs: Mapping[str, ModelSpec] | None = None) -> dict[str, Any]:

@@ -5,6 +5,9 @@ every resolved request option, the prompt as sent, the inputs by content identit
 variant number. Equal requests get equal keys in any process on any day, which is what lets
 a job skip runs already done; the key never depends on the output root, the manifest name
 or the run's position.
+
+A plan of 100,000 runs is held in memory, so runs are kept light: slotted, and the runs of
+one image set share its inputs and vars, the runs of one option set share its options.
 """
 
 from __future__ import annotations
@@ -12,18 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .manifest import EXTENSIONS, Combination, ImageSet, Manifest, image_kind
+from .manifest import EXTENSIONS, AnyImageSet, Combination, Manifest, image_kind
 from .modelspec import ModelSpec
 
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InputRef:
     """One reference image of a run.
 
@@ -40,12 +43,13 @@ class InputRef:
         return {"uri": self.uri, "kind": self.kind, "identity": self.identity}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """One paid edit request, fully resolved: nothing left to look up in the manifest.
 
     ``options`` holds every request option of the model; ``output_key`` already has the
     output format's extension; ``variant`` is 1-based, ``index`` 0-based in plan order.
+    ``options`` and ``vars`` may be shared with other runs of the same plan: read only.
     """
 
     index: int
@@ -95,8 +99,12 @@ class Run:
 
 @dataclass(frozen=True)
 class Plan:
+    """The runs of one manifest, in order, and the catalog rows it skipped (``file:line:col:
+    field: message`` each, as ``on_bad_row: skip`` asks)."""
+
     manifest_name: str
     runs: list[Run]
+    skipped_rows: list[str] = field(default_factory=list)
 
     def estimated_cost(self, specs: Mapping[str, ModelSpec]) -> Decimal:
         """What the whole plan costs if every run completes (only completed runs are billed)."""
@@ -140,7 +148,7 @@ class _Identities:
         self._refs: dict[str, InputRef] = {}
         self._sets: dict[int, tuple[InputRef, ...]] = {}
 
-    def of_set(self, image_set: ImageSet) -> tuple[InputRef, ...]:
+    def of_set(self, image_set: AnyImageSet) -> tuple[InputRef, ...]:
         if id(image_set) not in self._sets:
             self._sets[id(image_set)] = tuple(self._ref(ref) for ref in image_set.images)
         return self._sets[id(image_set)]
@@ -155,6 +163,9 @@ class _Identities:
         if kind == "https":
             return InputRef(ref, kind, ref)
         if kind == "s3":
+            listed = self._manifest.s3_etags.get(ref)
+            if listed is not None:
+                return InputRef(ref, kind, f"etag:{listed}")
             if self._s3_etag is None:
                 raise ValueError(f"{ref} is in S3: planning needs an s3_etag lookup to identify it")
             # S3 sends ETags quoted; the quotes are transport, not identity.
@@ -179,29 +190,31 @@ def plan_runs(
 ) -> Plan:
     """Every run of ``manifest``, in the order of ``Manifest.combinations``.
 
-    ``s3_etag(uri)`` returns an s3 object's ETag; it is required when any input is in S3
-    (``ValueError`` otherwise). Deterministic: the same manifest and input bytes give the
-    same runs and keys.
+    ``s3_etag(uri)`` returns an s3 object's ETag; it is required when an input is in S3 and
+    the manifest's catalog listing did not give it (``ValueError`` otherwise). Deterministic:
+    the same manifest and input bytes give the same runs and keys.
     """
     identities = _Identities(manifest, s3_etag)
-    prompts: dict[tuple[int, int], str] = {}
-    # The canonical JSON of a combination, up to the variant number: "variant" sorts last,
-    # so every variant's key is this prefix plus its number (the same text run_key builds).
-    prefixes: dict[tuple[int, int, int], str] = {}
+    # combinations() yields each pair's option sets and variants together, and shares one
+    # options dict per prompt/run entry and matrix value for the whole iteration (its id
+    # names that option set while we loop): so the prompt text and key prefix of the pair at
+    # hand are all that is worth keeping, not one per pair of a 100,000-run plan.
+    pair: tuple[int, int] | None = None
+    text = ""
+    prefix_of: dict[int, str] = {}
     runs: list[Run] = []
     for combo in manifest.combinations(specs):
         image_set, prompt = combo.image_set, combo.prompt
         inputs = identities.of_set(image_set)
-        pair = (id(image_set), id(prompt))
-        if pair not in prompts:
-            prompts[pair] = manifest.render_prompt(image_set, prompt)
-        text = prompts[pair]
-        # combinations() shares one options dict per prompt/run entry and matrix value for
-        # the whole iteration, so its id names that option set while we loop.
-        prefix_key = (*pair, id(combo.options))
-        if prefix_key not in prefixes:
-            prefixes[prefix_key] = _key_prefix(combo, text, inputs)
-        key = hashlib.sha256(f"{prefixes[prefix_key]}{combo.variant}}}".encode("utf-8")).hexdigest()
+        if pair != (id(image_set), id(prompt)):
+            pair = (id(image_set), id(prompt))
+            text = manifest.render_prompt(image_set, prompt)
+            prefix_of.clear()
+        if id(combo.options) not in prefix_of:
+            prefix_of[id(combo.options)] = _key_prefix(combo, text, inputs)
+        # The canonical JSON up to the variant number: "variant" sorts last, so each
+        # variant's key is this prefix plus its number (the same text run_key builds).
+        key = hashlib.sha256(f"{prefix_of[id(combo.options)]}{combo.variant}}}".encode("utf-8")).hexdigest()
         runs.append(
             Run(
                 index=len(runs),
@@ -211,13 +224,13 @@ def plan_runs(
                 variant=combo.variant,
                 model=combo.model,
                 prompt=text,
-                options=dict(combo.options),
+                options=combo.options,  # type: ignore[arg-type]  # a dict, shared
                 inputs=inputs,
                 output_key=_output_key(manifest, combo),
-                vars=dict(image_set.vars),
+                vars=image_set.vars,
             )
         )
-    return Plan(manifest_name=manifest.name, runs=runs)
+    return Plan(manifest_name=manifest.name, runs=runs, skipped_rows=list(manifest.skipped_rows))
 
 
 def _key_prefix(combo: Combination, prompt: str, inputs: tuple[InputRef, ...]) -> str:

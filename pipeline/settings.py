@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -47,8 +47,9 @@ class Settings:
     # Transient errors (5xx, timeouts) a run may meet before it fails; 429s never count.
     max_transient_retries: int = 8
     submit_chunk_size: int = 200
+    # A task not acknowledged within this many seconds (its worker died) is delivered again.
+    visibility_timeout_s: int = 600
     daily_budget_usd: Decimal | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -72,6 +73,7 @@ class Settings:
             poll_max_s=_float(env, "EDITPIPE_POLL_MAX", 30.0),
             max_transient_retries=_int(env, "EDITPIPE_MAX_RETRIES", 8),
             submit_chunk_size=_int(env, "EDITPIPE_CHUNK_SIZE", 200),
+            visibility_timeout_s=_int(env, "EDITPIPE_VISIBILITY_TIMEOUT", 600),
             daily_budget_usd=_decimal(env, "EDITPIPE_DAILY_BUDGET_USD"),
         )
 

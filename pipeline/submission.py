@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from .execution import INDEX_PREFIX, parse_index_key, skipped_result
+from .errors import EditpipeError
 from .jobs import JobStatus, JobStore, new_job_id
 from .ledger import utc_now
 from .manifest import Manifest, load_manifest
@@ -29,26 +31,68 @@ class Prepared:
     plan: Plan
     specs: dict[str, ModelSpec]
     storage: Storage
+    # Run key -> the output an earlier job already made for it (skipped at $0).
+    done: dict[str, str]
     estimated_usd: Decimal
 
+    @property
+    def new_runs(self) -> int:
+        return len(self.plan.runs) - len(self.done)
 
-def prepare(path: Path, settings: Settings) -> Prepared:
-    """Load, validate and plan a manifest; raises ``ManifestError`` with every issue."""
+
+def already_done(storage: Storage, plan: Plan) -> dict[str, str]:
+    """Runs of the plan whose run key has an output under this output root, from any job.
+
+    One listing of the index (``_index/runs/``, see ``execution.index_key``) answers for the
+    whole plan: no object is read per run.
+    """
+    wanted = {run.run_key for run in plan.runs}
+    found: dict[str, str] = {}
+    for key in storage.list_keys(INDEX_PREFIX + "/"):
+        parsed = parse_index_key(key)
+        if parsed and parsed[0] in wanted:
+            found.setdefault(*parsed)
+    return found
+
+
+def prepare(path: Path, settings: Settings, *, force: bool = False) -> Prepared:
+    """Load, validate and plan a manifest; raises ``ManifestError`` with every issue.
+
+    Unless ``force``, runs already done under the same output root are found, and only the
+    others are priced.
+    """
     specs = load_model_specs(settings.models_dir)
-    manifest = load_manifest(path, specs)
+    manifest = load_manifest(path, specs, settings)
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
+    storage = open_storage(manifest.output, settings)
+    done = {} if force else already_done(storage, plan)
     return Prepared(
         manifest=manifest,
         plan=plan,
         specs=specs,
-        storage=open_storage(manifest.output, settings),
-        estimated_usd=plan.estimated_cost(specs),
+        storage=storage,
+        done=done,
+        estimated_usd=plan.cost_of([r for r in plan.runs if r.run_key not in done], specs),
     )
 
 
-def submit(prepared: Prepared, jobs: JobStore, enqueue: Callable[[str], None]) -> str:
-    """Record the job (manifest copy in storage, runs in Redis) and enqueue its first chunk."""
+def submit(
+    prepared: Prepared,
+    jobs: JobStore,
+    enqueue: Callable[[str], None],
+    *,
+    budget_usd: Decimal | None = None,
+    schedule: str = "",
+    notify_url: str = "",
+) -> str:
+    """Record the job (manifest copy in storage, runs in Redis), finish the runs already done
+    as skipped, and enqueue the first chunk of the rest.
+
+    ``budget_usd`` (a schedule's budget, say) caps the job together with the manifest's own
+    ``budget_usd``: the lower of the two applies.
+    """
     manifest = prepared.manifest
+    caps = [b for b in (manifest.budget_usd, budget_usd) if b is not None]
     job_id = new_job_id(manifest.name)
     prepared.storage.put_text(f"{job_prefix(job_id)}/manifest.yaml", manifest.source_text, "application/yaml")
     jobs.create(
@@ -58,10 +102,17 @@ def submit(prepared: Prepared, jobs: JobStore, enqueue: Callable[[str], None]) -
         runs=prepared.plan.runs,
         total=len(prepared.plan.runs),
         estimated_usd=prepared.estimated_usd,
-        budget_usd=manifest.budget_usd,
+        budget_usd=min(caps) if caps else None,
         created_at=utc_now(),
+        schedule=schedule,
+        notify_url=notify_url,
     )
-    if not prepared.plan.runs:
+    last = 0
+    for run in prepared.plan.runs:
+        existing = prepared.done.get(run.run_key)
+        if existing is not None:
+            last = jobs.finish_run(job_id, run.index, outcome="skipped", result=skipped_result(run, existing))
+    if last == 1 or not prepared.plan.runs:
         finalize_job(jobs, prepared.storage, job_id)
     else:
         enqueue(job_id)
@@ -83,3 +134,36 @@ def follow(
         if status.done or (deadline is not None and time.monotonic() > deadline):
             return status
         time.sleep(interval_s)
+
+
+def resume(
+    jobs: JobStore,
+    job_id: str,
+    enqueue_runs: Callable[[str, list[int]], None],
+    *,
+    budget_usd: Decimal | None = None,
+    chunk: int = 500,
+) -> list[int]:
+    """Run again what a finished job did not finish: runs failed for a reason that can pass
+    (transient errors, cancel, budget, a rejected key, a lost submit answer) and runs that
+    never got a result. Succeeded and skipped runs, and runs the provider refused or failed,
+    are left as they are. Returns the run indices enqueued."""
+    status = jobs.status(job_id)
+    if not status.done:
+        raise EditpipeError(f"job {job_id} is still {status.status}: wait for it, or cancel it, then resume")
+    indices = []
+    finished = set()
+    for result in jobs.results(job_id):
+        finished.add(result["index"])
+        if result["status"] == "failed" and result.get("retryable"):
+            if jobs.reopen(job_id, result["index"]):
+                jobs.forget_attempts(job_id, result["index"])
+                indices.append(result["index"])
+    indices += [i for i in range(status.total) if i not in finished]
+    indices.sort()
+    if not indices:
+        return []
+    jobs.reopen_job(job_id, budget_usd)
+    for start in range(0, len(indices), chunk):
+        enqueue_runs(job_id, indices[start : start + chunk])
+    return indices

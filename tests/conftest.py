@@ -98,6 +98,8 @@ def settings(redis_url: str, s3_endpoint: str, simulator: Simulator) -> Settings
             "EDITPIPE_POLL_INITIAL": "0.3",
             "EDITPIPE_POLL_MAX": "2",
             "EDITPIPE_MAX_RETRIES": "6",
+            "EDITPIPE_VISIBILITY_TIMEOUT": "8",
+            "EDITPIPE_REQUEST_TIMEOUT": "5",
         }
     )
 

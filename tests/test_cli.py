@@ -99,7 +99,7 @@ def test_validate_and_plan_accept_the_quickstart_and_price_it(quickstart: Path):
     assert editpipe("validate", str(quickstart), cwd=quickstart.parent).returncode == 0
     done = editpipe("plan", str(quickstart), cwd=quickstart.parent)
     assert done.returncode == 0
-    assert "Estimated cost: $1.20 for 12 runs" in done.stdout
+    assert "Estimated cost: $1.20 for 12 new runs" in done.stdout
     assert "within budget" in done.stdout
 
 

@@ -98,8 +98,9 @@ def test_twelve_runs_end_with_outputs_sidecars_results_and_a_ledger_matching_the
     assert status.status == "succeeded", workers.logs()[-3000:]
     prefix = f"edits/jobs/{status.id}/"
     keys = s3_keys(s3, bucket, "edits/")
-    outputs = [k for k in keys if k.endswith(".png") and not k.startswith(prefix)]
-    sidecars = [k for k in keys if k.endswith(".json") and not k.startswith(prefix)]
+    records = [k for k in keys if k.startswith((prefix, "edits/_index/"))]
+    outputs = [k for k in keys if k.endswith(".png") and k not in records]
+    sidecars = [k for k in keys if k.endswith(".json") and k not in records]
     assert len(outputs) == 12 and len(sidecars) == 12
     for name in ("manifest.yaml", "job.json", "results.jsonl", "ledger.jsonl", "report.html", "summary.json"):
         assert prefix + name in keys

@@ -28,7 +28,15 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=4,
         broker_connection_retry_on_startup=True,
         # A message not acked within this many seconds is delivered again (its worker died).
-        broker_transport_options={"visibility_timeout": int(settings.extra.get("visibility_timeout", 600))},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Sweep for a dead worker's messages often enough to match the timeout (kombu's
+            # default sweeps every ~100 s), and never let a killed sweeper's lock hold them
+            # for its default 5 minutes.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 30,
+        },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from celery import Task
 from celery.signals import worker_process_init
@@ -32,10 +33,13 @@ def context() -> Context:
 
 
 def _schedule(job_id: str, index: int, step: Next, attempt: int = 0) -> None:
+    # A countdown longer than the broker's visibility timeout would have the message
+    # delivered twice; waking early is harmless (every step checks before it acts).
+    delay = min(step.delay_s, context().settings.visibility_timeout_s / 2)
     if step.action == "submit":
-        submit_run.apply_async((job_id, index), {"failures": step.failures}, countdown=step.delay_s)
+        submit_run.apply_async((job_id, index), {"failures": step.failures}, countdown=delay)
     elif step.action == "poll":
-        poll.apply_async((job_id, index), {"attempt": attempt, "failures": step.failures}, countdown=step.delay_s)
+        poll.apply_async((job_id, index), {"attempt": attempt, "failures": step.failures}, countdown=delay)
     elif step.action == "finalize":
         finalize.delay(job_id)
 
@@ -46,15 +50,23 @@ def enqueue_chunk(job_id: str, start: int) -> None:
     ctx = context()
     total = int(ctx.jobs.field(job_id, "total") or 0)
     end = min(total, start + ctx.settings.submit_chunk_size)
-    for index in range(start, end):
+    for index in ctx.jobs.unfinished(job_id, range(start, end)):
         submit_run.delay(job_id, index)
     if end < total:
         enqueue_chunk.delay(job_id, end)
 
 
+@app.task(name="editpipe.enqueue_runs")
+def enqueue_runs(job_id: str, indices: list[int]) -> None:
+    """Enqueue chosen runs of a job again (``editpipe resume``)."""
+    for index in indices:
+        submit_run.delay(job_id, index)
+
+
 @app.task(name="editpipe.submit_run", bind=True)
 def submit_run(self: Task, job_id: str, index: int, failures: int = 0) -> None:
-    step = start_run(context(), job_id, index, token=self.request.id or "", failures=failures)
+    token = f"{self.request.id}:{uuid.uuid4().hex}"
+    step = start_run(context(), job_id, index, token=token, failures=failures)
     _schedule(job_id, index, step)
 
 

@@ -1,15 +1,26 @@
--- Finish one run of a job, exactly once, and charge its prediction exactly once.
+-- Finish one run of a job, exactly once, and charge its ledger line exactly once.
 -- KEYS[1] job hash, KEYS[2] results hash (index -> result line), KEYS[3] ledger hash
--- (prediction id -> ledger line)
+-- (entry id -> ledger line), KEYS[4] reservations hash (index -> "micros|day")
 -- ARGV[1] run index, ARGV[2] counter to bump (succeeded|skipped|failed), ARGV[3] result line,
--- ARGV[4] prediction id ('' when nothing is charged), ARGV[5] ledger line, ARGV[6] cost in micro-USD
+-- ARGV[4] ledger entry id ('' when nothing is charged), ARGV[5] ledger line,
+-- ARGV[6] cost in micro-USD
+-- A charged run's reservation turns into spend (held_micros is corrected to the real cost);
+-- any other run's reservation must have been released before (budget_release.lua).
 -- Returns -1 when the run was already finished (a redelivery), 1 when this call finished the
 -- job's last run (the caller then finalizes the job), 0 otherwise.
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
   return -1
 end
 if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'spent_micros', ARGV[6])
+  local cost = tonumber(ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'spent_micros', cost)
+  local held = redis.call('HGET', KEYS[4], ARGV[1])
+  local reserved = 0
+  if held then
+    reserved = tonumber(string.sub(held, 1, string.find(held, '|', 1, true) - 1))
+    redis.call('HDEL', KEYS[4], ARGV[1])
+  end
+  redis.call('HINCRBY', KEYS[1], 'held_micros', cost - reserved)
 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)

@@ -1,0 +1,404 @@
+"""Limits: the provider account's limits, held for every worker on every machine at once.
+
+The provider counts images started per minute and predictions in flight per account (per API
+key), so a per-process limit (Celery's ``rate_limit``) overshoots by the number of workers.
+Here every limit is state in Redis, changed only by the Lua scripts in ``lua/limits_*.lua``,
+and every clock reading is the Redis server's ``TIME`` taken inside the script: workers whose
+own clocks disagree still share one schedule.
+
+- ``RateLimiter``: starts per minute as a smooth rate (GCRA).
+- ``ConcurrencyLimiter``: slots as leases that expire per holder.
+- ``Throttle``: the fleet's answer to a 429, a pause for everyone and a reduced rate.
+- ``AccountLimits``: the three together, with one atomic ``try_start`` for the execution code.
+- ``FairQueue``: hands out runs of several jobs in turn, so a small job is not stuck behind
+  a large one.
+
+Waits are returned, never slept, so a caller can reschedule instead of holding a worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from importlib import resources
+
+import redis
+
+from .settings import Settings
+
+US = 1_000_000
+
+
+def _script(client: redis.Redis, name: str, *, with_lib: bool = True):
+    """Register a script once; the shared helpers of ``limits_lib.lua`` go first."""
+    lua = resources.files("pipeline").joinpath("lua")
+    source = lua.joinpath(name).read_text()
+    if with_lib:
+        source = lua.joinpath("limits_lib.lua").read_text() + "\n" + source
+    return client.register_script(source)
+
+
+def _us(seconds: float) -> int:
+    return max(0, round(seconds * US))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Throttle:
+    """The fleet-wide reaction to HTTP 429 (shared by every process using ``key``).
+
+    ``on_rate_limited`` pauses every ``RateLimiter`` and ``AccountLimits`` built with this
+    throttle until ``Retry-After`` has passed (``default_pause_s`` when the provider sent none;
+    a pause in force is never shortened, and no single pause exceeds ``max_pause_s``) and
+    multiplies the rate factor by ``decrease`` (not below ``floor``). Only the first 429 of a
+    pause cuts: later ones answer submits made before the pause began, so they carry no news.
+
+    Recovery is by time, not by successes: after the pause the factor grows back linearly,
+    ``1/recovery_s`` per second, reaching 1.0 at most ``recovery_s`` after the pause ends
+    (from 0.5 in 15 s with the default 30 s). Counting successes would make recovery depend on
+    throughput: minutes at 10 images a minute, a fraction of a second at 5,000. The provider's
+    window is one minute, so a time scale of that order matches what it forgives. A success
+    therefore needs no call here.
+
+    Parameters:
+      client: a Redis client.
+      key: the throttle's hash, one per provider account.
+      default_pause_s: pause for a 429 without ``Retry-After``.
+      max_pause_s: the longest single pause, against a wild ``Retry-After``.
+      decrease: multiplier applied to the factor by a 429 (0 < decrease <= 1).
+      floor: the lowest factor (0 < floor <= 1).
+      recovery_s: time for the factor to grow back by 1.0 once a pause has ended.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        *,
+        default_pause_s: float = 10.0,
+        max_pause_s: float = 300.0,
+        decrease: float = 0.5,
+        floor: float = 0.1,
+        recovery_s: float = 30.0,
+    ):
+        if not (0 < decrease <= 1 and 0 < floor <= 1 and recovery_s > 0):
+            raise ValueError("Throttle needs 0 < decrease <= 1, 0 < floor <= 1, recovery_s > 0")
+        self.r = client
+        self.key = key
+        self.default_pause_s = default_pause_s
+        self.max_pause_s = max_pause_s
+        self.decrease = decrease
+        self.floor = floor
+        self.recovery_us = max(1, _us(recovery_s))
+        self._run = _script(client, "limits_throttle.lua")
+
+    def on_rate_limited(self, retry_after_s: float | None = None) -> float:
+        """Record a 429 for the whole fleet; returns the seconds of pause now in force."""
+        pause = self.default_pause_s if retry_after_s is None else retry_after_s
+        pause = min(max(0.0, pause), self.max_pause_s)
+        pause_us, _ = self._run(
+            keys=[self.key],
+            args=["cut", self.recovery_us, _us(pause), repr(self.decrease), repr(self.floor)],
+        )
+        return pause_us / US
+
+    def pause_remaining(self) -> float:
+        """Seconds until the fleet may start again (0.0 when not paused)."""
+        return self._read()[0]
+
+    def factor(self) -> float:
+        """The share of the configured rate in force now, in [floor, 1.0]."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[float, float]:
+        pause_us, ppm = self._run(keys=[self.key], args=["read", self.recovery_us])
+        return pause_us / US, ppm / US
+
+
+class RateLimiter:
+    """Starts per minute for the whole fleet, as a smooth rate (GCRA, a leaky bucket).
+
+    One start is granted every ``60 / per_minute`` seconds on average; up to ``burst`` may
+    come back to back after a quiet spell. Guaranteed: never more than ``per_minute`` grants in
+    any 60-second window of the Redis clock, whatever ``burst`` is, because a burst is paid for
+    out of the sustained rate (the spacing is ``60 / (per_minute - burst + 1)`` seconds). The
+    default ``burst=1`` gives exactly ``per_minute`` per minute with no bursts at all.
+    ``headroom`` leaves that share of the rate unused (see ``AccountLimits``).
+
+    With a ``throttle``, the spacing is divided by ``throttle.factor()``, and while the
+    throttle pauses the fleet ``try_acquire`` returns the pause left. Only the first call after
+    the pause gets the start; the rest are spaced as usual (no thundering herd).
+
+    GCRA rather than a window counter: a counter per minute lets ``per_minute`` starts through
+    at the end of one minute and as many again at the start of the next; a sliding log stores
+    one entry per start. GCRA keeps one timestamp per key and spaces the starts evenly, which
+    is also what the provider sees as the gentlest load.
+
+    Parameters:
+      client: a Redis client.
+      key: the string key of the schedule, one per provider account.
+      per_minute: the account's images started per minute (>= 1).
+      burst: starts that may come back to back (1 <= burst <= per_minute).
+      throttle: the account's ``Throttle``, if 429s should slow this limiter.
+      headroom: share of the rate left unused, 0 <= headroom < 1.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        per_minute: int,
+        *,
+        burst: int = 1,
+        throttle: Throttle | None = None,
+        headroom: float = 0.0,
+    ):
+        if per_minute < 1 or not 1 <= burst <= per_minute or not 0 <= headroom < 1:
+            raise ValueError("RateLimiter needs per_minute >= 1, 1 <= burst <= per_minute, 0 <= headroom < 1")
+        self.r = client
+        self.key = key
+        self.per_minute = per_minute
+        self.burst = burst
+        self.throttle = throttle
+        self.interval_us = 60 * US / ((per_minute - burst + 1) * (1 - headroom))
+        self.tolerance_us = (burst - 1) * self.interval_us
+        self._take = _script(client, "limits_rate.lua")
+
+    def try_acquire(self) -> float:
+        """Take one start: 0.0 when granted now, else the seconds to wait before trying again."""
+        keys = [self.key]
+        recovery_us = 1
+        if self.throttle is not None:
+            keys.append(self.throttle.key)
+            recovery_us = self.throttle.recovery_us
+        wait_us = self._take(keys=keys, args=[repr(self.interval_us), repr(self.tolerance_us), recovery_us])
+        return wait_us / US
+
+    def acquire(self, timeout_s: float) -> bool:
+        """Take one start, sleeping between tries for up to ``timeout_s``; False if none came."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait = self.try_acquire()
+            if wait == 0.0:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(wait, left))
+
+
+class ConcurrencyLimiter:
+    """At most ``limit`` holders at once across the fleet, each holding a lease that expires.
+
+    A lease lasts ``lease_s`` from its last acquire or renew. Expired leases are dropped inside
+    the acquire script, so a holder that dies without releasing (SIGKILL, lost machine) gives
+    its slot back at most ``lease_s`` after its last renewal; ``release`` gives it back at
+    once. Unlike a key-wide TTL, one dead holder never holds the other slots hostage.
+
+    A holder that works longer than ``lease_s`` must ``renew`` before its lease runs out; an
+    expired lease is never renewed (its slot may already be someone else's), the holder must
+    acquire again.
+
+    Parameters:
+      client: a Redis client.
+      key: the sorted set holder -> expiry, one per provider account.
+      limit: the most leases at once (>= 1).
+      lease_s: how long a lease lasts without renewal.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, limit: int, lease_s: float = 60.0):
+        if limit < 1 or lease_s <= 0:
+            raise ValueError("ConcurrencyLimiter needs limit >= 1 and lease_s > 0")
+        self.r = client
+        self.key = key
+        self.limit = limit
+        self.lease_s = lease_s
+        self.lease_us = _us(lease_s)
+        self._run = _script(client, "limits_lease.lua")
+
+    def try_acquire(self, holder: str) -> bool:
+        """Take a slot for ``holder`` (or renew the one it has); False when all are taken."""
+        return self._run(keys=[self.key], args=["acquire", holder, self.limit, self.lease_us]) == 1
+
+    def renew(self, holder: str) -> bool:
+        """Extend ``holder``'s lease by ``lease_s`` from now; False if it had none left."""
+        return self.renew_many([holder]) == 1
+
+    def renew_many(self, holders: Iterable[str]) -> int:
+        """Renew several leases in one call (a poller's batch); returns how many were live."""
+        holders = list(holders)
+        if not holders:
+            return 0
+        return self._run(keys=[self.key], args=["renew", self.lease_us, *holders])
+
+    def release(self, holder: str) -> None:
+        """Give ``holder``'s slot back at once (a no-op if it holds none)."""
+        self.r.zrem(self.key, holder)
+
+    def in_use(self) -> int:
+        """Live leases now (expired ones are not counted)."""
+        return self._run(keys=[self.key], args=["count"])
+
+
+class AccountLimits:
+    """Everything the execution code asks before starting a prediction on one account.
+
+    ``try_start(holder)`` takes a concurrency lease and a rate token in one Lua script: both
+    or neither. A start refused for want of a slot burns no token, and one refused by the rate
+    or a 429 pause takes no slot. The limits hold across every process sharing ``prefix``
+    (``ep:limits:<account>``): the keys are ``<prefix>:rate``, ``<prefix>:leases`` and
+    ``<prefix>:throttle``.
+
+    The protocol for one prediction, with ``holder`` unique to it (e.g. ``<job>:<index>``):
+    ``try_start`` until it returns 0.0; submit; ``heartbeat`` at least every ``lease_s`` while
+    it runs (``heartbeat_many`` for a poller's batch); ``finished`` when it reaches a terminal
+    status. If the submit is answered 429: ``rate_limited(retry_after)`` then ``finished``.
+
+    The provider counts arrivals, not our grants: if the first start of a minute reaches it a
+    few milliseconds later than the last, a schedule at exactly ``images_per_minute`` puts one
+    start too many in the provider's 60 s. ``headroom`` (default 2%) leaves that share of the
+    rate unused, about 1.2 s of slack per minute at every tier, against that jitter.
+
+    Parameters:
+      client: a Redis client.
+      prefix: the key prefix of the account.
+      images_per_minute: the account's starts per minute.
+      max_concurrent: the account's predictions in flight.
+      lease_s: lease of a prediction without heartbeat (a dead worker's slot comes back then).
+      burst, headroom: see ``RateLimiter``.
+      busy_retry_s: the longest wait suggested while every slot is taken (a slot may free at
+        any moment by a ``finished``, which no caller is told about).
+      throttle: options for the account's ``Throttle`` (``default_pause_s``, ``decrease``,
+        ``floor``, ``recovery_s``, ``max_pause_s``).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        *,
+        images_per_minute: int,
+        max_concurrent: int,
+        lease_s: float = 60.0,
+        burst: int = 1,
+        headroom: float = 0.02,
+        busy_retry_s: float = 0.5,
+        **throttle: float,
+    ):
+        self.prefix = prefix
+        self.throttle = Throttle(client, f"{prefix}:throttle", **throttle)
+        self.rate = RateLimiter(
+            client, f"{prefix}:rate", images_per_minute, burst=burst, throttle=self.throttle, headroom=headroom
+        )
+        self.concurrency = ConcurrencyLimiter(client, f"{prefix}:leases", max_concurrent, lease_s)
+        self.busy_retry_us = max(1, _us(busy_retry_s))
+        self._start = _script(client, "limits_start.lua")
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings, account: str = "default", **options) -> "AccountLimits":
+        """The limits of ``settings``' tier (or explicit numbers), under ``ep:limits:<account>``."""
+        return cls(
+            client,
+            f"ep:limits:{account}",
+            images_per_minute=settings.images_per_minute,
+            max_concurrent=settings.max_concurrent,
+            **options,
+        )
+
+    def try_start(self, holder: str) -> float:
+        """0.0: ``holder`` may submit now (lease and token taken); else seconds to wait first.
+
+        A holder that has a lease already keeps it (renewed) but still needs a token: every
+        submit is a start for the provider.
+        """
+        wait_us = self._start(
+            keys=[self.rate.key, self.concurrency.key, self.throttle.key],
+            args=[
+                holder,
+                self.concurrency.limit,
+                self.concurrency.lease_us,
+                repr(self.rate.interval_us),
+                repr(self.rate.tolerance_us),
+                self.throttle.recovery_us,
+                self.busy_retry_us,
+            ],
+        )
+        return wait_us / US
+
+    def finished(self, holder: str) -> None:
+        """The prediction reached a terminal status (or was never accepted): free its slot now."""
+        self.concurrency.release(holder)
+
+    def heartbeat(self, holder: str) -> bool:
+        """Keep ``holder``'s slot; False if its lease had already expired."""
+        return self.concurrency.renew(holder)
+
+    def heartbeat_many(self, holders: Iterable[str]) -> int:
+        """Keep several slots in one call; returns how many leases were still live."""
+        return self.concurrency.renew_many(holders)
+
+    def rate_limited(self, retry_after_s: float | None = None) -> float:
+        """The provider answered 429: pause and slow the whole fleet; returns the pause (s)."""
+        return self.throttle.on_rate_limited(retry_after_s)
+
+    def in_use(self) -> int:
+        return self.concurrency.in_use()
+
+    def pause_remaining(self) -> float:
+        return self.throttle.pause_remaining()
+
+    def factor(self) -> float:
+        return self.throttle.factor()
+
+
+class FairQueue:
+    """Runs of several jobs, handed out in turn so that every job progresses.
+
+    A job is registered with its number of runs; nothing is stored per run (a cursor per job),
+    so a 100,000-run job costs a few hash fields. ``pop`` goes round the jobs that have runs
+    left: the job whose turn it is gets ``priority`` runs in a row, then the next job; a
+    100-run job pushed behind a 100,000-run job therefore gets every other run. Each index is
+    handed out once, in order, unless ``requeue`` hands it out again (before the job's cursor).
+    Every operation is one Lua script: concurrent poppers never get the same run.
+
+    Keys: ``<key>:ring`` (job ids in turn order), ``<key>:jobs`` (cursor, count, priority of
+    each job) and ``<key>:requeued``. A job stays known until ``remove`` (cancelled or done),
+    so that a late ``requeue`` for a cancelled job is refused.
+
+    Parameters:
+      client: a Redis client.
+      key: the queue's key prefix.
+    """
+
+    def __init__(self, client: redis.Redis, key: str):
+        self.r = client
+        self.key = key
+        self.keys = [f"{key}:ring", f"{key}:jobs", f"{key}:requeued"]
+        self._push = _script(client, "limits_fair_push.lua", with_lib=False)
+        self._pop = _script(client, "limits_fair_pop.lua", with_lib=False)
+        self._requeue = _script(client, "limits_fair_requeue.lua", with_lib=False)
+        self._remove = _script(client, "limits_fair_remove.lua", with_lib=False)
+
+    def push(self, job_id: str, count: int, priority: int = 1) -> bool:
+        """Register runs ``0..count-1`` of ``job_id``; False (no change) if already known."""
+        if count < 0 or priority < 1:
+            raise ValueError("FairQueue.push needs count >= 0 and priority >= 1")
+        return self._push(keys=self.keys, args=[job_id, count, priority]) == 1
+
+    def pop(self) -> tuple[str, int] | None:
+        """The next run as ``(job_id, index)``, or None when no job has runs left."""
+        got = self._pop(keys=self.keys)
+        if got is None:
+            return None
+        job_id, index = got
+        return _text(job_id), int(index)
+
+    def requeue(self, job_id: str, index: int) -> bool:
+        """Hand run ``index`` out again; False if the job is gone, or the run is already queued."""
+        return self._requeue(keys=self.keys, args=[job_id, index]) == 1
+
+    def remove(self, job_id: str) -> bool:
+        """Hand out no more runs of ``job_id``; False if it was not known."""
+        return self._remove(keys=self.keys, args=[job_id]) == 1

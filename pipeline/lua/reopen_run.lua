@@ -1,0 +1,12 @@
+-- Reopen a finished run so `resume` can run it again: forget its result and take it out
+-- of the counters, atomically. Succeeded and skipped runs are never reopened.
+-- KEYS[1] job hash, KEYS[2] results hash, KEYS[3] submit-attempts hash; ARGV[1] run index,
+-- ARGV[2] the counter it was counted in (failed).
+-- Returns 1 when reopened, 0 when it was not finished as ARGV[2].
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[1], ARGV[2], -1)
+redis.call('HINCRBY', KEYS[1], 'finished', -1)
+return 1
