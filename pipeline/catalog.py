@@ -190,7 +190,9 @@ def read_feed(
             raise CatalogUnreadable(f"reading {location} failed: {exc}") from None
 
 
-def _csv_rows(text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]) -> Iterator[Entry]:
+def _csv_rows(
+    text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]
+) -> Iterator[Entry]:
     reader = csv.reader(text)
     try:
         header = [name.strip() for name in next(reader)]
@@ -222,7 +224,9 @@ def _csv_rows(text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...
         yield Entry(line, cell(id_at).strip(), images, {name: cell(i) for name, i in vars_at})
 
 
-def _jsonl_rows(text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]) -> Iterator[Entry]:
+def _jsonl_rows(
+    text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]
+) -> Iterator[Entry]:
     for line, raw in enumerate(text, start=1):
         if not raw.strip():
             continue

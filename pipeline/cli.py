@@ -166,33 +166,22 @@ def _failures(jobs: JobStore, job_id: str, limit: int = 10) -> None:
 
 
 def _enqueuer(settings: Settings):
-    """Sends a job's first chunk to the workers' broker (the task is looked up by name)."""
-    from workers.celery_app import make_app
+    from workers.celery_app import job_enqueuer
 
-    app = make_app(settings)
-
-    def enqueue(job_id: str) -> None:
-        app.send_task("editpipe.enqueue_chunk", (job_id, 0))
-
-    return enqueue
+    return job_enqueuer(settings)
 
 
 def _run_enqueuer(settings: Settings):
-    from workers.celery_app import make_app
+    from workers.celery_app import runs_enqueuer
 
-    app = make_app(settings)
-
-    def enqueue(job_id: str, indices: list[int]) -> None:
-        app.send_task("editpipe.enqueue_runs", (job_id, indices))
-
-    return enqueue
+    return runs_enqueuer(settings)
 
 
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--simulate", is_flag=True, help="Run against the built-in API simulator (nothing is paid).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
-@click.option("--concurrency", default=4, show_default=True, help="Pool size of each worker process.")
+@click.option("--concurrency", default=6, show_default=True, help="Pool size of each worker process.")
 @FORCE
 def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: bool) -> None:
     """Run a manifest start to finish on this machine (private Redis, workers, progress bar)."""

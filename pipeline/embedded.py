@@ -26,6 +26,9 @@ from .errors import EditpipeError
 from .settings import Settings
 
 SIMULATED_KEY = "simulated-key"
+# The simulated account's tier when none is set: bronze (10 a minute) would make a demo of
+# a dozen runs last over a minute.
+SIMULATED_TIER = "silver"
 
 
 def free_port() -> int:
@@ -89,6 +92,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env["EDITPIPE_VISIBILITY_TIMEOUT"] = str(settings.visibility_timeout_s)
     env["EDITPIPE_MAX_RETRIES"] = str(settings.max_transient_retries)
     env["EDITPIPE_REQUEST_TIMEOUT"] = str(settings.request_timeout_s)
+    env["EDITPIPE_PUMPS"] = str(settings.pumps)
+    env["WAVESPEED_IMAGES_PER_MINUTE"] = str(settings.images_per_minute)
+    env["WAVESPEED_MAX_CONCURRENT"] = str(settings.max_concurrent)
     if settings.daily_budget_usd is not None:
         env["EDITPIPE_DAILY_BUDGET_USD"] = str(settings.daily_budget_usd)
     return env
@@ -128,7 +134,7 @@ def worker_processes(settings: Settings, count: int, concurrency: int, logdir: P
 
 
 @contextmanager
-def embedded(settings: Settings, *, simulate: bool, workers: int = 1, concurrency: int = 4,
+def embedded(settings: Settings, *, simulate: bool, workers: int = 1, concurrency: int = 6,
              sim_latency_s: float = 1.0) -> Iterator[Settings]:
     """Everything ``editpipe run`` needs; yields the settings pointing at it."""
     with ExitStack() as stack:
@@ -136,11 +142,16 @@ def embedded(settings: Settings, *, simulate: bool, workers: int = 1, concurrenc
         if not settings.redis_url:
             settings = settings.with_overrides(redis_url=stack.enter_context(private_redis(workdir)))
         if simulate:
-            from .simulator import SimConfig, Simulator
-
-            sim = stack.enter_context(Simulator(SimConfig(latency_s=sim_latency_s, jitter_s=sim_latency_s / 4)))
             from pydantic import SecretStr
 
+            from .simulator import SimConfig, Simulator
+
+            if not settings.limits_explicit:
+                settings = settings.with_tier(SIMULATED_TIER)
+            sim = stack.enter_context(Simulator(SimConfig(
+                latency_s=sim_latency_s, jitter_s=sim_latency_s / 4,
+                images_per_minute=settings.images_per_minute, max_concurrent=settings.max_concurrent,
+            )))
             settings = settings.with_overrides(
                 base_url=sim.base_url, api_key=SecretStr(SIMULATED_KEY), poll_initial_s=min(settings.poll_initial_s, 1.0)
             )

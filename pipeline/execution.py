@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from .errors import (
@@ -34,6 +35,7 @@ from .errors import (
 )
 from .jobs import BUDGET_EXHAUSTED, JobStore
 from .ledger import LedgerEntry, to_micros, usd, utc_now
+from .limits import AccountLimits
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Run
 from .provider import Prediction, WaveSpeedClient
@@ -58,20 +60,28 @@ class Context:
     jobs: JobStore
     client: WaveSpeedClient
     specs: dict[str, ModelSpec]
+    limits: AccountLimits | None = None
     _storages: dict[str, Storage] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Context":
         if not settings.redis_url:
             raise EditpipeError("REDIS_URL is not set")
+        jobs = JobStore.from_url(settings.redis_url)
         return cls(
             settings=settings,
-            jobs=JobStore.from_url(settings.redis_url),
+            jobs=jobs,
+            limits=AccountLimits.from_settings(jobs.r, settings),
             client=WaveSpeedClient(
                 settings.base_url, settings.require_api_key(), timeout_s=settings.request_timeout_s
             ),
             specs=load_model_specs(settings.models_dir),
         )
+
+    def free_slot(self, job_id: str, index: int) -> None:
+        """The run's prediction is over (or was never accepted): give its slot back now."""
+        if self.limits is not None:
+            self.limits.finished(slot_holder(job_id, index))
 
     def storage(self, root: str) -> Storage:
         if root not in self._storages:
@@ -84,16 +94,24 @@ class Next:
     """What the caller schedules after a step.
 
     ``done``: nothing more for this run. ``submit``: try the submit again after ``delay_s``.
-    ``poll``: check the prediction after ``delay_s``. ``finalize``: this run was the job's
-    last; finalize the job.
+    ``wait``: the account's limits said not yet: hand the run out again after ``delay_s``.
+    ``poll``: check the prediction after ``delay_s``. ``collect``: the prediction completed;
+    store its ``outputs``. ``finalize``: this run was the job's last; finalize the job.
     """
 
-    action: Literal["done", "submit", "poll", "finalize"]
+    action: Literal["done", "submit", "wait", "poll", "collect", "finalize"]
     delay_s: float = 0.0
     failures: int = 0
+    prediction: Prediction | None = None
 
 
 DONE = Next("done")
+Admit = Callable[[str], float]
+
+
+def slot_holder(job_id: str, index: int) -> str:
+    """The name a run's prediction holds its concurrency slot under."""
+    return f"{job_id}:{index}"
 
 
 def backoff_s(failures: int, retry_after: float | None = None) -> float:
@@ -162,8 +180,9 @@ def skipped_result(run: Run, existing_output: str) -> dict:
 
 def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None, *,
              retryable: bool = False, not_started: bool = False) -> Next:
-    """Finish a run as failed; its budget reservation (if any) goes back first."""
+    """Finish a run as failed; its budget reservation and slot (if any) go back first."""
     ctx.jobs.release(job_id, run.index)
+    ctx.free_slot(job_id, run.index)
     last = ctx.jobs.finish_run(
         job_id, run.index, outcome="failed",
         result=_result(run, "failed", prediction_id=prediction_id, error=error, retryable=retryable,
@@ -223,11 +242,13 @@ def prepare_inputs(ctx: Context, run: Run) -> list[str]:
     return urls
 
 
-def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: int = 0) -> Next:
+def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: int = 0,
+              admit: Admit | None = None) -> Next:
     """Submit one run, unless it is finished, already submitted, or its job stopped.
 
-    In order: claim the run (one delivery at a time), reserve its price against the budgets,
-    mark the submit as on the wire, submit, and store the prediction id at once.
+    In order: claim the run (one execution at a time), reserve its price against the budgets,
+    ask ``admit`` (the account's limits: 0 = go, else seconds to wait), mark the submit as on
+    the wire, submit, and store the prediction id at once.
     """
     jobs = ctx.jobs
     if jobs.is_finished(job_id, index):
@@ -279,20 +300,34 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     except (ProviderError, StorageError, OSError) as exc:
         return fail_run(ctx, job_id, run, f"reference image: {exc}", retryable=isinstance(exc, StorageError))
 
+    if admit is not None:
+        wait = admit(slot_holder(job_id, index))
+        if wait > 0:
+            jobs.release_claim(job_id, index)
+            return Next("wait", wait, failures)
     attempt = jobs.begin_submit(job_id, index)
     try:
         prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key)
+    except RateLimited as exc:
+        # Not a failure of the run: the whole fleet slows down, and the run waits its turn.
+        jobs.end_submit(job_id, index)
+        jobs.release_claim(job_id, index)
+        ctx.free_slot(job_id, index)
+        pause = ctx.limits.rate_limited(exc.retry_after) if ctx.limits else backoff_s(failures, exc.retry_after)
+        return Next("wait", pause, failures)
     except SubmitUnconfirmed:
         charge_lost_answer(ctx, job_id, run, attempt, price)
         jobs.end_submit(job_id, index)
         if jobs.count_lost(job_id, index) >= 2:
             return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), retryable=True)
         jobs.release_claim(job_id, index)
+        ctx.free_slot(job_id, index)
         return Next("submit", backoff_s(1), failures)  # at most once more
     except ProviderError as exc:
         jobs.end_submit(job_id, index)
         if isinstance(exc, ProviderTransient):
             jobs.release_claim(job_id, index)
+            ctx.free_slot(job_id, index)
             return _retry_submit(ctx, job_id, run, exc, failures)
         if isinstance(exc, AuthFailed):
             return _stop_job(ctx, job_id, run, exc)
@@ -335,7 +370,8 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
         if prediction.failed:
             reason = prediction.error or f"prediction ended {prediction.status}"
             return fail_run(ctx, job_id, run, f"the provider failed the edit: {reason}", prediction_id)
-        return collect(ctx, job_id, run, prediction)
+        ctx.free_slot(job_id, index)  # the provider no longer counts it as running
+        return Next("collect", prediction=prediction)
     except ProviderTransient as exc:
         if failures + 1 > ctx.settings.max_transient_retries and not isinstance(exc, RateLimited):
             return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}",
@@ -351,6 +387,8 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
 
 def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
     """Store the output and its sidecar, then charge and finish the run in one atomic step."""
+    if ctx.jobs.is_finished(job_id, run.index):
+        return DONE  # collected already (a task delivered twice)
     if not prediction.outputs:
         return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
     data = ctx.client.download(prediction.outputs[0])

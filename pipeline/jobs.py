@@ -130,6 +130,7 @@ class JobStore:
         created_at: str,
         schedule: str = "",
         notify_url: str = "",
+        priority: int = 1,
         batch: int = 2000,
     ) -> None:
         runs_key = self.key(job_id, "runs")
@@ -161,6 +162,7 @@ class JobStore:
                 "unconfirmed_micros": 0,
                 "schedule": schedule,
                 "notify_url": notify_url,
+                "priority": priority,
                 "created_at": created_at,
                 "finished_at": "",
                 "error": "",

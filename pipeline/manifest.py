@@ -306,17 +306,13 @@ class RunSpec(_WithOptions):
 class Catalog(_Strict):
     """Image sets from a feed (``feed``, ``id``, ``images``…) or a folder (``prefix``, ``pattern``)."""
 
-    feed: Annotated[Text, Field(description="Local path (relative to the manifest), https URL or s3:// URI; .csv or .jsonl.")] | None = None
-    id: Annotated[Text, Field(description="The column naming each image set.")] | None = None
-    images: Annotated[list[Text], Field(min_length=1, description="Columns with image references; empty cells are ignored.")] | None = None
+    feed: Annotated[Text, Field(description="A .csv or .jsonl: local path, https URL or s3:// URI.")] | None = None
+    id: Annotated[Text, Field(description="The feed column naming each image set.")] | None = None
+    images: Annotated[list[Text], Field(min_length=1, description="Columns of image references.")] | None = None
     vars: Annotated[list[Text], Field(description="Columns usable as {name} in prompts.")] | None = None
-    on_bad_row: Annotated[
-        Literal["skip", "fail"],
-        Field(description="A row (or folder) without a usable image or id: skip it (default) or fail."),
-        BeforeValidator(_as_text),
-    ] | None = None
+    on_bad_row: Annotated[Literal["skip", "fail"], BeforeValidator(_as_text)] | None = None
     prefix: Annotated[Text, Field(description="s3://bucket/prefix/ or a local folder (relative to the manifest).")] | None = None
-    pattern: Annotated[Text, Field(description="Glob over keys under the prefix, e.g. */*.jpg; each file's folder is an image set.")] | None = None
+    pattern: Annotated[Text, Field(description="Glob under the prefix, e.g. */*.jpg: folders are image sets.")] | None = None
 
     @model_validator(mode="after")
     def _one_shape(self) -> Catalog:
@@ -931,10 +927,10 @@ class _CatalogReader:
 
     A row (or folder) is bad when it has no id, an id another image set already has or that
     cannot be part of an output key, no image, an image reference that cannot be fetched, or
-    more images than a model it meets accepts. ``read`` yields a set or, for a bad row, the
-    issue saying why: located in the feed (``feed:line:1: column: message``), or for a folder
-    at the manifest's ``catalog.prefix``. Whatever stops the whole catalog (an unreadable
-    feed, a missing column) goes to ``issues``, located at the manifest's own lines.
+    more images than a model it meets accepts. Its issue is located in the feed
+    (``feed:line:1: column: message``), or for a folder at the manifest's ``catalog.prefix``.
+    Whatever stops the whole catalog (an unreadable feed, a missing column) is located at the
+    manifest's own lines.
     """
 
     def __init__(
@@ -954,16 +950,38 @@ class _CatalogReader:
         self.locations = locations
         self.label = label
         self.limit = limit
-        self.issues: list[ManifestIssue] = []
         self.s3_etags: dict[str, str] = {}
         # id → the line of the row that has it (0: an inline set) to name the first of two.
         self._seen: dict[str, int] = dict.fromkeys(inline_ids, 0)
 
-    def read(self) -> Iterator[CatalogSet | ManifestIssue]:
+    def read(self, issues: list[ManifestIssue]) -> tuple[list[CatalogSet], list[str]]:
+        """The catalog's sets and its skipped rows; with ``on_bad_row: fail``, bad rows are
+        appended to ``issues`` instead (at most ``_MAX_RUN_ISSUES`` of them, then a count)."""
+        sets: list[CatalogSet] = []
+        skipped: list[str] = []
+        failed = 0
+        for item in self._judged(issues):
+            if isinstance(item, CatalogSet):
+                sets.append(item)
+            elif self.catalog.on_bad_row != "fail":
+                skipped.append(str(item))
+            else:
+                failed += 1
+                if failed <= _MAX_RUN_ISSUES:
+                    issues.append(item)
+        if failed > _MAX_RUN_ISSUES:
+            path: DocPath = ("catalog", "feed") if self.catalog.feed is not None else ("catalog", "prefix")
+            message = f"{failed} bad rows (on_bad_row: fail); the first {_MAX_RUN_ISSUES} follow"
+            issues.append(self.locations.issue(path, message))
+        return sets, skipped
+
+    def _judged(self, issues: list[ManifestIssue]) -> Iterator[CatalogSet | ManifestIssue]:
         c = self.catalog
         if c.feed is not None:
             source: DocPath = ("catalog", "feed")
-            entries = read_feed(c.feed, self.sources, id_column=c.id or "", image_columns=c.images or (), var_columns=c.vars or ())
+            entries = read_feed(
+                c.feed, self.sources, id_column=c.id or "", image_columns=c.images or (), var_columns=c.vars or ()
+            )
         else:
             source = ("catalog", "prefix")
             entries = read_folder(c.prefix or "", c.pattern or "", self.sources)
@@ -973,9 +991,10 @@ class _CatalogReader:
         except MissingColumns as exc:
             header = ", ".join(exc.header[:20]) + (", …" if len(exc.header) > 20 else "")
             for column in exc.columns:
-                self.issues.append(self.locations.issue(self._column_path(column), f"no column {column!r} in {self.label} (its header has: {header})"))
+                message = f"no column {column!r} in {self.label} (its header has: {header})"
+                issues.append(self.locations.issue(self._column_path(column), message))
         except CatalogUnreadable as exc:
-            self.issues.append(self.locations.issue(source, str(exc)))
+            issues.append(self.locations.issue(source, str(exc)))
 
     def _column_path(self, column: str) -> DocPath:
         c = self.catalog
@@ -992,7 +1011,7 @@ class _CatalogReader:
         id_field = self.catalog.id or "folder"
         if not entry.id:
             if self.catalog.feed is None:
-                return self._bad(entry, id_field, "files at the top of the prefix match the pattern; each image set is a folder (e.g. */*.jpg)")
+                return self._bad(entry, id_field, "files at the top of the prefix match; image sets are folders (e.g. */*.jpg)")
             return self._bad(entry, id_field, "no id: the cell is empty")
         unsafe = _unsafe_key(entry.id)
         if unsafe is not None:
@@ -1002,15 +1021,16 @@ class _CatalogReader:
             where = f"first at line {first}" if first else "an inline image set has it"
             return self._bad(entry, id_field, f"duplicate image set id {entry.id!r} ({where})")
         if not entry.images:
-            columns = ", ".join(self.catalog.images or ())
-            return self._bad(entry, "images", f"no image: {columns} {'is' if len(self.catalog.images or ()) == 1 else 'are'} empty")
+            columns = self.catalog.images or []
+            return self._bad(entry, "images", f"no image: {', '.join(columns)} {'is' if len(columns) == 1 else 'are'} empty")
         if self.catalog.feed is not None:
             for column, ref in entry.images:
                 problem = self.references.problem(ref)
                 if problem is not None:
                     return self._bad(entry, column, problem)
         if self.limit is not None and len(entry.images) > self.limit.max_images:
-            return self._bad(entry, "images", f"{len(entry.images)} images; {self.limit.name} accepts at most {self.limit.max_images}")
+            limit = f"{self.limit.name} accepts at most {self.limit.max_images}"
+            return self._bad(entry, "images", f"{len(entry.images)} images; {limit}")
         images = tuple(ref for _, ref in entry.images)
         self.s3_etags.update(zip(images, entry.etags))
         self._seen[entry.id] = entry.line
@@ -1036,29 +1056,6 @@ def _max_images_spec(
     models = {p.model or defaults.model or DEFAULT_MODEL for p in prompts} | {e.model for e in runs or () if e.model}
     known = [specs[name] for name in sorted(models) if name in specs]
     return min(known, key=lambda spec: spec.max_images) if known else None
-
-
-def _read_catalog(
-    catalog: Catalog, reader: _CatalogReader, issues: list[ManifestIssue]
-) -> tuple[list[CatalogSet], list[str]]:
-    """The catalog's sets and the skipped rows; with ``on_bad_row: fail``, bad rows are issues."""
-    sets: list[CatalogSet] = []
-    skipped: list[str] = []
-    failed = 0
-    for item in reader.read():
-        if isinstance(item, CatalogSet):
-            sets.append(item)
-        elif catalog.on_bad_row != "fail":
-            skipped.append(str(item))
-        else:
-            failed += 1
-            if failed <= _MAX_RUN_ISSUES:
-                issues.append(item)
-    if failed > _MAX_RUN_ISSUES:
-        path: DocPath = ("catalog", "feed") if catalog.feed is not None else ("catalog", "prefix")
-        issues.append(reader.locations.issue(path, f"and {failed - _MAX_RUN_ISSUES} more bad rows"))
-    issues.extend(reader.issues)
-    return sets, skipped
 
 
 # --- Putting it together -------------------------------------------------------------------
@@ -1151,7 +1148,7 @@ def _parse(
             inline_ids={s.id for s in image_sets},
             limit=_max_images_spec(defaults, prompts, runs, specs),
         )
-        catalog_sets, skipped = _read_catalog(catalog, reader, issues)
+        catalog_sets, skipped = reader.read(issues)
         s3_etags = reader.s3_etags
 
     manifest = Manifest(

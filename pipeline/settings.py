@@ -39,6 +39,8 @@ class Settings:
     tier: str = "bronze"
     images_per_minute: int = TIERS["bronze"][0]
     max_concurrent: int = TIERS["bronze"][1]
+    # Whether the account's limits were set (a tier or numbers) rather than defaulted.
+    limits_explicit: bool = False
     request_timeout_s: float = 60.0
     # First poll of a prediction, and the cap of its growing interval (the provider asks
     # for at least 2 s between checks of the same task).
@@ -46,10 +48,13 @@ class Settings:
     poll_max_s: float = 30.0
     # Transient errors (5xx, timeouts) a run may meet before it fails; 429s never count.
     max_transient_retries: int = 8
-    submit_chunk_size: int = 200
+    # Tasks that submit runs as fast as the account's limits admit (see pipeline/dispatch.py).
+    pumps: int = 2
     # A task not acknowledged within this many seconds (its worker died) is delivered again.
     visibility_timeout_s: int = 600
     daily_budget_usd: Decimal | None = None
+    # The schedules `celery -A workers beat` runs (manifest.md, "Schedules").
+    schedules_file: Path = PACKAGE_CONFIGS / "schedules.yaml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -58,24 +63,33 @@ class Settings:
         if tier not in TIERS:
             raise SettingsError(f"WAVESPEED_TIER={tier!r} is not one of {', '.join(TIERS)}")
         per_minute, concurrent = TIERS[tier]
+        configs_dir = Path(env.get("EDITPIPE_CONFIGS", str(PACKAGE_CONFIGS)))
         key = env.get("WAVESPEED_API_KEY", "").strip()
         return cls(
             api_key=SecretStr(key) if key else None,
             base_url=env.get("WAVESPEED_BASE_URL", DEFAULT_BASE_URL).rstrip("/") or DEFAULT_BASE_URL,
             redis_url=env.get("REDIS_URL") or None,
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
-            configs_dir=Path(env.get("EDITPIPE_CONFIGS", str(PACKAGE_CONFIGS))),
+            configs_dir=configs_dir,
             tier=tier,
             images_per_minute=_int(env, "WAVESPEED_IMAGES_PER_MINUTE", per_minute),
             max_concurrent=_int(env, "WAVESPEED_MAX_CONCURRENT", concurrent),
+            limits_explicit=any(
+                env.get(name) for name in ("WAVESPEED_TIER", "WAVESPEED_IMAGES_PER_MINUTE", "WAVESPEED_MAX_CONCURRENT")
+            ),
             request_timeout_s=_float(env, "EDITPIPE_REQUEST_TIMEOUT", 60.0),
             poll_initial_s=_float(env, "EDITPIPE_POLL_INITIAL", 2.0),
             poll_max_s=_float(env, "EDITPIPE_POLL_MAX", 30.0),
             max_transient_retries=_int(env, "EDITPIPE_MAX_RETRIES", 8),
-            submit_chunk_size=_int(env, "EDITPIPE_CHUNK_SIZE", 200),
+            pumps=_int(env, "EDITPIPE_PUMPS", 2),
             visibility_timeout_s=_int(env, "EDITPIPE_VISIBILITY_TIMEOUT", 600),
             daily_budget_usd=_decimal(env, "EDITPIPE_DAILY_BUDGET_USD"),
+            schedules_file=Path(env.get("EDITPIPE_SCHEDULES") or configs_dir / "schedules.yaml"),
         )
+
+    def with_tier(self, tier: str) -> "Settings":
+        per_minute, concurrent = TIERS[tier]
+        return replace(self, tier=tier, images_per_minute=per_minute, max_concurrent=concurrent, limits_explicit=True)
 
     def with_overrides(self, **changes) -> "Settings":
         return replace(self, **changes)

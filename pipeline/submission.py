@@ -106,6 +106,8 @@ def submit(
         created_at=utc_now(),
         schedule=schedule,
         notify_url=notify_url,
+        # A job with priority p gets p runs handed out for each run of a priority-1 job.
+        priority=max(1, manifest.priority),
     )
     last = 0
     for run in prepared.plan.runs:

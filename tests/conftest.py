@@ -29,7 +29,7 @@ from pipeline.jobs import JobStatus, JobStore
 from pipeline.settings import Settings
 from pipeline.simulator import SimConfig, Simulator
 from pipeline.submission import follow, prepare, submit
-from workers.celery_app import make_app
+from workers.celery_app import job_enqueuer
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-s3cr3t-value"
@@ -99,6 +99,9 @@ def settings(redis_url: str, s3_endpoint: str, simulator: Simulator) -> Settings
             "EDITPIPE_POLL_MAX": "2",
             "EDITPIPE_MAX_RETRIES": "6",
             "EDITPIPE_VISIBILITY_TIMEOUT": "8",
+            # The simulator's own limits are set per test; editpipe's are the ultra tier's
+            # unless a test says otherwise.
+            "WAVESPEED_TIER": "ultra",
             "EDITPIPE_REQUEST_TIMEOUT": "5",
         }
     )
@@ -125,7 +128,7 @@ class Workers:
         self.logdir = logdir
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, count: int = 1, concurrency: int = 4) -> None:
+    def start(self, count: int = 1, concurrency: int = 6) -> None:
         env = worker_env(self.settings)
         env.update(AWS_ENV)
         env["S3_ENDPOINT_URL"] = self.settings.s3_endpoint_url or ""
@@ -176,8 +179,7 @@ def jobs(settings: Settings) -> JobStore:
 def run_job(settings: Settings, manifest: Path, timeout_s: float = 120) -> JobStatus:
     """Submit a manifest the way `editpipe submit --wait` does and wait for the job to end."""
     store = JobStore.from_url(settings.redis_url or "")
-    app = make_app(settings)
-    job_id = submit(prepare(manifest, settings), store, lambda j: app.send_task("editpipe.enqueue_chunk", (j, 0)))
+    job_id = submit(prepare(manifest, settings), store, job_enqueuer(settings))
     status = follow(store, job_id, lambda s: None, interval_s=0.2, timeout_s=timeout_s)
     assert status.done, f"job {job_id} did not finish in {timeout_s}s: {status}"
     return status

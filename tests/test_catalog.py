@@ -186,6 +186,14 @@ def test_on_bad_row_fail_reports_each_bad_row_at_its_feed_line(tmp_path, specs):
     ]
 
 
+def test_a_feed_of_bad_rows_fails_with_the_first_twenty_and_a_count(tmp_path, specs):
+    write_csv(tmp_path / "products.csv", [[f"s{i}", "", "", "t", "c"] for i in range(25)])
+    issues = issues_of(feed_manifest(tmp_path, "products.csv", on_bad_row="fail"), specs)
+
+    assert issues[0] == f"{tmp_path / 'm.yaml'}:5:9: catalog.feed: 25 bad rows (on_bad_row: fail); the first 20 follow"
+    assert [issue.split(":")[1] for issue in issues[1:]] == [str(line) for line in range(2, 22)]
+
+
 def test_what_every_row_shares_is_judged_once_at_the_manifest_lines(tmp_path, specs):
     write_csv(tmp_path / "products.csv", [["a", "https://cdn.example.com/a.jpg", "", "t", "c"]], header=("sku", "image_url", "title", "color"))
     path = feed_manifest(tmp_path, "products.csv", extra="  - id: flatlay\n    text: A flat-lay of the {size} {title}.\n")

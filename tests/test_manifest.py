@@ -402,7 +402,7 @@ def test_reserved_var_names_are_rejected(tmp_path, specs):
     assert prefixes(path, specs) == [f"{path}:7:27: image_sets[0].vars.quality:"]
 
 
-def test_catalog_is_accepted_in_shape_but_not_supported_yet(tmp_path, specs):
+def test_a_catalog_feed_that_cannot_be_read_is_reported_at_its_line(tmp_path, specs):
     path = write(
         tmp_path,
         """
@@ -418,12 +418,13 @@ def test_catalog_is_accepted_in_shape_but_not_supported_yet(tmp_path, specs):
             text: A photo.
         """,
     )
-    assert issues_of(path, specs) == [f"{path}:4:1: catalog: catalog sources are not supported yet"]
+    (issue,) = issues_of(path, specs)
+    assert issue.startswith(f"{path}:5:9: catalog.feed: cannot read ") and "products.csv" in issue
 
 
 def test_catalog_of_neither_shape_is_a_structure_error(tmp_path, specs):
     path = write(tmp_path, BASE + "catalog: {feed: products.csv, prefix: s3://b/p/}\n")
-    assert prefixes(path, specs) == [f"{path}:11:1: catalog:", f"{path}:11:10: catalog:"]
+    assert prefixes(path, specs) == [f"{path}:11:10: catalog:"]
 
 
 def test_local_output_resolves_against_the_manifest_directory(tmp_path, specs):

@@ -19,7 +19,7 @@ from pipeline.reconcile import reconcile
 from pipeline.storage import open_storage
 from pipeline.submission import follow, prepare, resume, submit
 from test_pipeline import make_image, read_jsonl, write_manifest
-from workers.celery_app import make_app
+from workers.celery_app import job_enqueuer, runs_enqueuer
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,9 +43,8 @@ def many_runs_manifest(tmp_path: Path, output: str, sets: int, prompts: int = 2,
 
 
 def submit_job(settings, manifest: Path) -> str:
-    app = make_app(settings)
     jobs = JobStore.from_url(settings.redis_url)
-    return submit(prepare(manifest, settings), jobs, lambda j: app.send_task("editpipe.enqueue_chunk", (j, 0)))
+    return submit(prepare(manifest, settings), jobs, job_enqueuer(settings))
 
 
 def wait(settings, job_id: str, timeout_s: float = 200):
@@ -183,8 +182,7 @@ def test_resume_after_cancel_finishes_the_rest_and_pays_only_for_it(tmp_path, se
     billed_before = sim.stats()["billed_count"]
     assert billed_before == cancelled.succeeded
 
-    app = make_app(settings)
-    indices = resume(jobs, job_id, lambda j, ix: app.send_task("editpipe.enqueue_runs", (j, ix)))
+    indices = resume(jobs, job_id, runs_enqueuer(settings))
     assert len(indices) == 30 - cancelled.succeeded
     done = wait(settings, job_id)
 

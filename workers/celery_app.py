@@ -6,6 +6,8 @@ and the library functions are written so a second delivery never pays twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
 
 from pipeline.settings import Settings
@@ -16,7 +18,7 @@ QUEUE = "editpipe"
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     broker = settings.redis_url or "redis://localhost:6379/0"
-    app = Celery("editpipe", broker=broker, include=["workers.tasks"])
+    app = Celery("editpipe", broker=broker, include=["workers.tasks", "workers.schedule_tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -44,3 +46,23 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def job_enqueuer(settings: Settings) -> Callable[[str], None]:
+    """A callable that hands a recorded job's runs to the workers of ``settings``' broker."""
+    app = make_app(settings)
+
+    def enqueue(job_id: str) -> None:
+        app.send_task("editpipe.enqueue_job", (job_id,))
+
+    return enqueue
+
+
+def runs_enqueuer(settings: Settings) -> Callable[[str, list[int]], None]:
+    """A callable that hands chosen runs of a job to the workers again (``resume``)."""
+    app = make_app(settings)
+
+    def enqueue(job_id: str, indices: list[int]) -> None:
+        app.send_task("editpipe.enqueue_runs", (job_id, indices))
+
+    return enqueue

@@ -1,14 +1,23 @@
-"""Thin Celery tasks: each calls one library function and schedules what it returns."""
+"""Thin Celery tasks: each calls library functions and schedules what they return.
+
+The long-running ones (``pump``, ``poller``) work in slices of a few seconds and then hand
+over to a fresh message carrying the same lease token, so a worker restart or a SIGKILL
+loses at most one slice: acks are late, and the lease expires by itself.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from celery import Task
 from celery.signals import worker_process_init
 
-from pipeline.execution import Context, Next, poll_run, start_run
+from pipeline.dispatch import SLICE_S, Dispatch, Due, poll_due, pump as pump_runs
+from pipeline.errors import ProviderTransient
+from pipeline.execution import Context, Next, collect, start_run
+from pipeline.provider import Prediction
 from pipeline.report import finalize_job
 from pipeline.settings import Settings
 
@@ -16,13 +25,15 @@ from .celery_app import app
 
 log = logging.getLogger(__name__)
 _context: Context | None = None
+_dispatch: Dispatch | None = None
+LEASE_S = SLICE_S + 10
 
 
 @worker_process_init.connect
 def _fresh_context(**_: object) -> None:
     # A forked child must not share its parent's sockets.
-    global _context
-    _context = None
+    global _context, _dispatch
+    _context = _dispatch = None
 
 
 def context() -> Context:
@@ -32,48 +43,118 @@ def context() -> Context:
     return _context
 
 
-def _schedule(job_id: str, index: int, step: Next, attempt: int = 0) -> None:
+def dispatch() -> Dispatch:
+    global _dispatch
+    if _dispatch is None:
+        _dispatch = Dispatch(context())
+    return _dispatch
+
+
+def _kick(name: str, task: Task, *args: object) -> None:
+    """Start a pump or the poller unless one holds the lease (at most one kick a second)."""
+    d = dispatch()
+    if d.lease_left(name) == 0 and d.r.set(f"ep:kick:{name}", 1, nx=True, px=1000):
+        task.delay(*args)
+
+
+def kick_pumps() -> None:
+    for slot in range(context().settings.pumps):
+        _kick(f"pump:{slot}", pump, slot)
+
+
+def kick_poller() -> None:
+    _kick("poller", poller)
+
+
+def schedule(job_id: str, index: int, step: Next) -> None:
+    """Turn a step's ``Next`` into the message (or due-index entry) that carries it out."""
     # A countdown longer than the broker's visibility timeout would have the message
     # delivered twice; waking early is harmless (every step checks before it acts).
     delay = min(step.delay_s, context().settings.visibility_timeout_s / 2)
     if step.action == "submit":
         submit_run.apply_async((job_id, index), {"failures": step.failures}, countdown=delay)
+    elif step.action == "wait":
+        if not dispatch().requeue(job_id, index):
+            submit_run.apply_async((job_id, index), {"failures": step.failures}, countdown=delay)
+        kick_pumps()
     elif step.action == "poll":
-        poll.apply_async((job_id, index), {"attempt": attempt, "failures": step.failures}, countdown=delay)
+        dispatch().schedule([], [(Due(job_id, index, 0, step.failures, time.time()).member, delay)])
+        kick_poller()
+    elif step.action == "collect" and step.prediction is not None:
+        collect_run.delay(job_id, index, step.prediction.id, step.prediction.outputs)
     elif step.action == "finalize":
         finalize.delay(job_id)
 
 
-@app.task(name="editpipe.enqueue_chunk")
-def enqueue_chunk(job_id: str, start: int) -> None:
-    """Enqueue one chunk of a job's runs, then the next chunk: no giant group in one message."""
+@app.task(name="editpipe.enqueue_job")
+def enqueue_job(job_id: str) -> None:
+    """Hand a recorded job's runs to the pumps (one queue entry per job, not per run)."""
     ctx = context()
     total = int(ctx.jobs.field(job_id, "total") or 0)
-    end = min(total, start + ctx.settings.submit_chunk_size)
-    for index in ctx.jobs.unfinished(job_id, range(start, end)):
-        submit_run.delay(job_id, index)
-    if end < total:
-        enqueue_chunk.delay(job_id, end)
+    dispatch().add_job(job_id, total, int(ctx.jobs.field(job_id, "priority") or 1))
+    kick_pumps()
 
 
 @app.task(name="editpipe.enqueue_runs")
 def enqueue_runs(job_id: str, indices: list[int]) -> None:
-    """Enqueue chosen runs of a job again (``editpipe resume``)."""
+    """Hand chosen runs of a job out again (``editpipe resume``)."""
     for index in indices:
-        submit_run.delay(job_id, index)
+        if not dispatch().requeue(job_id, index):
+            submit_run.delay(job_id, index)
+    kick_pumps()
 
 
 @app.task(name="editpipe.submit_run", bind=True)
 def submit_run(self: Task, job_id: str, index: int, failures: int = 0) -> None:
+    """One run's submit, retried on its own after a transient error."""
+    ctx = context()
     token = f"{self.request.id}:{uuid.uuid4().hex}"
-    step = start_run(context(), job_id, index, token=token, failures=failures)
-    _schedule(job_id, index, step)
+    admit = ctx.limits.try_start if ctx.limits else None
+    schedule(job_id, index, start_run(ctx, job_id, index, token=token, failures=failures, admit=admit))
 
 
-@app.task(name="editpipe.poll")
-def poll(job_id: str, index: int, attempt: int = 0, failures: int = 0) -> None:
-    step = poll_run(context(), job_id, index, attempt=attempt, failures=failures)
-    _schedule(job_id, index, step, attempt + 1)
+@app.task(name="editpipe.pump")
+def pump(slot: int, token: str | None = None) -> None:
+    d = dispatch()
+    token = token or uuid.uuid4().hex
+    name = f"pump:{slot}"
+    if not d.lease(name, token, LEASE_S):
+        return
+    if pump_runs(d, token, schedule):
+        pump.apply_async((slot, token))
+    else:
+        d.unlease(name, token)
+    kick_poller()
+
+
+@app.task(name="editpipe.poller")
+def poller(token: str | None = None) -> None:
+    d = dispatch()
+    token = token or uuid.uuid4().hex
+    if not d.lease("poller", token, LEASE_S):
+        return
+    deadline = time.monotonic() + SLICE_S
+    while True:
+        next_due = poll_due(d, schedule)
+        left = deadline - time.monotonic()
+        if next_due is None:
+            d.unlease("poller", token)
+            return
+        if next_due > left:
+            poller.apply_async((token,), countdown=max(0.0, min(next_due, LEASE_S / 2)))
+            return
+        time.sleep(next_due)
+
+
+@app.task(name="editpipe.collect", bind=True, max_retries=None)
+def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
+    ctx = context()
+    run = ctx.jobs.run(job_id, index)
+    try:
+        step = collect(ctx, job_id, run, Prediction(prediction_id, "completed", outputs))
+    except ProviderTransient as exc:
+        raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5)), exc=exc) from None
+    schedule(job_id, index, step)
 
 
 @app.task(name="editpipe.finalize")

@@ -1,0 +1,202 @@
+"""Dispatch: how runs reach the provider under the account's limits, and how predictions in
+flight are watched without holding a worker each.
+
+The design, and why (measured on a 2-core machine, see issue 3):
+- Runs wait in Redis, not as broker messages. A ``FairQueue`` hands them out in turn across
+  jobs, so a small job submitted behind a huge one starts at once; a job costs a cursor,
+  not a message per run.
+- A few *pumps* (``PUMPS`` Celery tasks, each holding a lease) pop runs and submit them as
+  fast as ``AccountLimits`` admits: the per-minute rate and the concurrency cap are counted
+  in Redis for every process on every machine, unlike Celery's per-worker ``rate_limit``
+  (4 workers at ``120/m`` started 327 in one minute).
+- A submitted prediction becomes a member of the *due index*, a sorted set by next check
+  time. A *poller* takes due members in batches and checks each with one GET; an image
+  takes 10-60 s, so blocking a worker per prediction would need thousands of processes,
+  while a sorted-set member costs a few bytes. The first check is timed near the model's
+  observed latency (polls cost CPU in proportion to how often they happen), then at a
+  growing interval, never less than 2 s apart as the provider asks.
+- Completed predictions go to ``collect`` tasks (download, store, charge), spread over the
+  worker pool, since storage writes are the slow part.
+Leases on pumps, pollers and taken due members expire by themselves, so a killed worker
+stops nothing for long: another delivery or another process picks the work up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from .execution import Context, Next, poll_run, slot_holder, start_run
+from .limits import FairQueue
+
+FAIR_KEY = "ep:fair"
+DUE_KEY = "ep:due"
+LATENCY_KEY = "ep:latency:"
+SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a new message
+DUE_LEASE_S = 30.0
+POLL_BATCH = 200
+
+
+def _script(client, name: str):
+    return client.register_script(resources.files("pipeline").joinpath("lua", name).read_text())
+
+
+@dataclass(frozen=True)
+class Due:
+    """One prediction in the due index: ``job|index|attempt|failures|submitted_at``."""
+
+    job_id: str
+    index: int
+    attempt: int
+    failures: int
+    submitted_at: float
+
+    @property
+    def member(self) -> str:
+        return f"{self.job_id}|{self.index}|{self.attempt}|{self.failures}|{self.submitted_at:.3f}"
+
+    @classmethod
+    def parse(cls, member: str) -> "Due":
+        job_id, index, attempt, failures, submitted = member.rsplit("|", 4)
+        return cls(job_id, int(index), int(attempt), int(failures), float(submitted))
+
+
+class Dispatch:
+    """The queue of runs, the due index and the leases of pumps and pollers."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.r = ctx.jobs.r
+        self.fair = FairQueue(self.r, FAIR_KEY)
+        self._take = _script(self.r, "due_take.lua")
+        self._put = _script(self.r, "due_put.lua")
+
+    # runs waiting to start
+    def add_job(self, job_id: str, total: int, priority: int = 1) -> None:
+        self.fair.push(job_id, total, priority)
+
+    def requeue(self, job_id: str, index: int) -> bool:
+        return self.fair.requeue(job_id, index)
+
+    def has_runs(self) -> bool:
+        return bool(self.r.llen(f"{FAIR_KEY}:ring"))
+
+    # predictions in flight
+    def has_due(self) -> bool:
+        return bool(self.r.zcard(DUE_KEY))
+
+    def schedule(self, removed: list[str], added: list[tuple[str, float]]) -> float | None:
+        """Replace members of the due index; returns seconds until the earliest is due."""
+        args: list[str | float] = [len(removed), *removed]
+        for member, delay in added:
+            args += [member, max(0.0, delay)]
+        left = float(self._put(keys=[DUE_KEY], args=args))
+        return None if left < 0 else left
+
+    def take_due(self, n: int = POLL_BATCH) -> list[Due]:
+        return [Due.parse(m if isinstance(m, str) else m.decode()) for m in
+                self._take(keys=[DUE_KEY], args=[n, DUE_LEASE_S])]
+
+    def expected_latency(self, model: str) -> float | None:
+        raw = self.r.get(LATENCY_KEY + model)
+        return float(raw) if raw else None
+
+    def observe_latency(self, model: str, seconds: float) -> None:
+        """An moving average of how long the model's predictions take, as our polls saw it
+        (an upper bound by at most one poll interval)."""
+        old = self.expected_latency(model)
+        self.r.set(LATENCY_KEY + model, f"{seconds if old is None else 0.8 * old + 0.2 * seconds:.3f}")
+
+    def first_poll_s(self, model: str) -> float:
+        """The first check of a new prediction: near its expected completion, not sooner than
+        the provider's 2 s, not later than half a concurrency lease."""
+        settings = self.ctx.settings
+        expected = self.expected_latency(model)
+        guess = settings.poll_initial_s if expected is None else 0.85 * expected
+        return min(max(settings.poll_initial_s, guess), DUE_LEASE_S / 2)
+
+    def next_poll_s(self, model: str, attempt: int) -> float:
+        settings = self.ctx.settings
+        expected = self.expected_latency(model) or 0.0
+        base = max(settings.poll_initial_s, 0.15 * expected)
+        return min(settings.poll_max_s, base * (1.5 ** attempt))
+
+    # leases of the long-running tasks
+    def lease(self, name: str, token: str, ttl_s: float) -> bool:
+        key = f"ep:lease:{name}"
+        if self.r.set(key, token, nx=True, px=int(ttl_s * 1000)):
+            return True
+        if self.r.get(key) == token:
+            self.r.pexpire(key, int(ttl_s * 1000))
+            return True
+        return False
+
+    def lease_left(self, name: str) -> float:
+        return max(0.0, self.r.pttl(f"ep:lease:{name}") / 1000)
+
+    def unlease(self, name: str, token: str) -> None:
+        key = f"ep:lease:{name}"
+        if self.r.get(key) == token:
+            self.r.delete(key)
+
+
+Schedule = Callable[[str, int, Next], None]
+
+
+def pump(dispatch: Dispatch, token: str, schedule: Schedule, slice_s: float = SLICE_S) -> bool:
+    """Submit waiting runs for up to ``slice_s`` seconds, as fast as the limits admit.
+
+    Returns True when runs are left (the caller runs another slice), False when the queue
+    is empty.
+    """
+    ctx = dispatch.ctx
+    limits = ctx.limits
+    deadline = time.monotonic() + slice_s
+    while time.monotonic() < deadline:
+        item = dispatch.fair.pop()
+        if item is None:
+            return False
+        job_id, index = item
+        step = start_run(ctx, job_id, index, token=f"{token}:{index}",
+                         admit=limits.try_start if limits else None)
+        if step.action == "wait":
+            dispatch.requeue(job_id, index)
+            time.sleep(min(step.delay_s, max(0.0, deadline - time.monotonic())))
+            continue
+        if step.action == "poll":
+            run_model = ctx.jobs.run(job_id, index).model
+            due = Due(job_id, index, 0, 0, time.time())
+            dispatch.schedule([], [(due.member, dispatch.first_poll_s(run_model) if step.delay_s else 0.0)])
+            continue
+        schedule(job_id, index, step)
+    return True
+
+
+def poll_due(dispatch: Dispatch, schedule: Schedule, batch: int = POLL_BATCH) -> float | None:
+    """Check one batch of due predictions. Returns the seconds until the next is due (None:
+    nothing in flight)."""
+    ctx = dispatch.ctx
+    taken = dispatch.take_due(batch)
+    added: list[tuple[str, float]] = []
+    running: list[str] = []
+    for due in taken:
+        run = ctx.jobs.run(due.job_id, due.index)
+        step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures)
+        if step.action == "poll":
+            nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at)
+            delay = step.delay_s if step.failures > due.failures else dispatch.next_poll_s(run.model, due.attempt)
+            added.append((nxt.member, delay))
+            running.append(slot_holder(due.job_id, due.index))
+            continue
+        if step.action == "collect":
+            dispatch.observe_latency(run.model, time.time() - due.submitted_at)
+            # Kept in the index a while as a safety net: if the collect task were lost, the
+            # next check finds the run unfinished and collects it again.
+            added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
+                          max(60.0, ctx.settings.visibility_timeout_s)))
+        schedule(due.job_id, due.index, step)
+    if running and ctx.limits is not None:
+        ctx.limits.heartbeat_many(running)
+    return dispatch.schedule([d.member for d in taken], added) if taken else dispatch.schedule([], [])
