@@ -366,10 +366,12 @@ def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
 
 def _attach_commands() -> None:
     from .report import report_command
+    from .schedules_cli import schedules
     from .simulator.cli import simulate_api
 
     main.add_command(simulate_api, "simulate-api")
     main.add_command(report_command, "report")
+    main.add_command(schedules, "schedules")
 
 
 _attach_commands()

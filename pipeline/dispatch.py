@@ -37,6 +37,7 @@ LATENCY_KEY = "ep:latency:"
 SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a new message
 DUE_LEASE_S = 30.0
 POLL_BATCH = 200
+START = -1  # the attempt number of a start check (see ``pump``)
 
 
 def _script(client, name: str):
@@ -66,8 +67,12 @@ class Due:
 class Dispatch:
     """The queue of runs, the due index and the leases of pumps and pollers."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, on_step: "Schedule", on_due: Callable[[], None]):
         self.ctx = ctx
+        # How a step that needs a message (a wait, a retry, a collect, a finalize) is sent,
+        # and how the poller is woken when a prediction joins the due index.
+        self.on_step = on_step
+        self.on_due = on_due
         self.r = ctx.jobs.r
         self.fair = FairQueue(self.r, FAIR_KEY)
         self._take = _script(self.r, "due_take.lua")
@@ -145,36 +150,48 @@ class Dispatch:
 Schedule = Callable[[str, int, Next], None]
 
 
-def pump(dispatch: Dispatch, token: str, schedule: Schedule, slice_s: float = SLICE_S) -> bool:
+def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     """Submit waiting runs for up to ``slice_s`` seconds, as fast as the limits admit.
 
     Returns True when runs are left (the caller runs another slice), False when the queue
     is empty.
     """
     ctx = dispatch.ctx
-    limits = ctx.limits
     deadline = time.monotonic() + slice_s
     while time.monotonic() < deadline:
         item = dispatch.fair.pop()
         if item is None:
             return False
         job_id, index = item
-        step = start_run(ctx, job_id, index, token=f"{token}:{index}",
-                         admit=limits.try_start if limits else None)
+        # Until this run is settled, a start check waits in the due index: if this pump
+        # dies holding the run, the poller starts it (or finds what the submit left).
+        check = Due(job_id, index, START, 0, time.time()).member
+        dispatch.schedule([], [(check, ctx.settings.request_timeout_s + 30)])
+        step = _start(dispatch, job_id, index, f"{token}:{index}", [check])
         if step.action == "wait":
-            dispatch.requeue(job_id, index)
             time.sleep(min(step.delay_s, max(0.0, deadline - time.monotonic())))
-            continue
-        if step.action == "poll":
-            run_model = ctx.jobs.run(job_id, index).model
-            due = Due(job_id, index, 0, 0, time.time())
-            dispatch.schedule([], [(due.member, dispatch.first_poll_s(run_model) if step.delay_s else 0.0)])
-            continue
-        schedule(job_id, index, step)
     return True
 
 
-def poll_due(dispatch: Dispatch, schedule: Schedule, batch: int = POLL_BATCH) -> float | None:
+def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: list[str]) -> Next:
+    """Submit a run under the account's limits and file what follows; ``settled`` are due
+    members this replaces."""
+    ctx = dispatch.ctx
+    step = start_run(ctx, job_id, index, token=token, admit=ctx.limits.try_start if ctx.limits else None)
+    added: list[tuple[str, float]] = []
+    if step.action == "poll":
+        run_model = ctx.jobs.run(job_id, index).model
+        added.append((Due(job_id, index, 0, 0, time.time()).member,
+                      dispatch.first_poll_s(run_model) if step.delay_s else 0.0))
+    dispatch.schedule(settled, added)
+    if step.action == "poll":
+        dispatch.on_due()
+    else:
+        dispatch.on_step(job_id, index, step)
+    return step
+
+
+def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     """Check one batch of due predictions. Returns the seconds until the next is due (None:
     nothing in flight)."""
     ctx = dispatch.ctx
@@ -182,6 +199,9 @@ def poll_due(dispatch: Dispatch, schedule: Schedule, batch: int = POLL_BATCH) ->
     added: list[tuple[str, float]] = []
     running: list[str] = []
     for due in taken:
+        if due.attempt == START:
+            _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [])
+            continue
         run = ctx.jobs.run(due.job_id, due.index)
         step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures)
         if step.action == "poll":
@@ -196,7 +216,7 @@ def poll_due(dispatch: Dispatch, schedule: Schedule, batch: int = POLL_BATCH) ->
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
                           max(60.0, ctx.settings.visibility_timeout_s)))
-        schedule(due.job_id, due.index, step)
+        dispatch.on_step(due.job_id, due.index, step)
     if running and ctx.limits is not None:
         ctx.limits.heartbeat_many(running)
     return dispatch.schedule([d.member for d in taken], added) if taken else dispatch.schedule([], [])

@@ -270,7 +270,9 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         jobs.end_submit(job_id, index)
         return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), retryable=True)
     stop = jobs.stop_reason(job_id)
-    if stop:
+    # A run whose price was reserved before the budget ran out still goes: that money was
+    # set aside for it (it was only waiting for the account's limits).
+    if stop and not (stop.startswith(BUDGET_EXHAUSTED) and jobs.has_reservation(job_id, index)):
         return fail_run(ctx, job_id, run, f"not started: {stop}", retryable=True, not_started=True)
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     held = jobs.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)

@@ -325,6 +325,9 @@ class JobStore:
             )
         )
 
+    def has_reservation(self, job_id: str, index: int) -> bool:
+        return bool(self.r.hexists(self.key(job_id, "reserved"), str(index)))
+
     def release(self, job_id: str, index: int) -> None:
         """Give a run's reservation back: its call was not billed. Safe to repeat."""
         self._release(keys=[self.key(job_id), self.key(job_id, "reserved")], args=[index, DAY_BUDGET_PREFIX])

@@ -47,9 +47,26 @@ def submit_job(settings, manifest: Path) -> str:
     return submit(prepare(manifest, settings), jobs, job_enqueuer(settings))
 
 
+def dispatch_state(jobs: JobStore, job_id: str) -> dict:
+    """What the dispatcher holds, for a failure message."""
+    r = jobs.r
+    return {
+        "runs_waiting_jobs": r.lrange("ep:fair:ring", 0, -1),
+        "due": r.zrange("ep:due", 0, 5, withscores=True),
+        "due_count": r.zcard("ep:due"),
+        "leases": {k: r.pttl(k) for k in r.keys("ep:lease:*")},
+        "kicks": r.keys("ep:kick:*"),
+        "results": r.hlen(jobs.key(job_id, "results")),
+        "predictions": r.hlen(jobs.key(job_id, "pred")),
+        "submitting_open": r.hgetall(jobs.key(job_id, "submitting_open")),
+        "queue_len": r.llen("editpipe"),
+    }
+
+
 def wait(settings, job_id: str, timeout_s: float = 200):
-    status = follow(JobStore.from_url(settings.redis_url), job_id, lambda s: None, 0.2, timeout_s)
-    assert status.done, f"{job_id} still {status.status} after {timeout_s}s"
+    jobs = JobStore.from_url(settings.redis_url)
+    status = follow(jobs, job_id, lambda s: None, 0.2, timeout_s)
+    assert status.done, f"{job_id} still {status.status} after {timeout_s}s: {dispatch_state(jobs, job_id)}"
     return status
 
 

@@ -46,15 +46,31 @@ def context() -> Context:
 def dispatch() -> Dispatch:
     global _dispatch
     if _dispatch is None:
-        _dispatch = Dispatch(context())
+        _dispatch = Dispatch(context(), schedule, kick_poller)
     return _dispatch
 
 
 def _kick(name: str, task: Task, *args: object) -> None:
-    """Start a pump or the poller unless one holds the lease (at most one kick a second)."""
+    """Start a pump or the poller unless one holds its lease or a kick is already on its way.
+
+    The kick mark is cleared by the task as it starts, and a task that stops for want of
+    work looks once more after giving up its lease: so no work is left without a taker.
+    """
     d = dispatch()
-    if d.lease_left(name) == 0 and d.r.set(f"ep:kick:{name}", 1, nx=True, px=1000):
+    if d.lease_left(name) == 0 and d.r.set(f"ep:kick:{name}", 1, nx=True, px=int(LEASE_S * 1000)):
         task.delay(*args)
+
+
+def _take_lease(name: str, token: str, task: Task, args: tuple, has_work) -> bool:
+    """Hold ``name``'s lease, or come back when the current holder's lease runs out (it may
+    have died with it) as long as there is work."""
+    d = dispatch()
+    d.r.delete(f"ep:kick:{name}")
+    if d.lease(name, token, LEASE_S):
+        return True
+    if has_work():
+        task.apply_async(args, countdown=d.lease_left(name) + 0.5)
+    return False
 
 
 def kick_pumps() -> None:
@@ -118,12 +134,14 @@ def pump(slot: int, token: str | None = None) -> None:
     d = dispatch()
     token = token or uuid.uuid4().hex
     name = f"pump:{slot}"
-    if not d.lease(name, token, LEASE_S):
+    if not _take_lease(name, token, pump, (slot,), d.has_runs):
         return
-    if pump_runs(d, token, schedule):
+    if pump_runs(d, token):
         pump.apply_async((slot, token))
     else:
         d.unlease(name, token)
+        if d.has_runs():
+            _kick(name, pump, slot)
     kick_poller()
 
 
@@ -131,14 +149,16 @@ def pump(slot: int, token: str | None = None) -> None:
 def poller(token: str | None = None) -> None:
     d = dispatch()
     token = token or uuid.uuid4().hex
-    if not d.lease("poller", token, LEASE_S):
+    if not _take_lease("poller", token, poller, (), d.has_due):
         return
     deadline = time.monotonic() + SLICE_S
     while True:
-        next_due = poll_due(d, schedule)
+        next_due = poll_due(d)
         left = deadline - time.monotonic()
         if next_due is None:
             d.unlease("poller", token)
+            if d.has_due():
+                kick_poller()
             return
         if next_due > left:
             poller.apply_async((token,), countdown=max(0.0, min(next_due, LEASE_S / 2)))
