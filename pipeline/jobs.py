@@ -131,6 +131,7 @@ class JobStore:
         schedule: str = "",
         notify_url: str = "",
         priority: int = 1,
+        extra: dict[str, int | str] | None = None,
         batch: int = 2000,
     ) -> None:
         runs_key = self.key(job_id, "runs")
@@ -163,6 +164,7 @@ class JobStore:
                 "schedule": schedule,
                 "notify_url": notify_url,
                 "priority": priority,
+                **(extra or {}),
                 "created_at": created_at,
                 "finished_at": "",
                 "error": "",

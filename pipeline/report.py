@@ -148,6 +148,10 @@ def job_summary(jobs: JobStore, status: JobStatus, results: list[dict], *, final
     ]
     # Runs never sent (budget used up, cancelled, key rejected): `editpipe resume` runs them.
     summary["not_started"] = [r["run_key"] for r in failed if r.get("not_started")]
+    # Against what the output root already held when the job was planned (incremental runs).
+    summary["changes"] = {
+        name: int(jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
+    }
     return summary
 
 

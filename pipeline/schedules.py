@@ -12,8 +12,8 @@
   an active job is skipped and recorded, and a lock left by a finished job is taken over.
 - Every start, skipped or failed one is recorded (``ScheduleState``): the last one for
   ``editpipe schedules``, and a capped history.
-- ``count_changes`` says how many runs of a plan are new, changed or unchanged, from the
-  output root's index of done runs.
+- A start records how many of its runs are new, changed or unchanged (``submission``
+  finds them in the output root's index of done runs).
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ from croniter import CroniterError, croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
 from .errors import EditpipeError, ManifestError, ManifestIssue, SettingsError
-from .execution import INDEX_PREFIX, parse_index_key
 from .jobs import PREFIX, JobStore, _load_script
 from .ledger import utc_now
 from .manifest import Locations, Money, NonEmptyText, Text, _as_text, _as_value, _pydantic_issue, _read_yaml
-from .plan import Plan
 from .settings import Settings
-from .storage import Storage, parse_s3_uri, s3_client
-from .submission import Prepared, prepare, submit
+from .storage import parse_s3_uri, s3_client
+from .submission import Prepared, RunChanges, prepare, submit
 
 log = logging.getLogger(__name__)
 
@@ -296,42 +294,6 @@ def find_schedule(schedules: Iterable[Schedule], name: str, path: Path) -> Sched
 # --- Incremental counts --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunChanges:
-    """How a plan's runs compare with what its output root already holds.
-
-    ``unchanged``: done before (same run key), skipped at $0. ``changed``: its output key
-    was made before from another run key (the inputs, prompt or options changed). ``new``:
-    nothing was ever made at its output key.
-    """
-
-    new: int
-    changed: int
-    unchanged: int
-
-    def fields(self) -> dict[str, int]:
-        """As stored in the job's record (``ep:job:<id>``)."""
-        return {"runs_new": self.new, "runs_changed": self.changed, "runs_unchanged": self.unchanged}
-
-
-def count_changes(storage: Storage, plan: Plan, done: Mapping[str, str]) -> RunChanges:
-    """Sort a plan's runs into new, changed and unchanged; ``done`` is ``Prepared.done``.
-
-    One listing of the index (``_index/runs/<run_key>.<output_key>.done``) answers for the
-    whole plan, as in ``submission.already_done``.
-    """
-    pending = {run.output_key for run in plan.runs if run.run_key not in done}
-    made_before: set[str] = set()
-    if pending:
-        for key in storage.list_keys(INDEX_PREFIX + "/"):
-            parsed = parse_index_key(key)
-            if parsed and parsed[1] in pending:
-                made_before.add(parsed[1])
-    unchanged = sum(1 for run in plan.runs if run.run_key in done)
-    changed = sum(1 for run in plan.runs if run.run_key not in done and run.output_key in made_before)
-    return RunChanges(new=len(plan.runs) - unchanged - changed, changed=changed, unchanged=unchanged)
-
-
 # --- State in Redis ------------------------------------------------------------------------
 
 
@@ -501,7 +463,7 @@ def start_schedule(
         return start
     try:
         prepared = prepare_schedule(schedule, settings)
-        changes = count_changes(prepared.storage, prepared.plan, prepared.done)
+        changes = prepared.changes
         job_id = submit(prepared, jobs, enqueue, budget_usd=schedule.budget_usd, schedule=schedule.name,
                         notify_url=schedule.notify)
     except BaseException as exc:
@@ -509,7 +471,6 @@ def start_schedule(
         if isinstance(exc, Exception):
             state.record(Start(schedule.name, "failed", utc_now(), trigger, reason=_reason(exc)))
         raise
-    jobs.r.hset(jobs.key(job_id), mapping=changes.fields())
     state.hand_over(token, job_id)
     start = Start(schedule.name, "started", utc_now(), trigger, job_id=job_id, changes=changes)
     state.record(start)

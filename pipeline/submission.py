@@ -26,6 +26,24 @@ from .storage import Storage, open_storage, s3_object_etag
 
 
 @dataclass(frozen=True)
+class RunChanges:
+    """How a plan's runs compare with what its output root already holds.
+
+    ``unchanged``: done before (same run key), skipped at $0. ``changed``: its output key
+    was made before from another run key (the inputs, prompt or options changed). ``new``:
+    nothing was ever made at its output key.
+    """
+
+    new: int
+    changed: int
+    unchanged: int
+
+    def fields(self) -> dict[str, int]:
+        """As stored in the job's record (``ep:job:<id>``)."""
+        return {"runs_new": self.new, "runs_changed": self.changed, "runs_unchanged": self.unchanged}
+
+
+@dataclass(frozen=True)
 class Prepared:
     manifest: Manifest
     plan: Plan
@@ -33,6 +51,7 @@ class Prepared:
     storage: Storage
     # Run key -> the output an earlier job already made for it (skipped at $0).
     done: dict[str, str]
+    changes: RunChanges
     estimated_usd: Decimal
 
     @property
@@ -40,19 +59,27 @@ class Prepared:
         return len(self.plan.runs) - len(self.done)
 
 
-def already_done(storage: Storage, plan: Plan) -> dict[str, str]:
-    """Runs of the plan whose run key has an output under this output root, from any job.
+def look_up_done(storage: Storage, plan: Plan, *, force: bool = False) -> tuple[dict[str, str], RunChanges]:
+    """Runs of the plan whose run key has an output under this output root (from any job),
+    and how the rest compare with what was made before.
 
     One listing of the index (``_index/runs/``, see ``execution.index_key``) answers for the
-    whole plan: no object is read per run.
+    whole plan: no object is read per run. With ``force`` nothing counts as done.
     """
     wanted = {run.run_key for run in plan.runs}
     found: dict[str, str] = {}
+    made_before: set[str] = set()
     for key in storage.list_keys(INDEX_PREFIX + "/"):
         parsed = parse_index_key(key)
-        if parsed and parsed[0] in wanted:
+        if parsed is None:
+            continue
+        made_before.add(parsed[1])
+        if parsed[0] in wanted:
             found.setdefault(*parsed)
-    return found
+    done = {} if force else found
+    unchanged = sum(1 for run in plan.runs if run.run_key in done)
+    changed = sum(1 for run in plan.runs if run.run_key not in done and run.output_key in made_before)
+    return done, RunChanges(new=len(plan.runs) - unchanged - changed, changed=changed, unchanged=unchanged)
 
 
 def prepare(path: Path, settings: Settings, *, force: bool = False) -> Prepared:
@@ -65,13 +92,14 @@ def prepare(path: Path, settings: Settings, *, force: bool = False) -> Prepared:
     manifest = load_manifest(path, specs, settings)
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
     storage = open_storage(manifest.output, settings)
-    done = {} if force else already_done(storage, plan)
+    done, changes = look_up_done(storage, plan, force=force)
     return Prepared(
         manifest=manifest,
         plan=plan,
         specs=specs,
         storage=storage,
         done=done,
+        changes=changes,
         estimated_usd=plan.cost_of([r for r in plan.runs if r.run_key not in done], specs),
     )
 
@@ -108,6 +136,7 @@ def submit(
         notify_url=notify_url,
         # A job with priority p gets p runs handed out for each run of a priority-1 job.
         priority=max(1, manifest.priority),
+        extra=prepared.changes.fields(),
     )
     last = 0
     for run in prepared.plan.runs:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -95,6 +94,8 @@ def test_the_same_manifest_twice_bills_nothing_the_second_time_and_an_edit_bills
     stats = sim.stats()
     assert stats["billed_count"] == 18 and stats["billed_usd"] == "1.80"
     assert (third.succeeded, third.skipped, third.spent_usd) == (6, 6, Decimal("0.60"))
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=f"out/jobs/{third.id}/summary.json")["Body"].read())
+    assert summary["changes"] == {"new": 0, "changed": 6, "unchanged": 6}
 
 
 def test_a_budget_caps_spend_exactly_across_four_workers(tmp_path, settings, sim, workers, bucket, s3):
