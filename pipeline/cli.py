@@ -364,6 +364,22 @@ def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
     sys.exit(EXIT_OK if not diffs else EXIT_FAILED_RUNS)
 
 
+@main.command("webhook-server")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8780, show_default=True)
+def webhook_server(host: str, port: int) -> None:
+    """Receive the provider's completion POSTs (set EDITPIPE_WEBHOOK_URL to this server's
+    public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike)."""
+    from aiohttp import web
+
+    from .webhooks import make_app
+
+    settings = _settings()
+    if settings.webhook_secret is None or not settings.redis_url:
+        raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
+    web.run_app(make_app(settings), host=host, port=port, access_log=None)
+
+
 def _attach_commands() -> None:
     from .report import report_command
     from .schedules_cli import schedules

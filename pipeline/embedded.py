@@ -95,6 +95,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env["EDITPIPE_PUMPS"] = str(settings.pumps)
     env["WAVESPEED_IMAGES_PER_MINUTE"] = str(settings.images_per_minute)
     env["WAVESPEED_MAX_CONCURRENT"] = str(settings.max_concurrent)
+    if settings.webhook_url and settings.webhook_secret is not None:
+        env["EDITPIPE_WEBHOOK_URL"] = settings.webhook_url
+        env["EDITPIPE_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
     if settings.daily_budget_usd is not None:
         env["EDITPIPE_DAILY_BUDGET_USD"] = str(settings.daily_budget_usd)
     return env

@@ -42,10 +42,12 @@ from .provider import Prediction, WaveSpeedClient
 from .report import store_output_thumbnail
 from .settings import Settings
 from .storage import Storage, open_storage, presigned_get
+from .webhooks import callback_url
 
 log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
 INDEX_PREFIX = "_index/runs"
+COLLECT_CLAIM_S = 120  # a collector that dies lets the next check collect after this
 LOST_ANSWER = (
     "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
     "line in the ledger); `editpipe resume` submits it again"
@@ -309,7 +311,8 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
             return Next("wait", wait, failures)
     attempt = jobs.begin_submit(job_id, index)
     try:
-        prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key)
+        prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key,
+                                       webhook=callback_url(ctx.settings, job_id, index))
     except RateLimited as exc:
         # Not a failure of the run: the whole fleet slows down, and the run waits its turn.
         jobs.end_submit(job_id, index)
@@ -391,6 +394,8 @@ def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next
     """Store the output and its sidecar, then charge and finish the run in one atomic step."""
     if ctx.jobs.is_finished(job_id, run.index):
         return DONE  # collected already (a task delivered twice)
+    if not ctx.jobs.r.set(ctx.jobs.key(job_id, f"collecting:{run.index}"), 1, nx=True, ex=COLLECT_CLAIM_S):
+        return DONE  # a webhook and a poll both saw it done: one collects, once
     if not prediction.outputs:
         return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
     data = ctx.client.download(prediction.outputs[0])

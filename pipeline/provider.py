@@ -148,12 +148,14 @@ class WaveSpeedClient:
             raise ProviderTransient(f"{what}: the provider's answer has no data", status=response.status_code)
         return data
 
-    def submit(self, endpoint: str, payload: dict[str, Any], *, run_key: str | None = None) -> Prediction:
+    def submit(self, endpoint: str, payload: dict[str, Any], *, run_key: str | None = None,
+               webhook: str | None = None) -> Prediction:
         """Create a prediction. Never retried here: the caller decides, since a lost answer
-        may still be billed."""
+        may still be billed. ``webhook``: where the provider POSTs it when it is done."""
         headers = {RUN_KEY_HEADER: run_key} if run_key else {}
+        params = {"webhook": webhook} if webhook else None
         try:
-            response = self._http.post(endpoint, json=payload, headers=headers)
+            response = self._http.post(endpoint, json=payload, headers=headers, params=params)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing reached the provider: plainly transient.
             raise ProviderTransient(f"submit: cannot reach the provider ({type(exc).__name__})") from None

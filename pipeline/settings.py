@@ -53,6 +53,10 @@ class Settings:
     # A task not acknowledged within this many seconds (its worker died) is delivered again.
     visibility_timeout_s: int = 600
     daily_budget_usd: Decimal | None = None
+    # Where the provider POSTs finished predictions (`editpipe webhook-server`), and the
+    # secret that signs each run's callback URL. Polling stays the fallback.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
     # The schedules `celery -A workers beat` runs (manifest.md, "Schedules").
     schedules_file: Path = PACKAGE_CONFIGS / "schedules.yaml"
 
@@ -84,6 +88,8 @@ class Settings:
             pumps=_int(env, "EDITPIPE_PUMPS", 2),
             visibility_timeout_s=_int(env, "EDITPIPE_VISIBILITY_TIMEOUT", 600),
             daily_budget_usd=_decimal(env, "EDITPIPE_DAILY_BUDGET_USD"),
+            webhook_url=(env.get("EDITPIPE_WEBHOOK_URL") or "").rstrip("/") or None,
+            webhook_secret=SecretStr(env["EDITPIPE_WEBHOOK_SECRET"]) if env.get("EDITPIPE_WEBHOOK_SECRET") else None,
             schedules_file=Path(env.get("EDITPIPE_SCHEDULES") or configs_dir / "schedules.yaml"),
         )
 

@@ -1,0 +1,112 @@
+"""Webhooks: the provider POSTs each finished prediction to ``editpipe webhook-server``.
+
+Optional per deployment (``EDITPIPE_WEBHOOK_URL`` and ``EDITPIPE_WEBHOOK_SECRET``): each
+submit carries a callback URL naming its run and signed with the secret, so a POST cannot
+make editpipe collect anything it did not submit. A completed prediction is handed to the
+same ``collect`` task the poller uses; collection is claimed once per run, so a webhook and
+a poll that both see it done store and charge it once. Polling stays the fallback: a lost
+webhook only means the next scheduled check finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import threading
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_token(secret: str, job_id: str, index: int) -> str:
+    return hmac.new(secret.encode(), f"{job_id}:{index}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def callback_url(settings: Settings, job_id: str, index: int) -> str | None:
+    """The URL the provider calls back for one run, or None when webhooks are off."""
+    if not settings.webhook_url or settings.webhook_secret is None:
+        return None
+    token = run_token(settings.webhook_secret.get_secret_value(), job_id, index)
+    return f"{settings.webhook_url}?run={quote(job_id, safe='')}:{index}&token={token}"
+
+
+def make_app(settings: Settings) -> web.Application:
+    from workers.celery_app import make_app as celery_app
+
+    from .jobs import JobStore
+
+    if settings.webhook_secret is None or not settings.redis_url:
+        raise ValueError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
+    secret = settings.webhook_secret.get_secret_value()
+    jobs = JobStore.from_url(settings.redis_url)
+    celery = celery_app(settings)
+    counts = {"received": 0, "collected": 0, "rejected": 0}
+
+    async def receive(request: web.Request) -> web.Response:
+        counts["received"] += 1
+        job_id, _, raw_index = request.query.get("run", "").rpartition(":")
+        token = request.query.get("token", "")
+        if not raw_index.isdigit() or not hmac.compare_digest(token, run_token(secret, job_id, int(raw_index))):
+            counts["rejected"] += 1
+            return web.json_response({"error": "unknown run or bad token"}, status=403)
+        index = int(raw_index)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "not JSON"}, status=400)
+        data = body.get("data", body) if isinstance(body, dict) else {}
+        prediction_id, status = str(data.get("id") or ""), data.get("status")
+        # Blocking Redis and broker calls, off the event loop.
+        known = await asyncio.to_thread(jobs.prediction_of, job_id, index)
+        if known != prediction_id:
+            # Not (yet) recorded as this run's prediction: the poll will settle it.
+            return web.json_response({"accepted": False})
+        if status == "completed":
+            outputs = [str(o) for o in data.get("outputs") or []]
+            await asyncio.to_thread(celery.send_task, "editpipe.collect", (job_id, index, prediction_id, outputs))
+            counts["collected"] += 1
+        return web.json_response({"accepted": True})
+
+    async def stats(_: web.Request) -> web.Response:
+        return web.json_response(counts)
+
+    app = web.Application(client_max_size=1024**2)
+    app.router.add_post("/webhook", receive)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+class WebhookServer:
+    """The webhook receiver on a background thread (for tests and the embedded run)."""
+
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0):
+        self.settings, self.host, self.port = settings, host, port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    def start(self) -> "WebhookServer":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(make_app(self.settings), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://{self.host}:{port}"
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
