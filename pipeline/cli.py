@@ -109,12 +109,23 @@ def plan(manifest: Path, limit: int, force: bool) -> None:
     if len(runs) > limit:
         console.print(f"… and {len(runs) - limit} more", markup=False)
     budget = prepared.manifest.budget_usd
-    console.print(f"Runs: {len(runs)} planned, {prepared.new_runs} new, {len(prepared.done)} already done "
-                  "(skipped at $0)", markup=False)
+    _print_skipped_rows(prepared)
+    changes = prepared.changes
+    console.print(f"Runs: {len(runs)} planned: {changes.new} new, {changes.changed} changed, "
+                  f"{changes.unchanged} already done (skipped at $0)", markup=False)
     console.print(f"Estimated cost: ${usd(prepared.estimated_usd)} for {prepared.new_runs} new runs", markup=False)
     if budget is not None:
         verdict = "within" if prepared.estimated_usd <= budget else "OVER"
         console.print(f"Budget: ${usd(budget)} ({verdict} budget)", markup=False)
+
+
+def _print_skipped_rows(prepared, limit: int = 5) -> None:
+    """Catalog rows left out under ``on_bad_row: skip``: a count and the first few."""
+    rows = prepared.plan.skipped_rows
+    if rows:
+        err.print(f"{len(rows)} catalog row(s) skipped:", markup=False)
+        for message in rows[:limit]:
+            err.print(f"  {message}", markup=False)
 
 
 def _progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
@@ -192,6 +203,7 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: b
     if not simulate:
         settings.require_api_key()
     prepared = prepare(manifest, settings, force=force)
+    _print_skipped_rows(prepared)
     console.print(
         f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs ({len(prepared.done)} already done), "
         f"estimated ${usd(prepared.estimated_usd)}"
@@ -218,6 +230,7 @@ def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
     settings = _settings()
     jobs = _jobs(settings)
     prepared = prepare(manifest, settings, force=force)
+    _print_skipped_rows(prepared)
     job_id = submit(prepared, jobs, _enqueuer(settings))
     click.echo(job_id)
     if wait:

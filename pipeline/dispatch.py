@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from .execution import Context, Next, poll_run, slot_holder, start_run
+from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_run
 from .limits import FairQueue
 
 FAIR_KEY = "ep:fair"
@@ -215,7 +215,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             # Kept in the index a while as a safety net: if the collect task were lost, the
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
-                          max(60.0, ctx.settings.visibility_timeout_s)))
+                          COLLECT_CLAIM_S + 15))
         dispatch.on_step(due.job_id, due.index, step)
     if running and ctx.limits is not None:
         ctx.limits.heartbeat_many(running)

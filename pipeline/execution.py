@@ -47,7 +47,7 @@ from .webhooks import callback_url
 log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
 INDEX_PREFIX = "_index/runs"
-COLLECT_CLAIM_S = 120  # a collector that dies lets the next check collect after this
+COLLECT_CLAIM_S = 30  # a collector that dies lets the next check collect after this
 LOST_ANSWER = (
     "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
     "line in the ledger); `editpipe resume` submits it again"
@@ -394,8 +394,17 @@ def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next
     """Store the output and its sidecar, then charge and finish the run in one atomic step."""
     if ctx.jobs.is_finished(job_id, run.index):
         return DONE  # collected already (a task delivered twice)
-    if not ctx.jobs.r.set(ctx.jobs.key(job_id, f"collecting:{run.index}"), 1, nx=True, ex=COLLECT_CLAIM_S):
+    claim = ctx.jobs.key(job_id, f"collecting:{run.index}")
+    if not ctx.jobs.r.set(claim, 1, nx=True, ex=COLLECT_CLAIM_S):
         return DONE  # a webhook and a poll both saw it done: one collects, once
+    try:
+        return _store_and_charge(ctx, job_id, run, prediction)
+    except BaseException:
+        ctx.jobs.r.delete(claim)  # let the retry (or the next check) collect it
+        raise
+
+
+def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
     if not prediction.outputs:
         return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
     data = ctx.client.download(prediction.outputs[0])
