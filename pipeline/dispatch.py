@@ -159,14 +159,13 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     ctx = dispatch.ctx
     deadline = time.monotonic() + slice_s
     while time.monotonic() < deadline:
-        item = dispatch.fair.pop()
+        # Until the run is settled, a start check waits in the due index (added by the pop
+        # itself): if this pump dies holding the run, the poller starts it, or finds what
+        # its submit left.
+        item = dispatch.fair.pop_marked(DUE_KEY, ctx.settings.request_timeout_s + 30)
         if item is None:
             return False
-        job_id, index = item
-        # Until this run is settled, a start check waits in the due index: if this pump
-        # dies holding the run, the poller starts it (or finds what the submit left).
-        check = Due(job_id, index, START, 0, time.time()).member
-        dispatch.schedule([], [(check, ctx.settings.request_timeout_s + 30)])
+        job_id, index, check = item
         step = _start(dispatch, job_id, index, f"{token}:{index}", [check])
         if step.action == "wait":
             time.sleep(min(step.delay_s, max(0.0, deadline - time.monotonic())))

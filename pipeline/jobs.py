@@ -28,6 +28,7 @@ JOBS_INDEX = f"{PREFIX}:jobs"
 DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"
 ACTIVE = ("queued", "running")
 BUDGET_EXHAUSTED = "budget_exhausted"
+TO_FINALIZE = f"{PREFIX}:to-finalize"
 
 
 def _load_script(client: redis.Redis, name: str):
@@ -304,7 +305,7 @@ class JobStore:
         return int(
             self._finish(
                 keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "ledger"),
-                      self.key(job_id, "reserved")],
+                      self.key(job_id, "reserved"), TO_FINALIZE],
                 args=[
                     index,
                     outcome,
@@ -395,6 +396,16 @@ class JobStore:
         """Clear a run's claim and lost-answer count so a resumed run starts afresh."""
         self.r.delete(self.key(job_id, f"claim:{index}"))
         self.r.hdel(self.key(job_id, "lost"), str(index))
+
+    def finalized(self, job_id: str) -> None:
+        """The job's records are written: take it off the to-finalize list."""
+        self.r.zrem(TO_FINALIZE, job_id)
+
+    def stale_finalizations(self, older_than_s: float) -> list[str]:
+        """Jobs whose last run finished over ``older_than_s`` ago and are still not finalized
+        (their finalize task was lost)."""
+        now = float(self.r.time()[0])
+        return list(self.r.zrangebyscore(TO_FINALIZE, "-inf", now - older_than_s))
 
     def set_final(self, job_id: str, status: str, finished_at: str) -> None:
         self.r.hset(self.key(job_id), mapping={"status": status, "finished_at": finished_at})

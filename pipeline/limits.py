@@ -395,6 +395,16 @@ class FairQueue:
         job_id, index = got
         return _text(job_id), int(index)
 
+    def pop_marked(self, marks_key: str, due_in_s: float) -> tuple[str, int, str] | None:
+        """Like ``pop``, and in the same atomic step add ``job|index|-1|0|<now>`` to the sorted
+        set ``marks_key``, due in ``due_in_s``: a popper that dies leaves the run findable.
+        Returns ``(job_id, index, member)``."""
+        got = self._pop(keys=[*self.keys, marks_key], args=[due_in_s])
+        if got is None:
+            return None
+        job_id, index, member = got
+        return _text(job_id), int(index), _text(member)
+
     def requeue(self, job_id: str, index: int) -> bool:
         """Hand run ``index`` out again; False if the job is gone, or the run is already queued."""
         return self._requeue(keys=self.keys, args=[job_id, index]) == 1

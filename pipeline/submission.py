@@ -145,6 +145,7 @@ def submit(
             last = jobs.finish_run(job_id, run.index, outcome="skipped", result=skipped_result(run, existing))
     if last == 1 or not prepared.plan.runs:
         finalize_job(jobs, prepared.storage, job_id)
+        jobs.finalized(job_id)
     else:
         enqueue(job_id)
     return job_id

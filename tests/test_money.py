@@ -108,6 +108,8 @@ def test_a_budget_caps_spend_exactly_across_four_workers(tmp_path, settings, sim
     ledger = read_jsonl(s3, bucket, f"out/jobs/{status.id}/ledger.jsonl")
     results = read_jsonl(s3, bucket, f"out/jobs/{status.id}/results.jsonl")
     summary = json.loads(s3.get_object(Bucket=bucket, Key=f"out/jobs/{status.id}/summary.json")["Body"].read())
+    print(f"\nbudget: {len(results)} runs, billed {stats['billed_count']} = ${stats['billed_usd']}, "
+          f"ledger ${ledger_total(ledger)}, status {status.status}")
     assert stats["billed_count"] == 10 and stats["billed_usd"] == "1.00"
     assert ledger_total(ledger) == Decimal("1.00")
     assert status.status == "budget_exhausted" and summary["status"] == "budget_exhausted"
@@ -152,6 +154,9 @@ def test_workers_killed_three_times_never_pay_twice_and_the_ledger_matches_the_b
     results = read_jsonl(s3, bucket, f"out/jobs/{job_id}/results.jsonl")
     ledger = read_jsonl(s3, bucket, f"out/jobs/{job_id}/ledger.jsonl")
     stats = sim.stats()
+    print(f"\nkilled x3: {len(results)} runs, {status.succeeded} succeeded, {status.failed} failed, "
+          f"billed {stats['billed_count']} = ${stats['billed_usd']}, ledger ${ledger_total(ledger)} "
+          f"({len(ledger)} lines), duplicates {stats['duplicate_submissions']}")
     assert len(results) == 200 and status.finished == 200
     assert all(r["status"] == "succeeded" or (r["status"] == "failed" and r["error"]) for r in results)
     assert stats["duplicate_submissions"] == 0
@@ -171,6 +176,9 @@ def test_lost_submit_answers_are_charged_as_unconfirmed_and_reconcile_lists_each
     stats = sim.stats()
     ledger = read_jsonl(s3, bucket, f"out/jobs/{status.id}/ledger.jsonl")
     unconfirmed = [line for line in ledger if line["kind"] == "unconfirmed_submit"]
+    print(f"\ndrops: {status.total} runs, {status.succeeded} succeeded, billed {stats['billed_count']} = "
+          f"${stats['billed_usd']}, dropped answers {stats['dropped_responses']}, ledger ${ledger_total(ledger)} "
+          f"({len(unconfirmed)} unconfirmed_submit), duplicates {stats['duplicate_submissions']}")
     assert stats["dropped_responses"] > 0
     # Every prediction billed beyond the runs that succeeded is an unconfirmed ledger line.
     assert len(unconfirmed) == stats["dropped_responses"]

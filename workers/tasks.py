@@ -151,6 +151,8 @@ def poller(token: str | None = None) -> None:
     token = token or uuid.uuid4().hex
     if not _take_lease("poller", token, poller, (), d.has_due):
         return
+    for job_id in d.ctx.jobs.stale_finalizations(older_than_s=30):
+        finalize.delay(job_id)  # its own finalize was lost with a worker
     deadline = time.monotonic() + SLICE_S
     while True:
         next_due = poll_due(d)
@@ -181,4 +183,5 @@ def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs
 def finalize(job_id: str) -> None:
     ctx = context()
     status = finalize_job(ctx.jobs, ctx.storage(ctx.jobs.field(job_id, "output") or ""), job_id)
+    ctx.jobs.finalized(job_id)
     log.info("job %s finished: %s", job_id, status.status)

@@ -1,6 +1,8 @@
 -- Finish one run of a job, exactly once, and charge its ledger line exactly once.
 -- KEYS[1] job hash, KEYS[2] results hash (index -> result line), KEYS[3] ledger hash
--- (entry id -> ledger line), KEYS[4] reservations hash (index -> "micros|day")
+-- (entry id -> ledger line), KEYS[4] reservations hash (index -> "micros|day"),
+-- KEYS[5] jobs waiting to be finalized (sorted set by Redis time): the last run's finish
+-- puts its job there in the same step, so a finalize lost with its worker is found again.
 -- ARGV[1] run index, ARGV[2] counter to bump (succeeded|skipped|failed), ARGV[3] result line,
 -- ARGV[4] ledger entry id ('' when nothing is charged), ARGV[5] ledger line,
 -- ARGV[6] cost in micro-USD
@@ -25,6 +27,8 @@ end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)
 if finished == tonumber(redis.call('HGET', KEYS[1], 'total')) then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[5], tonumber(t[1]), redis.call('HGET', KEYS[1], 'id'))
   return 1
 end
 return 0

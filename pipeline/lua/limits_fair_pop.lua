@@ -2,7 +2,21 @@
 -- `weight` runs in a row, then goes to the back. A job's requeued runs come before its cursor.
 -- A job with nothing left leaves the ring (a requeue brings it back).
 -- KEYS as in limits_fair_push.lua. Returns {job id, index}, or nil when no job has runs left.
+-- Optional KEYS[4] and ARGV[1]: a sorted set and a number of seconds. The run handed out is
+-- added to it as the member "job|index|-1|0|<now>", due ARGV[1] seconds from now, in the same
+-- step: whoever pops a run and dies before settling it leaves a mark that brings it back.
 local ring, jobs, requeued = KEYS[1], KEYS[2], KEYS[3]
+
+local function mark(job, index)
+  if KEYS[4] then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+    local member = string.format('%s|%d|-1|0|%.3f', job, index, now)
+    redis.call('ZADD', KEYS[4], now + tonumber(ARGV[1]), member)
+    return member
+  end
+  return nil
+end
 
 local function take_requeued(job)
   local list = redis.call('HGET', requeued, job)
@@ -36,6 +50,10 @@ for _ = 1, redis.call('LLEN', ring) do
     if used >= tonumber(redis.call('HGET', jobs, job .. '|weight') or 1) then
       redis.call('HSET', jobs, job .. '|used', 0)
       redis.call('RPUSH', ring, redis.call('LPOP', ring))
+    end
+    local member = mark(job, index)
+    if member then
+      return {job, index, member}
     end
     return {job, index}
   end

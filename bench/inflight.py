@@ -1,0 +1,140 @@
+"""Thousands of predictions in flight on a 2-core machine: the ultra tier at 20 s latency.
+
+The simulator (its own process, so its CPU and GIL are its own) enforces the ultra tier,
+5,000 started a minute and 5,000 concurrent, and takes 20 s per prediction. editpipe, set to
+the same tier, runs a 10,000-run job with outputs to a local directory. Figures:
+
+- sustained starts per second over the middle 80% of the starts, from the simulator's
+  creation timestamps (the first and last 10% are the ramp-up and the drain);
+- peak in flight, as the simulator counted it;
+- the peak of the summed RSS of every editpipe process: the worker processes, their pool
+  children, and this process, which plans, submits and follows the job (sampled every 0.5 s).
+
+Then the bare asyncio loop of ``bench/baseline.py`` runs the same 10,000 runs against the
+same simulator (reset) at the same latency, writing to a local directory too, and its
+sustained rate is measured the same way.
+
+    .venv/bin/python bench/inflight.py
+
+Exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    API_KEY,
+    MODEL_ENDPOINT,
+    RssSampler,
+    baseline_works,
+    celery_workers,
+    cpu_seconds,
+    created_times,
+    editpipe_settings,
+    editpipe_worker_env,
+    machine,
+    middle_rate,
+    simulator,
+    submit_and_wait,
+    verdict,
+    wait_workers_ready,
+    write_feed_manifest,
+)
+from baseline import run_baseline  # noqa: E402
+
+from pipeline.embedded import private_redis  # noqa: E402
+from pipeline.settings import TIERS  # noqa: E402
+
+RUNS, LATENCY_S = 10_000, 20.0
+PER_MINUTE, CONCURRENT = TIERS["ultra"]
+TARGETS = {"rate": 80.0, "in_flight": 1500, "rss_gib": 1.0, "vs_loop": 1.25}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--workers", type=int, default=1, help="editpipe worker processes")
+    parser.add_argument("--concurrency", type=int, default=6, help="prefork children per worker")
+    parser.add_argument("--pumps", type=int, default=2)
+    parser.add_argument("--no-loop", action="store_true", help="skip the bare loop")
+    args = parser.parse_args()
+
+    print(f"editpipe in-flight benchmark; {machine()}")
+    print(f"parameters: {args.runs:,} runs, simulator latency {LATENCY_S:g} s, tier ultra ({PER_MINUTE:,}/min, "
+          f"{CONCURRENT:,} concurrent) on both sides; outputs to a local directory; editpipe: "
+          f"{args.workers} worker process(es) × prefork {args.concurrency}, {args.pumps} pumps")
+    print(f"targets: ≥ {TARGETS['rate']:.0f} starts/s over the middle 80%, ≥ {TARGETS['in_flight']:,} in flight at "
+          f"peak, ≤ {TARGETS['rss_gib']:.0f} GiB RSS of all editpipe processes, ≥ {TARGETS['vs_loop']:.2f} × the bare "
+          "loop's sustained rate\n")
+
+    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
+        work = Path(tmp)
+        for sub in ("redis", "logs"):
+            (work / sub).mkdir()
+        with private_redis(work / "redis") as redis_url, \
+                simulator(latency_s=LATENCY_S, images_per_minute=PER_MINUTE, max_concurrent=CONCURRENT) as sim:
+            settings = editpipe_settings(redis_url=redis_url, sim=sim, images_per_minute=PER_MINUTE,
+                                         max_concurrent=CONCURRENT, EDITPIPE_PUMPS=str(args.pumps))
+            manifest = write_feed_manifest(work / "manifest", args.runs, str(work / "out"), name="bench-inflight")
+            with celery_workers(editpipe_worker_env(settings), count=args.workers, concurrency=args.concurrency,
+                                logdir=work / "logs") as procs:
+                wait_workers_ready(procs, work / "logs")
+                pids = [p.pid for p in procs]
+                cpu_before = cpu_seconds(pids)
+                with RssSampler([*pids, os.getpid()]) as rss:
+                    prepared, status, wall_s = submit_and_wait(settings, manifest, timeout_s=900)
+                worker_cpu = cpu_seconds(pids) - cpu_before
+            ep = sim.stats()
+            ep_rate = middle_rate(created_times(sim.predictions()))
+
+            loop = None
+            if not args.no_loop:
+                sim.reset()
+                loop = run_baseline(baseline_works(prepared), base_url=sim.base_url, api_key=API_KEY,
+                                    endpoint=MODEL_ENDPOINT, output=str(work / "loop-out"),
+                                    per_minute=PER_MINUTE, max_concurrent=CONCURRENT)
+                loop_stats = sim.stats()
+                loop_rate = middle_rate(created_times(sim.predictions()))
+
+    rss_gib = rss.peak / 2**30
+    checks = {
+        "rate": ep_rate >= TARGETS["rate"],
+        "in_flight": ep["peak_concurrency"] >= TARGETS["in_flight"],
+        "rss": rss_gib <= TARGETS["rss_gib"],
+        "complete": status.succeeded == status.total,
+        "429": ep["count_429"] == 0,
+    }
+    print(f"editpipe: {status.succeeded:,} of {status.total:,} succeeded in {wall_s:.0f} s (worker CPU "
+          f"{worker_cpu:.0f} s); simulator: {ep['count_429']} × 429, {ep['duplicate_submissions']} duplicate "
+          f"submits, {ep['polls']:,} polls ({ep['polls'] / max(1, ep['created']):.1f} a prediction)")
+    print(f"  sustained starts/s (middle 80%)  {ep_rate:8.1f}   target ≥ {TARGETS['rate']:.0f}      "
+          f"{verdict(checks['rate'])}")
+    print(f"  peak in flight                   {ep['peak_concurrency']:8,}   target ≥ {TARGETS['in_flight']:,}   "
+          f"{verdict(checks['in_flight'])}")
+    print(f"  peak RSS, all editpipe processes {rss_gib:8.2f}   GiB, target ≤ {TARGETS['rss_gib']:.0f}  "
+          f"{verdict(checks['rss'])}  ({rss.peak / 2**20:.0f} MiB)")
+    if loop is not None:
+        ratio = ep_rate / loop_rate if loop_rate else float("inf")
+        checks["vs_loop"] = ratio >= TARGETS["vs_loop"]
+        checks["loop_complete"] = loop.failed == 0
+        print(f"bare loop: {loop.succeeded:,} succeeded, {loop.failed} failed"
+              + (f" (first errors: {loop.errors})" if loop.errors else "")
+              + f" in {loop.wall_s:.0f} s; simulator: {loop_stats['count_429']} × 429, "
+              f"peak in flight {loop_stats['peak_concurrency']:,}, {loop_stats['polls']:,} polls")
+        print(f"  sustained starts/s (middle 80%)  {loop_rate:8.1f}")
+        print(f"editpipe / loop sustained rate     {ratio:8.2f}   target ≥ {TARGETS['vs_loop']:.2f}   "
+              f"{verdict(checks['vs_loop'])}")
+    ok = all(checks.values())
+    print("\nevery target met" if ok else "\na target was missed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""What editpipe's durability costs: its wall time over a bare asyncio + httpx + boto3 loop
+(``bench/baseline.py``) doing the same requests, at simulator latency 0.
+
+Both sides run the same 2,000 planned runs against the same simulator (its own process,
+no account limits, latency 0) and write to moto's S3 server (its own process; a fresh one
+per side, so neither finds the other's objects there). For each run the loop submits,
+polls on editpipe's schedule, downloads the output and puts the output and a JSON sidecar.
+editpipe does that and everything it guarantees besides: a Redis claim before each submit,
+the prediction id stored the moment the submit answers, budget reservations, an atomic
+charge per run, the run-key index marker (incremental runs), a thumbnail, and the job's
+records and report at finalize.
+
+editpipe's limits are set far above what either side reaches (100,000 a minute, 5,000 in
+flight), since this measures overhead, not limits. Its wall time runs from the submit (job
+recorded, first message sent) to the finalized job; planning is excluded (``bench/plan.py``
+measures it). The loop's runs from its first submit to its last put.
+
+    .venv/bin/python bench/overhead.py
+
+Exits 1 when the target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    API_KEY,
+    MODEL_ENDPOINT,
+    baseline_works,
+    celery_workers,
+    cpu_seconds,
+    editpipe_settings,
+    editpipe_worker_env,
+    machine,
+    moto_server,
+    simulator,
+    submit_and_wait,
+    verdict,
+    wait_workers_ready,
+    write_feed_manifest,
+)
+from baseline import run_baseline  # noqa: E402
+
+from pipeline.embedded import private_redis  # noqa: E402
+
+TARGET_RATIO = 1.0
+RUNS = 2000
+LATENCY_S = 0.0
+UNBINDING_PER_MINUTE, UNBINDING_CONCURRENT = 100_000, 5_000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=RUNS)
+    parser.add_argument("--workers", type=int, default=2, help="editpipe worker processes")
+    parser.add_argument("--concurrency", type=int, default=4, help="prefork children per worker")
+    parser.add_argument("--pumps", type=int, default=2)
+    args = parser.parse_args()
+
+    print(f"editpipe overhead benchmark; {machine()}")
+    print(f"parameters: {args.runs:,} runs, simulator latency {LATENCY_S:g} s (own process, no limits), "
+          f"outputs to moto's S3 server (own process, fresh per side); editpipe: {args.workers} workers × "
+          f"prefork {args.concurrency}, {args.pumps} pumps, limits {UNBINDING_PER_MINUTE:,}/min and "
+          f"{UNBINDING_CONCURRENT:,} in flight (not binding); loop: 64 requests at once, 16 put threads")
+    print(f"target: editpipe's wall time / the loop's ≤ {TARGET_RATIO:.2f}\n")
+
+    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
+        work = Path(tmp)
+        for sub in ("redis", "logs"):
+            (work / sub).mkdir()
+        with private_redis(work / "redis") as redis_url, simulator(latency_s=LATENCY_S) as sim:
+            with moto_server() as s3_endpoint:
+                boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="editpipe-out")
+                settings = editpipe_settings(
+                    redis_url=redis_url, sim=sim, images_per_minute=UNBINDING_PER_MINUTE,
+                    max_concurrent=UNBINDING_CONCURRENT, s3_endpoint=s3_endpoint, EDITPIPE_PUMPS=str(args.pumps),
+                )
+                manifest = write_feed_manifest(work / "manifest", args.runs, "s3://editpipe-out/out",
+                                               name="bench-overhead")
+                with celery_workers(editpipe_worker_env(settings), count=args.workers,
+                                    concurrency=args.concurrency, logdir=work / "logs") as procs:
+                    wait_workers_ready(procs, work / "logs")
+                    cpu_before = cpu_seconds([p.pid for p in procs])
+                    prepared, status, editpipe_s = submit_and_wait(settings, manifest, timeout_s=600)
+                    editpipe_cpu = cpu_seconds([p.pid for p in procs]) - cpu_before
+                ep_stats = sim.stats()
+            sim.reset()
+            with moto_server() as s3_endpoint:
+                boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="baseline-out")
+                started = time.process_time()
+                loop = run_baseline(baseline_works(prepared), base_url=sim.base_url, api_key=API_KEY,
+                                    endpoint=MODEL_ENDPOINT, output="s3://baseline-out/out", s3_endpoint=s3_endpoint,
+                                    per_minute=UNBINDING_PER_MINUTE, max_concurrent=UNBINDING_CONCURRENT)
+                loop_cpu = time.process_time() - started
+            loop_stats = sim.stats()
+
+    ratio = editpipe_s / loop.wall_s
+    print(f"editpipe: {status.succeeded:,} of {status.total:,} succeeded ({status.status}); "
+          f"simulator billed {ep_stats['billed_count']:,}, {ep_stats['duplicate_submissions']} duplicate submits, "
+          f"{ep_stats['polls']:,} polls")
+    print(f"  wall time      {editpipe_s:8.1f} s   ({status.total / editpipe_s:.0f} runs/s; "
+          f"worker CPU {editpipe_cpu:.1f} s)")
+    print(f"bare loop: {loop.succeeded:,} succeeded, {loop.failed} failed"
+          + (f" (first errors: {loop.errors})" if loop.errors else "")
+          + f"; simulator billed {loop_stats['billed_count']:,}, {loop_stats['polls']:,} polls")
+    print(f"  wall time      {loop.wall_s:8.1f} s   ({len(prepared.plan.runs) / loop.wall_s:.0f} runs/s; "
+          f"its CPU {loop_cpu:.1f} s)")
+    ok = ratio <= TARGET_RATIO and status.succeeded == status.total and loop.failed == 0
+    print(f"\neditpipe / loop   {ratio:8.2f}     target ≤ {TARGET_RATIO:.2f}   {verdict(ok)}")
+    print("every target met" if ok else "a target was missed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
