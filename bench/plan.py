@@ -91,7 +91,7 @@ def measure(manifest: Path, redis_url: str) -> dict:
     from pipeline.modelspec import load_model_specs
     from pipeline.plan import plan_runs
     from pipeline.settings import Settings
-    from workers.celery_app import make_app
+    from workers.celery_app import job_enqueuer
 
     settings = Settings.from_env({"REDIS_URL": redis_url})
     started = time.perf_counter()
@@ -103,7 +103,7 @@ def measure(manifest: Path, redis_url: str) -> dict:
     plan_rss = _max_rss_mb()
 
     jobs = JobStore.from_url(redis_url)
-    app = make_app(settings)
+    enqueue = job_enqueuer(settings)
     started = time.perf_counter()
     job_id = new_job_id(manifest_.name)
     jobs.create(
@@ -116,7 +116,8 @@ def measure(manifest: Path, redis_url: str) -> dict:
         budget_usd=None,
         created_at=utc_now(),
     )
-    app.send_task("editpipe.enqueue_chunk", (job_id, 0))
+    # What `editpipe submit` sends: one message per job; the runs wait in Redis for the pumps.
+    enqueue(job_id)
     enqueue_s = time.perf_counter() - started
     stored = jobs.r.hlen(jobs.key(job_id, "runs"))
     return {
