@@ -124,18 +124,25 @@ def simulator(*, latency_s: float, images_per_minute: int | None = None,
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 server in its own process; yields its endpoint URL."""
+def moto_server() -> Iterator[subprocess.Popen]:
+    """moto's S3 server in its own process; yields the process, its URL as ``.url``."""
     os.environ.update(AWS_ENV)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     try:
-        _wait_http(url + "/moto-api/", proc, "the moto server")
-        yield url
+        _wait_http(proc.url + "/moto-api/", proc, "the moto server")  # type: ignore[attr-defined]
+        yield proc
     finally:
         _stop(proc)
+
+
+def count_objects(s3_endpoint: str, bucket: str) -> int:
+    import boto3
+
+    pages = boto3.client("s3", endpoint_url=s3_endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sum(page.get("KeyCount", 0) for page in pages)
 
 
 def editpipe_settings(*, redis_url: str, sim: SimProcess, images_per_minute: int, max_concurrent: int,

@@ -37,6 +37,7 @@ from _common import (  # noqa: E402
     MODEL_ENDPOINT,
     baseline_works,
     celery_workers,
+    count_objects,
     cpu_seconds,
     editpipe_settings,
     editpipe_worker_env,
@@ -78,7 +79,8 @@ def main() -> int:
         for sub in ("redis", "logs"):
             (work / sub).mkdir()
         with private_redis(work / "redis") as redis_url, simulator(latency_s=LATENCY_S) as sim:
-            with moto_server() as s3_endpoint:
+            with moto_server() as s3:
+                s3_endpoint = s3.url
                 boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="editpipe-out")
                 settings = editpipe_settings(
                     redis_url=redis_url, sim=sim, images_per_minute=UNBINDING_PER_MINUTE,
@@ -89,18 +91,22 @@ def main() -> int:
                 with celery_workers(editpipe_worker_env(settings), count=args.workers,
                                     concurrency=args.concurrency, logdir=work / "logs") as procs:
                     wait_workers_ready(procs, work / "logs")
-                    cpu_before = cpu_seconds([p.pid for p in procs])
+                    cpu_before = cpu_seconds([p.pid for p in procs]), cpu_seconds([s3.pid])
                     prepared, status, editpipe_s = submit_and_wait(settings, manifest, timeout_s=600)
-                    editpipe_cpu = cpu_seconds([p.pid for p in procs]) - cpu_before
+                    editpipe_cpu = cpu_seconds([p.pid for p in procs]) - cpu_before[0]
+                    editpipe_s3_cpu = cpu_seconds([s3.pid]) - cpu_before[1]
                 ep_stats = sim.stats()
+                ep_objects = count_objects(s3_endpoint, "editpipe-out")
             sim.reset()
-            with moto_server() as s3_endpoint:
-                boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="baseline-out")
-                started = time.process_time()
+            with moto_server() as s3:
+                boto3.client("s3", endpoint_url=s3.url).create_bucket(Bucket="baseline-out")
+                started = time.process_time(), cpu_seconds([s3.pid])
                 loop = run_baseline(baseline_works(prepared), base_url=sim.base_url, api_key=API_KEY,
-                                    endpoint=MODEL_ENDPOINT, output="s3://baseline-out/out", s3_endpoint=s3_endpoint,
+                                    endpoint=MODEL_ENDPOINT, output="s3://baseline-out/out", s3_endpoint=s3.url,
                                     per_minute=UNBINDING_PER_MINUTE, max_concurrent=UNBINDING_CONCURRENT)
-                loop_cpu = time.process_time() - started
+                loop_cpu = time.process_time() - started[0]
+                loop_s3_cpu = cpu_seconds([s3.pid]) - started[1]
+                loop_objects = count_objects(s3.url, "baseline-out")
             loop_stats = sim.stats()
 
     ratio = editpipe_s / loop.wall_s
@@ -108,12 +114,12 @@ def main() -> int:
           f"simulator billed {ep_stats['billed_count']:,}, {ep_stats['duplicate_submissions']} duplicate submits, "
           f"{ep_stats['polls']:,} polls")
     print(f"  wall time      {editpipe_s:8.1f} s   ({status.total / editpipe_s:.0f} runs/s; "
-          f"worker CPU {editpipe_cpu:.1f} s)")
+          f"worker CPU {editpipe_cpu:.1f} s; {ep_objects:,} S3 objects written, S3 server CPU {editpipe_s3_cpu:.1f} s)")
     print(f"bare loop: {loop.succeeded:,} succeeded, {loop.failed} failed"
           + (f" (first errors: {loop.errors})" if loop.errors else "")
           + f"; simulator billed {loop_stats['billed_count']:,}, {loop_stats['polls']:,} polls")
     print(f"  wall time      {loop.wall_s:8.1f} s   ({len(prepared.plan.runs) / loop.wall_s:.0f} runs/s; "
-          f"its CPU {loop_cpu:.1f} s)")
+          f"its CPU {loop_cpu:.1f} s; {loop_objects:,} S3 objects written, S3 server CPU {loop_s3_cpu:.1f} s)")
     ok = ratio <= TARGET_RATIO and status.succeeded == status.total and loop.failed == 0
     print(f"\neditpipe / loop   {ratio:8.2f}     target ≤ {TARGET_RATIO:.2f}   {verdict(ok)}")
     print("every target met" if ok else "a target was missed")
