@@ -134,7 +134,9 @@ def test_a_daily_budget_holds_across_jobs(tmp_path, settings, sim, workers, buck
 def test_workers_killed_three_times_never_pay_twice_and_the_ledger_matches_the_bill(
     tmp_path, settings, sim, workers, bucket, s3
 ):
-    sim.configure(latency_s=1.0, jitter_s=0.5)
+    # 20 at a time for 1 s each: the 200 runs take at least 10 s, so every kill lands mid-job.
+    sim.configure(latency_s=1.0, jitter_s=0.5, max_concurrent=20)
+    workers.settings = settings.with_overrides(max_concurrent=20)
     manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=100)
     workers.start(count=2, concurrency=4)
     job_id = submit_job(settings, manifest)
