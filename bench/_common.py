@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -241,7 +242,7 @@ class RssSampler:
             self.peak = max(self.peak, tree_rss(self.pids))
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -292,7 +293,7 @@ def write_feed_manifest(directory: Path, runs: int, output: str, name: str = "be
 
 def created_times(predictions: list[dict]) -> list[float]:
     """Creation times (UTC epoch seconds, ms resolution) of the simulator's predictions."""
-    return sorted(datetime.fromisoformat(p["created_at"].replace("Z", "+00:00")).timestamp()
+    return sorted(datetime.fromisoformat(p["created_at"]).timestamp()
                   for p in predictions)
 
 
@@ -340,9 +341,9 @@ def submit_and_wait(settings: Settings, manifest: Path, *, timeout_s: float):
 
 def baseline_works(prepared) -> list:
     """The same runs as ``prepared``'s plan, as the baseline loop takes them."""
-    from pipeline.execution import request_payload
-
     from baseline import Work
+
+    from pipeline.execution import request_payload
 
     return [Work(run.run_key, request_payload(run, [ref.uri for ref in run.inputs]), run.output_key)
             for run in prepared.plan.runs]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     API_KEY,
     MODEL_ENDPOINT,
     RssSampler,
@@ -54,10 +54,10 @@ from _common import (  # noqa: E402
     wait_workers_ready,
     write_feed_manifest,
 )
-from baseline import run_baseline  # noqa: E402
+from baseline import run_baseline
 
-from pipeline.embedded import private_redis  # noqa: E402
-from pipeline.settings import TIERS  # noqa: E402
+from pipeline.embedded import private_redis
+from pipeline.settings import TIERS
 
 RUNS, LATENCY_S = 10_000, 20.0
 PER_MINUTE, CONCURRENT = TIERS["ultra"]

@@ -30,7 +30,7 @@ from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     API_KEY,
     MODEL_ENDPOINT,
     baseline_works,
@@ -48,7 +48,7 @@ from _common import (  # noqa: E402
     write_feed_manifest,
 )
 
-from pipeline.embedded import private_redis  # noqa: E402
+from pipeline.embedded import private_redis
 
 PER_MINUTE, CONCURRENT = 120, 10
 RUNS, LATENCY_S, WORKERS = 400, 1.0, 4

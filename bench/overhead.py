@@ -32,7 +32,7 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     API_KEY,
     MODEL_ENDPOINT,
     baseline_works,
@@ -49,9 +49,9 @@ from _common import (  # noqa: E402
     wait_workers_ready,
     write_feed_manifest,
 )
-from baseline import run_baseline  # noqa: E402
+from baseline import run_baseline
 
-from pipeline.embedded import private_redis  # noqa: E402
+from pipeline.embedded import private_redis
 
 TARGET_RATIO = 1.0
 RUNS = 2000
