@@ -21,7 +21,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 from collections.abc import Callable
-from urllib.parse import quote, unquote
 
 from .errors import (
     AuthFailed,
@@ -40,13 +39,13 @@ from .modelspec import ModelSpec, load_model_specs
 from .plan import Run
 from .provider import Prediction, WaveSpeedClient
 from .report import store_output_thumbnail
+from .run_index import index_line, write_batch_if_due
 from .settings import Settings
 from .storage import Storage, open_storage, presigned_get
 from .webhooks import callback_url
 
 log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
-INDEX_PREFIX = "_index/runs"
 COLLECT_CLAIM_S = 30  # a collector that dies lets the next check collect after this
 LOST_ANSWER = (
     "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
@@ -137,24 +136,9 @@ def sidecar_key(output_key: str) -> str:
     return f"{stem}.json"
 
 
-def index_key(run_key: str, output_key: str) -> str:
-    """The empty marker that says a run key's output exists at ``output_key`` (incremental
-    runs): both are in its name, so one listing of the index answers for a whole plan."""
-    return f"{INDEX_PREFIX}/{run_key}.{quote(output_key, safe='')}.done"
-
-
-def parse_index_key(key: str) -> tuple[str, str] | None:
-    """``(run_key, output_key)`` from a marker's key, or None for anything else."""
-    name = key.rsplit("/", 1)[-1]
-    run_key, dot, rest = name.partition(".")
-    if not dot or not rest.endswith(".done"):
-        return None
-    return run_key, unquote(rest[: -len(".done")])
-
-
 def _result(run: Run, status: str, *, output: str | None = None, prediction_id: str | None = None,
             cost: Decimal = Decimal("0"), error: str | None = None, retryable: bool = False,
-            not_started: bool = False) -> dict:
+            not_started: bool = False, thumbnail: str | None = None) -> dict:
     result = {
         "index": run.index,
         "run_key": run.run_key,
@@ -169,6 +153,8 @@ def _result(run: Run, status: str, *, output: str | None = None, prediction_id: 
         "error": error,
         "finished_at": utc_now(),
     }
+    if thumbnail:
+        result["thumbnail"] = thumbnail  # the small picture the report shows
     if status == "failed":
         # Whether `editpipe resume` may run it again, and whether it was never sent.
         result["retryable"] = retryable
@@ -185,12 +171,12 @@ def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str
     """Finish a run as failed; its budget reservation and slot (if any) go back first."""
     ctx.jobs.release(job_id, run.index)
     ctx.free_slot(job_id, run.index)
-    last = ctx.jobs.finish_run(
+    finished = ctx.jobs.finish_run(
         job_id, run.index, outcome="failed",
         result=_result(run, "failed", prediction_id=prediction_id, error=error, retryable=retryable,
                        not_started=not_started),
     )
-    return Next("finalize") if last == 1 else DONE
+    return Next("finalize") if finished.last else DONE
 
 
 def charge_lost_answer(ctx: Context, job_id: str, run: Run, attempt: int, price: Decimal) -> None:
@@ -413,9 +399,10 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
     spec = ctx.specs[run.model]
     cost = spec.price_for(run.options)
     storage.put_bytes(run.output_key, data)
+    thumbnail = None
     try:
-        store_output_thumbnail(storage, job_id, run.index, data)  # so finalize need not make them all
-    except (OSError, StorageError) as exc:
+        thumbnail = store_output_thumbnail(storage, job_id, run.index, run.output_key, data)
+    except (OSError, StorageError) as exc:  # Pillow raises OSError for an undecodable image
         log.warning("no thumbnail for run %s of %s: %s", run.index, job_id, exc)
     sidecar = {
         "run_key": run.run_key,
@@ -435,7 +422,6 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         "created_at": utc_now(),
     }
     storage.put_text(sidecar_key(run.output_key), json.dumps(sidecar, indent=2), "application/json")
-    storage.put_bytes(index_key(run.run_key, run.output_key), b"", "application/octet-stream")
     entry = LedgerEntry(
         prediction_id=prediction.id,
         run_key=run.run_key,
@@ -444,12 +430,15 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         cost_usd=usd(cost),
         charged_at=utc_now(),
     )
-    last = ctx.jobs.finish_run(
+    finished = ctx.jobs.finish_run(
         job_id,
         run.index,
         outcome="succeeded",
-        result=_result(run, "succeeded", output=run.output_key, prediction_id=prediction.id, cost=cost),
+        result=_result(run, "succeeded", output=run.output_key, prediction_id=prediction.id, cost=cost,
+                       thumbnail=thumbnail),
         ledger_line=entry.to_dict(),
         cost_micros=to_micros(cost),
+        index_line=index_line(run.run_key, run.output_key),
     )
-    return Next("finalize") if last == 1 else DONE
+    write_batch_if_due(ctx.jobs, storage, job_id, finished.index_pending)
+    return Next("finalize") if finished.last else DONE

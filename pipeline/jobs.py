@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import NamedTuple
 from importlib import resources
 
 import redis
@@ -39,6 +40,17 @@ def _load_script(client: redis.Redis, name: str):
 def new_job_id(name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+class Finished(NamedTuple):
+    """What ``JobStore.finish_run`` did."""
+
+    code: int  # -1: the run had already finished (nothing changed); 1: it was the job's last; 0: other
+    index_pending: int  # run-index lines of the job waiting to be written to storage
+
+    @property
+    def last(self) -> bool:
+        return self.code == 1
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class JobStore:
         self._release = _load_script(client, "budget_release.lua")
         self._unconfirmed = _load_script(client, "charge_unconfirmed.lua")
         self._reopen = _load_script(client, "reopen_run.lua")
+        self._index_take = _load_script(client, "index_take.lua")
 
     @classmethod
     def from_url(cls, url: str) -> "JobStore":
@@ -299,23 +312,39 @@ class JobStore:
         result: dict,
         ledger_line: dict | None = None,
         cost_micros: int = 0,
-    ) -> int:
-        """Record a run's end once. Returns 1 if it was the job's last run, 0 if not, -1 if
-        the run had already finished (the call changed nothing)."""
-        return int(
-            self._finish(
-                keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "ledger"),
-                      self.key(job_id, "reserved"), TO_FINALIZE],
-                args=[
-                    index,
-                    outcome,
-                    json.dumps(result, separators=(",", ":")),
-                    ledger_line["prediction_id"] if ledger_line else "",
-                    json.dumps(ledger_line, separators=(",", ":")) if ledger_line else "",
-                    cost_micros,
-                ],
-            )
+        index_line: str = "",
+    ) -> Finished:
+        """Record a run's end once, with its ledger line and its run-index line if given."""
+        code, pending = self._finish(
+            keys=[self.key(job_id), self.key(job_id, "results"), self.key(job_id, "ledger"),
+                  self.key(job_id, "reserved"), TO_FINALIZE, self.key(job_id, "index-pending")],
+            args=[
+                index,
+                outcome,
+                json.dumps(result, separators=(",", ":")),
+                ledger_line["prediction_id"] if ledger_line else "",
+                json.dumps(ledger_line, separators=(",", ":")) if ledger_line else "",
+                cost_micros,
+                index_line,
+            ],
         )
+        return Finished(int(code), int(pending))
+
+    def take_index_batch(self, job_id: str, at_least: int) -> tuple[int, str] | None:
+        """The job's pending run-index lines as ``(batch number, text)``, moved aside until
+        ``index_batch_written``; None when fewer than ``at_least`` are pending."""
+        taken = self._index_take(
+            keys=[self.key(job_id, "index-pending"), self.key(job_id), self.key(job_id, "index-batches")],
+            args=[at_least],
+        )
+        return (int(taken[0]), taken[1]) if taken else None
+
+    def index_batch_written(self, job_id: str, batch: int) -> None:
+        self.r.hdel(self.key(job_id, "index-batches"), batch)
+
+    def forget_index_batches(self, job_id: str) -> None:
+        """Finalize wrote the job's whole index: nothing pending is needed any more."""
+        self.r.delete(self.key(job_id, "index-pending"), self.key(job_id, "index-batches"))
 
     # money
     def reserve(self, job_id: str, index: int, price: Decimal, *, day: str, day_cap: Decimal | None) -> int:

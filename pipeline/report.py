@@ -8,9 +8,10 @@ it twice writes the same files.
 The report is a contact sheet, ``PAGE_SIZE`` runs a page (``report.html``,
 ``report-2.html``, …), each run shown as its inputs → its output, each picture linking to
 the full image. Pages are self-contained HTML (inline CSS, no outside assets); pictures are
-small JPEG thumbnails made at finalize under ``jobs/<job_id>/thumbs/``: ``<n>.jpg`` for
-run ``n``'s output, ``in-<digest>.jpg`` for a reference image (once per image, however many
-runs use it). Local references are read from the path recorded in the run, ``s3://`` ones
+small JPEG thumbnails under ``jobs/<job_id>/thumbs/``: ``<n>.jpg`` for run ``n``'s output
+(made when the output is collected; an output already no bigger than a thumbnail is shown
+as it is, and its result's ``thumbnail`` names the output itself), ``in-<digest>.jpg`` for a
+reference image (made at finalize, once per image, however many runs use it). Local references are read from the path recorded in the run, ``s3://`` ones
 through the output's S3 client; ``http(s)`` references are shown as they are.
 
 Finalizing stays fast for big jobs: thumbnails already in storage are kept, new ones are made
@@ -47,6 +48,7 @@ from .jobs import BUDGET_EXHAUSTED, JobStatus, JobStore
 from .ledger import usd, utc_now
 from .notify import notify
 from .plan import InputRef, Run
+from .run_index import write_job_index
 from .settings import Settings
 from .storage import LocalStorage, S3Storage, Storage, open_storage, parse_s3_uri
 
@@ -54,6 +56,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 200
 THUMB_PX = 256
+OWN_THUMB_BYTES = 256 * 1024  # an output this small, and at most THUMB_PX wide and high, is its own
 THUMB_BUDGET_S = 45.0
 THUMB_THREADS = 8  # below boto3's default pool of 10 connections per client
 LINK_TTL_S = 7 * 24 * 3600
@@ -92,6 +95,7 @@ def finalize_job(jobs: JobStore, storage: Storage, job_id: str, *, page_size: in
     prefix = job_prefix(job_id)
     storage.put_text(f"{prefix}/results.jsonl", _jsonl(_public_result(r) for r in results), "application/x-ndjson")
     storage.put_text(f"{prefix}/ledger.jsonl", _jsonl(jobs.ledger(job_id)), "application/x-ndjson")
+    write_job_index(jobs, storage, job_id, results)
     final = final_status(jobs, status)
     finished_at = jobs.field(job_id, "finished_at") or utc_now()
     summary = job_summary(jobs, status, results, final=final, finished_at=finished_at)
@@ -175,10 +179,23 @@ def make_thumbnail(data: bytes, px: int = THUMB_PX) -> bytes:
         return out.getvalue()
 
 
-def store_output_thumbnail(storage: Storage, job_id: str, index: int, data: bytes) -> None:
+def is_own_thumbnail(data: bytes, px: int = THUMB_PX) -> bool:
+    """Whether an image is already thumbnail-sized (a thumbnail would save the viewer nothing)."""
+    if len(data) > OWN_THUMB_BYTES:
+        return False
+    with Image.open(io.BytesIO(data)) as img:  # reads the header only
+        return max(img.size) <= px
+
+
+def store_output_thumbnail(storage: Storage, job_id: str, index: int, output_key: str, data: bytes) -> str:
     """Write run ``index``'s thumbnail from the output bytes in hand (when the output is
-    collected), so that finalize has nothing left to make for it."""
-    storage.put_bytes(output_thumb_key(job_prefix(job_id), index), make_thumbnail(data), "image/jpeg")
+    collected), so that finalize has nothing left to make for it. Returns the key the report
+    shows: the thumbnail's, or the output's own when it is small already."""
+    if is_own_thumbnail(data):
+        return output_key
+    key = output_thumb_key(job_prefix(job_id), index)
+    storage.put_bytes(key, make_thumbnail(data), "image/jpeg")
+    return key
 
 
 @dataclass(frozen=True)
@@ -305,7 +322,7 @@ class _Sheet:
                 if read is not None:
                     planned.add(key)
                     tasks.append(_ThumbTask(key, read, _input_name(ref)))
-            if result.get("output") and result["status"] != "failed":
+            if result.get("output") and result["status"] != "failed" and not result.get("thumbnail"):
                 key = output_thumb_key(self.prefix, result["index"])
                 if key not in planned:
                     planned.add(key)
@@ -315,8 +332,10 @@ class _Sheet:
 
     def output(self, result: dict) -> Picture:
         key = result["output"]
-        thumb = output_thumb_key(self.prefix, result["index"])
         full = self.links.key(key)
+        if result.get("thumbnail"):  # made when the output was collected
+            return Picture(self.links.key(result["thumbnail"]), full, key)
+        thumb = output_thumb_key(self.prefix, result["index"])
         return Picture(self.links.key(thumb) if thumb in self.thumbs else full, full, key)
 
     def input(self, ref: InputRef) -> Picture:

@@ -47,6 +47,10 @@ class Storage(ABC):
     def list_keys(self, prefix: str = "") -> Iterator[str]: ...
 
     @abstractmethod
+    def delete_keys(self, keys: list[str]) -> None:
+        """Delete these objects; keys that do not exist are no error."""
+
+    @abstractmethod
     def url_for(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         """A URL a person (or a browser) can open: presigned for S3, ``file://`` locally."""
 
@@ -107,6 +111,13 @@ class LocalStorage(Storage):
                 key = path.relative_to(self.path).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+    def delete_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._file(key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot delete {self._file(key)}: {exc.strerror}") from None
 
     def url_for(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         return self._file(key).as_uri()
@@ -183,6 +194,17 @@ class S3Storage(Storage):
                     yield obj["Key"][strip:]
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"cannot list {self.location(prefix)}: {exc}") from None
+
+    def delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # the most one DeleteObjects call takes
+            chunk = [{"Key": self._key(key)} for key in keys[start:start + 1000]]
+            try:
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+            except (BotoCoreError, ClientError) as exc:
+                raise StorageError(f"cannot delete under {self.root}: {exc}") from None
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise StorageError(f"cannot delete s3://{self.bucket}/{first['Key']}: {first.get('Message')}")
 
     def url_for(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         return self.client.generate_presigned_url(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from .execution import INDEX_PREFIX, parse_index_key, skipped_result
+from .execution import skipped_result
 from .errors import EditpipeError
 from .jobs import JobStatus, JobStore, new_job_id
 from .ledger import utc_now
@@ -21,6 +21,7 @@ from .manifest import Manifest, load_manifest
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
 from .report import finalize_job, job_prefix
+from .run_index import read_index
 from .settings import Settings
 from .storage import Storage, open_storage, s3_object_etag
 
@@ -63,19 +64,16 @@ def look_up_done(storage: Storage, plan: Plan, *, force: bool = False) -> tuple[
     """Runs of the plan whose run key has an output under this output root (from any job),
     and how the rest compare with what was made before.
 
-    One listing of the index (``_index/runs/``, see ``execution.index_key``) answers for the
-    whole plan: no object is read per run. With ``force`` nothing counts as done.
+    The output root's run index (``run_index.py``) answers for the whole plan: no object is
+    read per run. With ``force`` nothing counts as done.
     """
     wanted = {run.run_key for run in plan.runs}
     found: dict[str, str] = {}
     made_before: set[str] = set()
-    for key in storage.list_keys(INDEX_PREFIX + "/"):
-        parsed = parse_index_key(key)
-        if parsed is None:
-            continue
-        made_before.add(parsed[1])
-        if parsed[0] in wanted:
-            found.setdefault(*parsed)
+    for run_key, output_key in read_index(storage):
+        made_before.add(output_key)
+        if run_key in wanted:
+            found.setdefault(run_key, output_key)
     done = {} if force else found
     unchanged = sum(1 for run in plan.runs if run.run_key in done)
     changed = sum(1 for run in plan.runs if run.run_key not in done and run.output_key in made_before)
@@ -138,12 +136,12 @@ def submit(
         priority=max(1, manifest.priority),
         extra=prepared.changes.fields(),
     )
-    last = 0
+    last = False
     for run in prepared.plan.runs:
         existing = prepared.done.get(run.run_key)
         if existing is not None:
-            last = jobs.finish_run(job_id, run.index, outcome="skipped", result=skipped_result(run, existing))
-    if last == 1 or not prepared.plan.runs:
+            last = jobs.finish_run(job_id, run.index, outcome="skipped", result=skipped_result(run, existing)).last
+    if last or not prepared.plan.runs:
         finalize_job(jobs, prepared.storage, job_id)
         jobs.finalized(job_id)
     else:

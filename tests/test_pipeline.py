@@ -113,6 +113,8 @@ def test_twelve_runs_end_with_outputs_sidecars_results_and_a_ledger_matching_the
     assert sum(Decimal(line["cost_usd"]) for line in ledger) == Decimal(stats["billed_usd"]) == Decimal("1.20")
     assert {line["prediction_id"] for line in ledger} == {r["prediction_id"] for r in results}
     assert stats["duplicate_submissions"] == 0
+    index = read_jsonl(s3, bucket, f"edits/_index/jobs/{status.id}.jsonl")
+    assert {(line["run_key"], line["output"]) for line in index} == {(r["run_key"], r["output"]) for r in results}
     # S3 references reached the provider as presigned URLs, which it fetched.
     s3_inputs = [u for p in sim.predictions() for u in p["images"] if f"/{bucket}/products/b.png" in u]
     assert s3_inputs and all("X-Amz-Signature=" in u for u in s3_inputs)

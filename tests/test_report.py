@@ -71,7 +71,7 @@ def assert_every_image_loaded(dom: str, expected: int) -> None:
 
 
 def test_s3_report_renders_in_chromium_with_every_thumbnail_loaded_from_presigned_urls(
-    tmp_path, settings, sim, workers, bucket, s3, chromium
+    tmp_path, settings, sim, workers, bucket, s3, chromium, jobs
 ):
     # One set from a local file, one from S3, one from an http URL plus a local file.
     make_image(tmp_path / "products" / "a.png", (200, 160, 40))
@@ -98,6 +98,7 @@ def test_s3_report_renders_in_chromium_with_every_thumbnail_loaded_from_presigne
   - id: storm
     text: "[sim:fail] The {product} in a storm.\""""
     manifest = write_manifest(tmp_path, f"s3://{bucket}/edits", sets, prompts, "budget_usd: 5.00")
+    sim.configure(image_long_side=768)  # outputs bigger than a thumbnail: each gets one
     workers.start(count=1, concurrency=4)
 
     status = run_job(settings, manifest)
@@ -108,6 +109,9 @@ def test_s3_report_renders_in_chromium_with_every_thumbnail_loaded_from_presigne
     thumbs = [k for k in storage.list_keys(f"{prefix}/thumbs/")]
     # Six outputs, plus one per reference image the report can read (local a.png, s3 b.png).
     assert len([k for k in thumbs if not k.rsplit("/", 1)[1].startswith("in-")]) == 6
+    results = [json.loads(line) for line in storage.get_text(f"{prefix}/results.jsonl").splitlines()]
+    assert {r["thumbnail"] for r in results if r["status"] == "succeeded"} == {
+        f"{prefix}/thumbs/{r['index']}.jpg" for r in jobs.results(status.id) if r["status"] == "succeeded"}
     assert len([k for k in thumbs if k.rsplit("/", 1)[1].startswith("in-")]) == 2
     url = report_location(storage, status.id)
     assert url.startswith(settings.s3_endpoint_url) and "X-Amz-Signature=" in url
@@ -170,6 +174,9 @@ def test_a_local_report_is_paged_and_every_page_loads_even_after_the_folder_move
     finalize_job(jobs, storage, status.id, page_size=5)
 
     job_dir = tmp_path / "out" / "jobs" / status.id
+    assert [p.name for p in (job_dir / "thumbs").iterdir() if not p.name.startswith("in-")] == []
+    results = [json.loads(line) for line in (job_dir / "results.jsonl").read_text().splitlines()]
+    assert all(r["thumbnail"] == r["output"] for r in results)
     pages = [job_dir / "report.html", job_dir / "report-2.html", job_dir / "report-3.html"]
     assert all(p.is_file() for p in pages)
     assert json.loads((job_dir / "summary.json").read_text())["pages"] == 3
@@ -185,7 +192,10 @@ def test_a_local_report_is_paged_and_every_page_loads_even_after_the_folder_move
         hrefs = set(attr_values(dom, "a", "href"))
         assert links <= hrefs
         # Outputs and thumbnails are linked relatively: the moved copy shows its own files.
-        assert all(src.startswith(("thumbs/", "file://")) for src in attr_values(dom, "img", "src"))
+        # The simulator's outputs (256 px) are no bigger than a thumbnail: shown as they are.
+        sources = attr_values(dom, "img", "src")
+        assert all(src.startswith(("thumbs/in-", "../../set-")) for src in sources), sources
+        assert sum(src.startswith("../../set-") for src in sources) == cards
         assert all(not h.startswith(("/", "http")) for h in hrefs if not h.startswith("file://"))
     chromium.screenshot((moved / "jobs" / status.id / "report-2.html").as_uri(), ARTIFACTS / "report-local-page2.png",
                         window=(1280, 1200))

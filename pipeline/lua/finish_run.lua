@@ -3,15 +3,22 @@
 -- (entry id -> ledger line), KEYS[4] reservations hash (index -> "micros|day"),
 -- KEYS[5] jobs waiting to be finalized (sorted set by Redis time): the last run's finish
 -- puts its job there in the same step, so a finalize lost with its worker is found again.
+-- KEYS[6] the job's run-index lines not yet written to storage (list; see run_index.py)
 -- ARGV[1] run index, ARGV[2] counter to bump (succeeded|skipped|failed), ARGV[3] result line,
 -- ARGV[4] ledger entry id ('' when nothing is charged), ARGV[5] ledger line,
--- ARGV[6] cost in micro-USD
+-- ARGV[6] cost in micro-USD, ARGV[7] the run's index line ('' when it has none): pushed
+-- in the same step as the charge, so every charged output is indexed
 -- A charged run's reservation turns into spend (held_micros is corrected to the real cost);
 -- any other run's reservation must have been released before (budget_release.lua).
--- Returns -1 when the run was already finished (a redelivery), 1 when this call finished the
--- job's last run (the caller then finalizes the job), 0 otherwise.
+-- Returns {code, index lines pending}: code -1 when the run was already finished (a
+-- redelivery), 1 when this call finished the job's last run (the caller then finalizes the
+-- job), 0 otherwise.
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
-  return -1
+  return {-1, 0}
+end
+local pending = 0
+if ARGV[7] ~= '' then
+  pending = redis.call('RPUSH', KEYS[6], ARGV[7])
 end
 if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
   local cost = tonumber(ARGV[6])
@@ -29,6 +36,6 @@ local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)
 if finished == tonumber(redis.call('HGET', KEYS[1], 'total')) then
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[5], tonumber(t[1]), redis.call('HGET', KEYS[1], 'id'))
-  return 1
+  return {1, pending}
 end
-return 0
+return {0, pending}
