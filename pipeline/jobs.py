@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import NamedTuple
 from importlib import resources
+from typing import NamedTuple
 
 import redis
 

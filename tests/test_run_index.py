@@ -10,7 +10,15 @@ from decimal import Decimal
 from pipeline.jobs import JobStore
 from pipeline.ledger import utc_now
 from pipeline.plan import Run
-from pipeline.run_index import BATCH, batch_key, index_line, job_key, read_index, write_batch_if_due, write_job_index
+from pipeline.run_index import (
+    BATCH,
+    batch_key,
+    index_line,
+    job_key,
+    read_index,
+    write_batch_if_due,
+    write_job_index,
+)
 from pipeline.storage import open_storage
 
 
