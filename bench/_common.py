@@ -103,12 +103,15 @@ class SimProcess:
 
 @contextmanager
 def simulator(*, latency_s: float, images_per_minute: int | None = None,
-              max_concurrent: int | None = None) -> Iterator[SimProcess]:
+              max_concurrent: int | None = None, image_long_side: int | None = None) -> Iterator[SimProcess]:
     """``python -m pipeline.simulator`` on a free port; inputs are not fetched (the runs name
-    URLs that do not exist), nothing else differs from the default."""
+    URLs that do not exist), nothing else differs from the default (outputs 256 px on their
+    longer side unless ``image_long_side`` says otherwise)."""
     port = free_port()
     cmd = [sys.executable, "-m", "pipeline.simulator", "--port", str(port), "--latency", str(latency_s),
            "--api-key", API_KEY, "--no-fetch-inputs"]
+    if image_long_side is not None:
+        cmd += ["--image-long-side", str(image_long_side)]
     if images_per_minute is not None:
         cmd += ["--images-per-minute", str(images_per_minute)]
     if max_concurrent is not None:

@@ -10,7 +10,10 @@ everything in flight. It is what one would write in an afternoon, written carefu
 - at most ``requests_at_once`` HTTP requests at a time, so thousands of waiting predictions
   never queue inside httpx's pool (encode/httpx#3215);
 - polls on editpipe's schedule (``pipeline/dispatch.py``: the first near the latency seen
-  so far, then growing, never under 2 s), so both make the same requests.
+  so far, then growing, never under 2 s), so both make the same requests. With
+  ``learn_latency=False`` it polls on the provider's plain guidance instead, as a loop
+  without that idea would: the first poll 2 s after the submit, then 1.5 times longer each
+  time (2, 3, 4.5 s, ...).
 
 ``run_baseline`` returns what it did; the caller reads the simulator's own figures.
 """
@@ -101,7 +104,7 @@ class _Rate:
 
 class Baseline:
     def __init__(self, client: httpx.AsyncClient, store: Store, endpoint: str, *, requests_at_once: int,
-                 poll_initial_s: float, poll_max_s: float):
+                 poll_initial_s: float, poll_max_s: float, learn_latency: bool = True):
         self.client = client
         self.store = store
         self.endpoint = endpoint
@@ -109,6 +112,7 @@ class Baseline:
         self.poll_initial_s = poll_initial_s
         self.poll_max_s = poll_max_s
         self.expected: float | None = None
+        self.learn_latency = learn_latency
         self.outcome = Outcome()
 
     async def _request(self, method: str, url: str, **kwargs) -> httpx.Response:
@@ -150,7 +154,8 @@ class Baseline:
             await asyncio.sleep(self._next_poll(attempt))
             attempt += 1
         seen = time.monotonic() - submitted
-        self.expected = seen if self.expected is None else 0.8 * self.expected + 0.2 * seen
+        if self.learn_latency:
+            self.expected = seen if self.expected is None else 0.8 * self.expected + 0.2 * seen
         if data["status"] != "completed":
             raise RuntimeError(f"prediction failed: {data.get('error')}")
         image = await self._request("GET", data["outputs"][0])
@@ -165,12 +170,12 @@ class Baseline:
 
 async def _main(works: list[Work], base_url: str, api_key: str, endpoint: str, store: Store, *,
                 per_minute: int, max_concurrent: int, requests_at_once: int, poll_initial_s: float,
-                poll_max_s: float) -> Outcome:
+                poll_max_s: float, learn_latency: bool) -> Outcome:
     limits = httpx.Limits(max_connections=requests_at_once, max_keepalive_connections=requests_at_once)
     async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"},
                                  limits=limits, timeout=60) as client:
         baseline = Baseline(client, store, endpoint, requests_at_once=requests_at_once,
-                            poll_initial_s=poll_initial_s, poll_max_s=poll_max_s)
+                            poll_initial_s=poll_initial_s, poll_max_s=poll_max_s, learn_latency=learn_latency)
         rate = _Rate(per_minute)
         in_flight = asyncio.Semaphore(max_concurrent)
         tasks = set()
@@ -188,12 +193,14 @@ async def _main(works: list[Work], base_url: str, api_key: str, endpoint: str, s
 
 def run_baseline(works: list[Work], *, base_url: str, api_key: str, endpoint: str, output: str,
                  s3_endpoint: str | None = None, per_minute: int, max_concurrent: int,
-                 requests_at_once: int = 64, poll_initial_s: float = 2.0, poll_max_s: float = 30.0) -> Outcome:
+                 requests_at_once: int = 64, poll_initial_s: float = 2.0, poll_max_s: float = 30.0,
+                 learn_latency: bool = True) -> Outcome:
     """Run ``works`` to the end; the outcome with the wall time from first submit to last put."""
     store = Store(output, s3_endpoint)
     try:
         return asyncio.run(_main(works, base_url, api_key, endpoint, store, per_minute=per_minute,
                                  max_concurrent=max_concurrent, requests_at_once=requests_at_once,
-                                 poll_initial_s=poll_initial_s, poll_max_s=poll_max_s))
+                                 poll_initial_s=poll_initial_s, poll_max_s=poll_max_s,
+                                 learn_latency=learn_latency))
     finally:
         store.close()

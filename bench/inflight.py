@@ -16,9 +16,17 @@ limiter's ceiling being 81.7 (ultra less its 2% headroom); 1 × 4 did it in the 
 (597 MiB peak, against 786 MiB for 1 × 6 and 854 MiB for 2 × 3). Two pumps, so that each
 covers the other's hand-over between slices.
 
-Then the bare asyncio loop of ``bench/baseline.py`` runs the same 10,000 runs against the
-same simulator (reset) at the same latency, writing to a local directory too, and its
-sustained rate is measured the same way.
+Then the bare asyncio loop of ``bench/baseline.py`` (the baseline of ``bench/overhead``)
+runs the same 10,000 runs against the same simulator (reset) at the same latency, writing to
+a local directory too, and its sustained rate is measured the same way. It runs twice:
+
+- polling on the provider's plain guidance (first poll 2 s after the submit, then 1.5 times
+  longer each time), as a loop written without editpipe's idea would: about five polls per
+  prediction at 20 s, and one process's CPU is soon the limit. The 1.25 target is checked
+  against this run;
+- polling on editpipe's own schedule (first poll near the latency seen so far), about one
+  poll per prediction. Shown for the record, without a target: this loop and editpipe both
+  start as fast as the tier lets them, so their ratio cannot pass cap / loop rate (≈ 1.05).
 
     .venv/bin/python bench/inflight.py
 
@@ -101,16 +109,10 @@ def main() -> int:
             ep = sim.stats()
             ep_rate = middle_rate(created_times(sim.predictions()))
 
-            loop = None
-            if not args.no_loop:
-                sim.reset()
-                loop_cpu = time.process_time()
-                loop = run_baseline(baseline_works(prepared), base_url=sim.base_url, api_key=API_KEY,
-                                    endpoint=MODEL_ENDPOINT, output=str(work / "loop-out"),
-                                    per_minute=PER_MINUTE, max_concurrent=CONCURRENT)
-                loop_cpu = time.process_time() - loop_cpu
-                loop_stats = sim.stats()
-                loop_rate = middle_rate(created_times(sim.predictions()))
+            loops = {} if args.no_loop else {
+                learn: run_loop(sim, prepared, work / f"loop-out-{learn}", learn_latency=learn)
+                for learn in (False, True)
+            }
 
     rss_gib = rss.peak / 2**30
     checks = {
@@ -129,21 +131,40 @@ def main() -> int:
           f"{verdict(checks['in_flight'])}")
     print(f"  peak RSS, all editpipe processes {rss_gib:8.2f}   GiB, target ≤ {TARGETS['rss_gib']:.0f}  "
           f"{verdict(checks['rss'])}  ({rss.peak / 2**20:.0f} MiB)")
-    if loop is not None:
-        ratio = ep_rate / loop_rate if loop_rate else float("inf")
-        checks["vs_loop"] = ratio >= TARGETS["vs_loop"]
-        checks["loop_complete"] = loop.failed == 0
-        print(f"bare loop: {loop.succeeded:,} succeeded, {loop.failed} failed"
+    cap = PER_MINUTE / 60
+    for learn, (loop, loop_cpu, loop_stats, loop_rate) in sorted(loops.items()):
+        schedule = "editpipe's poll schedule (first poll near the latency seen)" if learn else \
+            "the provider's plain poll schedule (2 s, then ×1.5)"
+        checks[f"loop_complete_{learn}"] = loop.failed == 0
+        print(f"bare loop, {schedule}: {loop.succeeded:,} succeeded, {loop.failed} failed"
               + (f" (first errors: {loop.errors})" if loop.errors else "")
               + f" in {loop.wall_s:.0f} s (its CPU {loop_cpu:.0f} s, {loop_cpu / loop.wall_s:.0%} of a core); "
-              f"simulator: {loop_stats['count_429']} × 429, "
-              f"peak in flight {loop_stats['peak_concurrency']:,}, {loop_stats['polls']:,} polls")
+              f"simulator: {loop_stats['count_429']} × 429, peak in flight {loop_stats['peak_concurrency']:,}, "
+              f"{loop_stats['polls']:,} polls ({loop_stats['polls'] / max(1, loop_stats['created']):.1f} a prediction)")
         print(f"  sustained starts/s (middle 80%)  {loop_rate:8.1f}")
-        print(f"editpipe / loop sustained rate     {ratio:8.2f}   target ≥ {TARGETS['vs_loop']:.2f}   "
-              f"{verdict(checks['vs_loop'])}")
+        ratio = ep_rate / loop_rate if loop_rate else float("inf")
+        if learn:
+            print(f"  editpipe / this loop             {ratio:8.2f}   (no target: both sit at the tier's cap, "
+                  f"so the ratio cannot pass {cap:.1f} / {loop_rate:.1f} = {cap / loop_rate:.2f})")
+        else:
+            checks["vs_loop"] = ratio >= TARGETS["vs_loop"]
+            print(f"  editpipe / this loop             {ratio:8.2f}   target ≥ {TARGETS['vs_loop']:.2f}   "
+                  f"{verdict(checks['vs_loop'])}")
     ok = all(checks.values())
     print("\nevery target met" if ok else "\na target was missed")
     return 0 if ok else 1
+
+
+def run_loop(sim, prepared, output: Path, *, learn_latency: bool):
+    """The bare loop on the same runs, the simulator reset first: (outcome, its CPU seconds,
+    the simulator's figures, sustained starts/s)."""
+    sim.reset()
+    cpu = time.process_time()
+    loop = run_baseline(baseline_works(prepared), base_url=sim.base_url, api_key=API_KEY, endpoint=MODEL_ENDPOINT,
+                        output=str(output), per_minute=PER_MINUTE, max_concurrent=CONCURRENT,
+                        learn_latency=learn_latency)
+    cpu = time.process_time() - cpu
+    return loop, cpu, sim.stats(), middle_rate(created_times(sim.predictions()))
 
 
 if __name__ == "__main__":

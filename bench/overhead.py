@@ -7,8 +7,13 @@ per side, so neither finds the other's objects there). For each run the loop sub
 polls on editpipe's schedule, downloads the output and puts the output and a JSON sidecar.
 editpipe does that and everything it guarantees besides: a Redis claim before each submit,
 the prediction id stored the moment the submit answers, budget reservations, an atomic
-charge per run, the run-key index marker (incremental runs), a thumbnail, and the job's
-records and report at finalize.
+charge per run with the run's run-index line (written to storage in batches of 500, see
+``pipeline/run_index.py``), and the job's records, index and report at finalize.
+
+The simulator's outputs are 256 px on their longer side by default, no bigger than a report
+thumbnail, so editpipe shows them as they are and writes two objects per run, as the loop
+does. With ``--image-long-side 1024`` (closer to the real API's outputs) editpipe also makes
+and writes a thumbnail per run, work the loop does not do; both sides then move bigger files.
 
 editpipe's limits are set far above what either side reaches (100,000 a minute, 5,000 in
 flight), since this measures overhead, not limits. Its wall time runs from the submit (job
@@ -65,11 +70,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="editpipe worker processes")
     parser.add_argument("--concurrency", type=int, default=4, help="prefork children per worker")
     parser.add_argument("--pumps", type=int, default=2)
+    parser.add_argument("--image-long-side", type=int, default=None,
+                        help="the simulator's output size in px (its default: 256)")
     args = parser.parse_args()
 
     print(f"editpipe overhead benchmark; {machine()}")
     print(f"parameters: {args.runs:,} runs, simulator latency {LATENCY_S:g} s (own process, no limits), "
-          f"outputs to moto's S3 server (own process, fresh per side); editpipe: {args.workers} workers × "
+          f"outputs {args.image_long_side or 256} px to moto's S3 server (own process, fresh per side); "
+          f"editpipe: {args.workers} workers × "
           f"prefork {args.concurrency}, {args.pumps} pumps, limits {UNBINDING_PER_MINUTE:,}/min and "
           f"{UNBINDING_CONCURRENT:,} in flight (not binding); loop: 64 requests at once, 16 put threads")
     print(f"target: editpipe's wall time / the loop's ≤ {TARGET_RATIO:.2f}\n")
@@ -78,7 +86,8 @@ def main() -> int:
         work = Path(tmp)
         for sub in ("redis", "logs"):
             (work / sub).mkdir()
-        with private_redis(work / "redis") as redis_url, simulator(latency_s=LATENCY_S) as sim:
+        with (private_redis(work / "redis") as redis_url,
+              simulator(latency_s=LATENCY_S, image_long_side=args.image_long_side) as sim):
             with moto_server() as s3:
                 s3_endpoint = s3.url
                 boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="editpipe-out")
