@@ -12,9 +12,10 @@ The design, and why (measured on a 2-core machine, see issue 3):
 - A submitted prediction becomes a member of the *due index*, a sorted set by next check
   time. A *poller* takes due members in batches and checks each with one GET; an image
   takes 10-60 s, so blocking a worker per prediction would need thousands of processes,
-  while a sorted-set member costs a few bytes. The first check is timed near the model's
-  observed latency (polls cost CPU in proportion to how often they happen), then at a
-  growing interval, never less than 2 s apart as the provider asks.
+  while a sorted-set member costs a few bytes. The first check is timed just after the
+  model's latency as seen so far (polls cost CPU in proportion to how often they happen;
+  the provider's own ``timings.inference`` sharpens the estimate), then at a growing
+  interval, never less than 2 s apart as the provider asks.
 - Completed predictions go to ``collect`` tasks (download, store, charge), spread over the
   worker pool, since storage writes are the slow part.
 Leases on pumps, pollers and taken due members expire by themselves, so a killed worker
@@ -40,6 +41,11 @@ POLL_BATCH = 200
 START = -1  # the attempt number of a start check (see ``pump``)
 ADMIT_WAIT_S = 0.25  # the longest a pump waits for the limits with a run's claim in hand
 ADMIT_EARLY_S = 0.0003
+# The first check comes this much after the expected latency, so that a prediction is found
+# completed at its first check: bench/inflight's 20 s edits were checked 2.5 times each with
+# the first check at 0.85 × the latency seen; 1.00 times once the latency is known, with it
+# just after the provider's own timing. A completed prediction waits 5% longer for collection.
+FIRST_POLL_AFTER = 1.05
 
 
 def _script(client, name: str):
@@ -79,6 +85,7 @@ class Dispatch:
         self.fair = FairQueue(self.r, FAIR_KEY)
         self._take = _script(self.r, "due_take.lua")
         self._put = _script(self.r, "due_put.lua")
+        self._latency: dict[str, tuple[float | None, float]] = {}  # model -> (seconds, read at)
 
     # runs waiting to start
     def add_job(self, job_id: str, total: int, priority: int = 1) -> None:
@@ -107,25 +114,56 @@ class Dispatch:
                 self._take(keys=[DUE_KEY], args=[n, DUE_LEASE_S])]
 
     def expected_latency(self, model: str) -> float | None:
-        raw = self.r.get(LATENCY_KEY + model)
-        return float(raw) if raw else None
+        """The model's latency as seen so far (shared in Redis; read at most once a second)."""
+        now = time.monotonic()
+        cached = self._latency.get(model)
+        if cached is None or now - cached[1] > 1.0:
+            raw = self.r.get(LATENCY_KEY + model)
+            cached = self._latency[model] = (float(raw) if raw else None, now)
+        return cached[0]
 
     def observe_latency(self, model: str, seconds: float) -> None:
-        """An moving average of how long the model's predictions take, as our polls saw it
-        (an upper bound by at most one poll interval)."""
+        """A moving average of how long the model's predictions take (see ``latency_sample``)."""
         old = self.expected_latency(model)
-        self.r.set(LATENCY_KEY + model, f"{seconds if old is None else 0.8 * old + 0.2 * seconds:.3f}")
+        new = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self.r.set(LATENCY_KEY + model, f"{new:.3f}")
+        self._latency[model] = (new, time.monotonic())
+
+    def latency_sample(self, model: str, due: "Due", inference_s: float | None) -> float:
+        """How long a prediction found completed took, as well as the checks can tell.
+
+        It completed between the check before (the submit, for a first check) and this one.
+        The provider's own timing of the edit, when it gives one, is a lower bound too (the
+        prediction may have queued first); the later of the two lower bounds is the sample.
+        Without that timing, the middle of the interval; for a first check, just under it.
+        """
+        elapsed = max(0.0, time.time() - due.submitted_at)
+        before = 0.0 if due.attempt == 0 else max(0.0, elapsed - self.next_poll_s(model, due.attempt - 1))
+        if inference_s is not None:
+            return min(elapsed, max(before, inference_s))
+        return 0.9 * elapsed if due.attempt == 0 else (before + elapsed) / 2
 
     def first_poll_s(self, model: str) -> float:
-        """The first check of a new prediction: near its expected completion, not sooner than
-        the provider's 2 s, not later than half a concurrency lease."""
+        """The first check of a new prediction: just after its expected completion, not sooner
+        than the provider's 2 s, not later than half a concurrency lease."""
         settings = self.ctx.settings
         expected = self.expected_latency(model)
-        guess = settings.poll_initial_s if expected is None else 0.85 * expected
+        guess = settings.poll_initial_s if expected is None else FIRST_POLL_AFTER * expected
         # The first check renews the prediction's concurrency lease, so it comes within half
-        # of it (capped at 15 s, a 20 s prediction was checked 3.5 times instead of 2).
-        lease_s = self.ctx.limits.concurrency.lease_s if self.ctx.limits is not None else 2 * DUE_LEASE_S
-        return min(max(settings.poll_initial_s, guess), lease_s / 2)
+        # of it.
+        return min(max(settings.poll_initial_s, guess), self._lease_s() / 2)
+
+    def until_expected(self, model: str, submitted_at: float) -> float:
+        """Seconds from now until a first check would have been due for a prediction
+        submitted at ``submitted_at`` (0 when that time has passed or is unknown)."""
+        expected = self.expected_latency(model)
+        if expected is None:
+            return 0.0
+        due_at = submitted_at + min(FIRST_POLL_AFTER * expected, self._lease_s() / 2)
+        return max(0.0, due_at - time.time())
+
+    def _lease_s(self) -> float:
+        return self.ctx.limits.concurrency.lease_s if self.ctx.limits is not None else 2 * DUE_LEASE_S
 
     def next_poll_s(self, model: str, attempt: int) -> float:
         settings = self.ctx.settings
@@ -239,11 +277,14 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
         if step.action == "poll":
             nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at)
             delay = step.delay_s if step.failures > due.failures else dispatch.next_poll_s(run.model, due.attempt)
+            # A prediction submitted before the latency was known waits for it once it is.
+            delay = max(delay, dispatch.until_expected(run.model, due.submitted_at))
             added.append((nxt.member, delay))
             running.append(slot_holder(due.job_id, due.index))
             continue
         if step.action == "collect":
-            dispatch.observe_latency(run.model, time.time() - due.submitted_at)
+            inference_s = step.prediction.inference_s if step.prediction else None
+            dispatch.observe_latency(run.model, dispatch.latency_sample(run.model, due, inference_s))
             # Kept in the index a while as a safety net: if the collect task were lost, the
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,

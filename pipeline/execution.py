@@ -394,7 +394,7 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
     if not prediction.outputs:
         return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
     data = ctx.client.download(prediction.outputs[0])
-    output_root = ctx.jobs.field(job_id, "output") or ""
+    output_root = ctx.jobs.output_root(job_id)
     storage = ctx.storage(output_root)
     spec = ctx.specs[run.model]
     cost = spec.price_for(run.options)

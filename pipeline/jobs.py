@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from functools import lru_cache
 from importlib import resources
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"
 ACTIVE = ("queued", "running")
 BUDGET_EXHAUSTED = "budget_exhausted"
 TO_FINALIZE = f"{PREFIX}:to-finalize"
+RUNS_CACHED = 8192  # planned runs a process keeps in memory (about 1 KB each)
 
 
 def _load_script(client: redis.Redis, name: str):
@@ -120,6 +122,8 @@ class JobStore:
         self._unconfirmed = _load_script(client, "charge_unconfirmed.lua")
         self._reopen = _load_script(client, "reopen_run.lua")
         self._index_take = _load_script(client, "index_take.lua")
+        self._run_cached = lru_cache(maxsize=RUNS_CACHED)(self._load_run)
+        self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
 
     @classmethod
     def from_url(cls, url: str) -> "JobStore":
@@ -227,10 +231,19 @@ class JobStore:
         return self.r.hget(self.key(job_id), name)
 
     def run(self, job_id: str, index: int) -> Run:
+        """A planned run. Runs never change once planned, so each process keeps the ones it
+        read last (a run is read by its start, its checks and its collect)."""
+        return self._run_cached(job_id, index)
+
+    def _load_run(self, job_id: str, index: int) -> Run:
         raw = self.r.hget(self.key(job_id, "runs"), str(index))
         if raw is None:
             raise JobNotFound(f"job {job_id!r} has no run {index}")
         return Run.from_dict(json.loads(raw))
+
+    def output_root(self, job_id: str) -> str:
+        """Where the job's outputs go (set when the job is created, never changed)."""
+        return self._output_cached(job_id)
 
     def runs(self, job_id: str) -> Iterator[Run]:
         for _, raw in self.r.hscan_iter(self.key(job_id, "runs"), count=1000):

@@ -43,6 +43,7 @@ class Prediction:
     outputs: list[str] = field(default_factory=list)
     error: str = ""
     model: str = ""
+    inference_s: float | None = None  # the provider's own timing of the edit, when it gives one
 
     @property
     def completed(self) -> bool:
@@ -64,7 +65,13 @@ class Prediction:
             outputs=[str(o) for o in data.get("outputs") or []],
             error=str(data.get("error") or ""),
             model=str(data.get("model") or ""),
+            inference_s=_inference_s(data.get("timings")),
         )
+
+
+def _inference_s(timings: Any) -> float | None:
+    ms = timings.get("inference") if isinstance(timings, dict) else None
+    return ms / 1000 if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms >= 0 else None
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conftest import run_job
+from pipeline.dispatch import LATENCY_KEY
 from pipeline.jobs import JobStore
 from pipeline.limits import AccountLimits
 from pipeline.submission import follow, prepare, submit
@@ -107,3 +108,16 @@ def test_a_429_storm_pauses_every_worker(tmp_path, settings, sim, workers, bucke
     # Each 429 pauses the whole fleet for the provider's Retry-After (1 s here): 429s
     # come at most about once a second, not once per worker per try.
     assert 0 < stats["count_429"] <= elapsed + 3
+
+
+def test_once_the_latency_is_known_each_prediction_is_checked_once(tmp_path, settings, sim, workers, bucket):
+    # As if an earlier job had shown the model's latency: first checks come just after it.
+    sim.configure(latency_s=2.5, jitter_s=0.0)
+    JobStore.from_url(settings.redis_url).r.set(LATENCY_KEY + "openai/gpt-image-2/edit", "2.5")
+    workers.start(count=1, concurrency=4)
+
+    status = run_job(settings, many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=8))
+
+    assert status.status == "succeeded" and status.succeeded == 16
+    polls = [p["polls"] for p in sim.predictions()]
+    assert polls == [1] * 16  # never before the provider had it done, never twice

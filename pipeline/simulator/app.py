@@ -170,6 +170,7 @@ async def get_result(request: web.Request) -> web.Response:
     pred = engine.state.predictions.get(request.match_info["id"])
     if pred is None:
         return _error(404, "prediction not found")
+    pred.polls += 1
     return _envelope(pred.data())
 
 

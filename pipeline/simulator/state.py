@@ -49,6 +49,7 @@ class Prediction:
     billed: bool = False
     cost_usd: Decimal = Decimal("0")
     dropped: bool = False
+    polls: int = 0  # result requests for this prediction
     rendered: Rendered | None = field(default=None, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -76,6 +77,7 @@ class Prediction:
             "created_at": self.created_at,
             "error": self.error,
             "dropped": self.dropped,
+            "polls": self.polls,
             "images": list(self.images),
         }
 
