@@ -229,7 +229,7 @@ def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
 
     settings = _settings()
     jobs = _jobs(settings)
-    prepared = prepare(manifest, settings, force=force)
+    prepared = prepare(manifest, settings, force=force, jobs=jobs)
     _print_skipped_rows(prepared)
     job_id = submit(prepared, jobs, _enqueuer(settings))
     click.echo(job_id)

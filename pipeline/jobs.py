@@ -359,6 +359,22 @@ class JobStore:
         """Finalize wrote the job's whole index: nothing pending is needed any more."""
         self.r.delete(self.key(job_id, "index-pending"), self.key(job_id, "index-batches"))
 
+    def unwritten_index(self, output_root: str) -> Iterator[str]:
+        """Run-index lines of every job under ``output_root`` not yet in storage: pending, or
+        taken as a batch whose write has not finished (``run_index``). Only a job still
+        running (or finalizing) has any; finalize drops them once its whole index is written."""
+        ids = self.r.zrange(JOBS_INDEX, 0, -1)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.key(job_id), "output")
+        same_root = [job_id for job_id, output in zip(ids, pipe.execute()) if output == output_root]
+        for job_id in same_root:
+            pipe.lrange(self.key(job_id, "index-pending"), 0, -1)
+            pipe.hvals(self.key(job_id, "index-batches"))
+        for lines in pipe.execute():
+            for entry in lines:
+                yield from entry.splitlines()
+
     # money
     def reserve(self, job_id: str, index: int, price: Decimal, *, day: str, day_cap: Decimal | None) -> int:
         """Hold a run's price against the job's and the day's budget before it is submitted.

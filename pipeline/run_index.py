@@ -84,6 +84,12 @@ def _parse_segment(text: str) -> Iterator[tuple[str, str]]:
             yield entry["run_key"], entry["output"]
 
 
+def read_unwritten(jobs: JobStore, output_root: str) -> Iterator[tuple[str, str]]:
+    """``(run_key, output_key)`` of outputs that jobs still running under ``output_root`` have
+    made but not yet written to the index in storage (at most a batch each)."""
+    yield from _parse_segment("\n".join(jobs.unwritten_index(output_root)))
+
+
 def _parse_marker(key: str) -> tuple[str, str] | None:
     """``(run_key, output_key)`` from an old marker's key: ``<run_key>.<quoted output>.done``."""
     name = key.rsplit("/", 1)[-1]
@@ -97,18 +103,33 @@ def read_index(storage: Storage) -> Iterator[tuple[str, str]]:
     """Every ``(run_key, output_key)`` the output root's index holds: one listing, then the
     segments read in parallel (a finished job is one segment)."""
     segments = [key for key in storage.list_keys(SEGMENTS) if key.endswith(".jsonl")]
-    if segments:
-        with ThreadPoolExecutor(min(READ_THREADS, len(segments)), thread_name_prefix="index") as pool:
-            for text in pool.map(_read_segment, [storage] * len(segments), segments):
-                yield from _parse_segment(text)
+    yield from read_segments(storage, segments)
     for key in storage.list_keys(MARKERS):
         parsed = _parse_marker(key)
         if parsed is not None:
             yield parsed
 
 
+def read_segments(storage: Storage, segments: list[str]) -> Iterator[tuple[str, str]]:
+    """The lines of ``segments`` (keys as listed), read in parallel."""
+    if not segments:
+        return
+    with ThreadPoolExecutor(min(READ_THREADS, len(segments)), thread_name_prefix="index") as pool:
+        for text in pool.map(_read_segment, [storage] * len(segments), segments):
+            yield from _parse_segment(text)
+
+
 def _read_segment(storage: Storage, key: str) -> str:
+    """A segment's text. A batch listed but gone was deleted by its job's finalize after the
+    listing; finalize wrote the job's whole index before deleting, so that is read instead
+    (outputs whose lines were missed here would be paid for again)."""
     try:
         return storage.get_text(key)
     except FileNotFoundError:
-        return ""  # a batch deleted by its job's finalize between the listing and the read
+        whole = job_key(key[len(SEGMENTS) :].split(".", 1)[0])
+        if whole == key:
+            return ""  # a job's index is never deleted; gone means the output root was cleared
+        try:
+            return storage.get_text(whole)
+        except FileNotFoundError:
+            return ""

@@ -396,20 +396,20 @@ def job_is_active(jobs: JobStore, job_id: str) -> bool:
 # --- Starting a run ------------------------------------------------------------------------
 
 
-def prepare_schedule(schedule: Schedule, settings: Settings) -> Prepared:
+def prepare_schedule(schedule: Schedule, settings: Settings, jobs: JobStore | None = None) -> Prepared:
     """``submission.prepare`` for a schedule's manifest, a local path or an ``s3://`` URI
     (read with the S3 settings; its issues name the URI; local paths in it mean nothing)."""
     if not schedule.manifest.startswith("s3://"):
         path = Path(schedule.manifest)
         if not path.is_file():
             raise SchedulesFileError([schedule.issue(f"schedule {schedule.name!r}: no manifest at {path}")])
-        return prepare(path, settings)
+        return prepare(path, settings, jobs=jobs)
     body = _read_s3_manifest(schedule, settings)
     with tempfile.TemporaryDirectory(prefix="editpipe-schedule-") as tmp:
         path = Path(tmp) / (posixpath.basename(schedule.manifest) or "manifest.yaml")
         path.write_bytes(body)
         try:
-            prepared = prepare(path, settings)
+            prepared = prepare(path, settings, jobs=jobs)
         except ManifestError as exc:
             raise ManifestError(
                 [dataclasses.replace(i, file=schedule.manifest) if i.file == str(path) else i for i in exc.issues]
@@ -462,7 +462,7 @@ def start_schedule(
         state.record(start)
         return start
     try:
-        prepared = prepare_schedule(schedule, settings)
+        prepared = prepare_schedule(schedule, settings, jobs)
         changes = prepared.changes
         job_id = submit(prepared, jobs, enqueue, budget_usd=schedule.budget_usd, schedule=schedule.name,
                         notify_url=schedule.notify)

@@ -7,8 +7,9 @@ before the first run is enqueued.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +22,7 @@ from .manifest import Manifest, load_manifest
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
 from .report import finalize_job, job_prefix
-from .run_index import read_index
+from .run_index import read_index, read_unwritten
 from .settings import Settings
 from .storage import Storage, open_storage, s3_object_etag
 
@@ -60,17 +61,20 @@ class Prepared:
         return len(self.plan.runs) - len(self.done)
 
 
-def look_up_done(storage: Storage, plan: Plan, *, force: bool = False) -> tuple[dict[str, str], RunChanges]:
+def look_up_done(
+    storage: Storage, plan: Plan, *, force: bool = False, unwritten: Iterable[tuple[str, str]] = ()
+) -> tuple[dict[str, str], RunChanges]:
     """Runs of the plan whose run key has an output under this output root (from any job),
     and how the rest compare with what was made before.
 
     The output root's run index (``run_index.py``) answers for the whole plan: no object is
-    read per run. With ``force`` nothing counts as done.
+    read per run. ``unwritten``: index lines not in storage yet (``run_index.read_unwritten``).
+    With ``force`` nothing counts as done.
     """
     wanted = {run.run_key for run in plan.runs}
     found: dict[str, str] = {}
     made_before: set[str] = set()
-    for run_key, output_key in read_index(storage):
+    for run_key, output_key in itertools.chain(read_index(storage), unwritten):
         made_before.add(output_key)
         if run_key in wanted:
             found.setdefault(run_key, output_key)
@@ -80,17 +84,20 @@ def look_up_done(storage: Storage, plan: Plan, *, force: bool = False) -> tuple[
     return done, RunChanges(new=len(plan.runs) - unchanged - changed, changed=changed, unchanged=unchanged)
 
 
-def prepare(path: Path, settings: Settings, *, force: bool = False) -> Prepared:
+def prepare(path: Path, settings: Settings, *, force: bool = False, jobs: JobStore | None = None) -> Prepared:
     """Load, validate and plan a manifest; raises ``ManifestError`` with every issue.
 
     Unless ``force``, runs already done under the same output root are found, and only the
-    others are priced.
+    others are priced. With the workers' ``jobs``, that includes the outputs of jobs still
+    running there whose index lines are not in storage yet (up to a batch each).
     """
     specs = load_model_specs(settings.models_dir)
     manifest = load_manifest(path, specs, settings)
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
     storage = open_storage(manifest.output, settings)
-    done, changes = look_up_done(storage, plan, force=force)
+    # Redis before storage: a line that leaves Redis in between was written to storage first.
+    unwritten = list(read_unwritten(jobs, storage.root)) if jobs is not None and not force else []
+    done, changes = look_up_done(storage, plan, force=force, unwritten=unwritten)
     return Prepared(
         manifest=manifest,
         plan=plan,

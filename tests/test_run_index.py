@@ -9,17 +9,20 @@ from decimal import Decimal
 
 from pipeline.jobs import JobStore
 from pipeline.ledger import utc_now
-from pipeline.plan import Run
+from pipeline.plan import Plan, Run
 from pipeline.run_index import (
     BATCH,
     batch_key,
     index_line,
     job_key,
     read_index,
+    read_segments,
+    read_unwritten,
     write_batch_if_due,
     write_job_index,
 )
 from pipeline.storage import open_storage
+from pipeline.submission import look_up_done
 
 
 def _runs(count: int) -> list[Run]:
@@ -59,6 +62,47 @@ def test_batches_while_running_then_one_segment_per_job(settings, bucket, jobs):
     assert list(storage.list_keys("_index/")) == [job_key(job_id)]
     assert dict(read_index(storage)) == {run.run_key: run.output_key for run in runs}
     assert not jobs.r.exists(jobs.key(job_id, "index-pending"), jobs.key(job_id, "index-batches"))
+
+
+def test_a_planner_that_listed_batches_before_finalize_deleted_them_still_sees_every_line(
+        settings, bucket, jobs):
+    storage = open_storage(f"s3://{bucket}/out", settings)
+    runs = _runs(2 * BATCH)
+    job_id = _new_job(jobs, storage.root, runs)
+    for run in runs:
+        _succeed(jobs, storage, job_id, run)
+    listed = list(storage.list_keys("_index/jobs/"))
+    assert listed == [batch_key(job_id, 1), batch_key(job_id, 2)]
+
+    write_job_index(jobs, storage, job_id, jobs.results(job_id))  # between the listing and the reads
+
+    assert not any(storage.exists(key) for key in listed)
+    assert dict(read_segments(storage, listed)) == {run.run_key: run.output_key for run in runs}
+
+
+def test_a_job_planned_while_another_runs_skips_what_that_one_made_and_has_not_yet_indexed(
+        settings, bucket, jobs):
+    storage = open_storage(f"s3://{bucket}/out", settings)
+    elsewhere = open_storage(f"s3://{bucket}/elsewhere", settings)
+    runs = _runs(BATCH + 30)
+    running = _new_job(jobs, storage.root, runs)
+    for run in runs[:BATCH + 20]:  # a batch in storage, 20 lines pending in Redis
+        _succeed(jobs, storage, running, run)
+    taken = jobs.take_index_batch(running, 1)  # and 10 more taken by a worker not done writing
+    for run in runs[BATCH + 20:]:
+        _succeed(jobs, storage, running, run)
+    assert taken is not None and len(taken[1].splitlines()) == 20
+    other = _new_job(jobs, elsewhere.root, runs[:5])  # same run keys, another output root
+    for run in runs[:5]:
+        _succeed(jobs, elsewhere, other, run)
+
+    plan = Plan("again", runs)
+    from_storage, _ = look_up_done(storage, plan)
+    assert set(from_storage) == {run.run_key for run in runs[:BATCH]}
+    done, changes = look_up_done(storage, plan, unwritten=list(read_unwritten(jobs, storage.root)))
+    assert done == {run.run_key: run.output_key for run in runs}
+    assert changes.unchanged == len(runs) and changes.new == 0
+    assert dict(read_unwritten(jobs, elsewhere.root)) == {run.run_key: run.output_key for run in runs[:5]}
 
 
 def test_a_batch_taken_by_a_worker_that_died_is_written_at_finalize(settings, bucket, jobs):
