@@ -242,8 +242,8 @@ def _admit_in_place(try_start: Callable[[str], float], until: float) -> Callable
     """``try_start``, asked again after its wait for up to ``ADMIT_WAIT_S`` (and not past
     ``until``) instead of handing the run back; a longer wait is returned as before.
 
-    Below 1,000 a minute the rate is smooth with no burst, so a start taken late is lost for
-    good (above, a few can be made up: ``AccountLimits.from_settings``). A pump that
+    Below 1,000 a minute a start taken late is lost for good (above, a few can be made up:
+    ``AccountLimits.from_settings``). A pump that
     hands the run back, sleeps and pops it again asks after the run's checks (claim, budget:
     a dozen Redis round trips), that much after the start was due: measured at ultra, 72
     starts/s of the 81.7 admitted, with the pumps asleep 60% of the time. Waking a little

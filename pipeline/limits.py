@@ -120,12 +120,15 @@ class Throttle:
 class RateLimiter:
     """Starts per minute for the whole fleet, as a smooth rate (GCRA, a leaky bucket).
 
-    One start is granted every ``60 / per_minute`` seconds on average; up to ``burst`` may
-    come back to back after a quiet spell. Guaranteed: never more than ``per_minute`` grants in
-    any 60-second window of the Redis clock, whatever ``burst`` is, because a burst is paid for
-    out of the sustained rate (the spacing is ``60 / (per_minute - burst + 1)`` seconds). The
-    default ``burst=1`` gives exactly ``per_minute`` per minute with no bursts at all.
-    ``headroom`` leaves that share of the rate unused (see ``AccountLimits``).
+    One start is granted every ``60 / per_minute`` seconds, evenly spaced, never two at once.
+    Guaranteed: never more than ``per_minute`` grants in any 60-second window of the Redis
+    clock. ``headroom`` leaves that share of the rate unused (see ``AccountLimits``).
+
+    ``catch_up`` (default 0): how many starts a fleet that fell behind the schedule (every
+    pump busy for a moment when a start came due) may still make up. They come at most twice
+    as fast as the rate, no closer than half the spacing after the start before, so there is
+    still no burst; and they are paid for out of the sustained rate (the spacing becomes
+    ``60 / (per_minute - catch_up)`` seconds), so the 60-second guarantee holds as it is.
 
     With a ``throttle``, the spacing is divided by ``throttle.factor()``, and while the
     throttle pauses the fleet ``try_acquire`` returns the pause left. Only the first call after
@@ -133,14 +136,15 @@ class RateLimiter:
 
     GCRA rather than a window counter: a counter per minute lets ``per_minute`` starts through
     at the end of one minute and as many again at the start of the next; a sliding log stores
-    one entry per start. GCRA keeps one timestamp per key and spaces the starts evenly, which
-    is also what the provider sees as the gentlest load.
+    one entry per start. GCRA keeps one timestamp per key (two with ``catch_up``) and spaces
+    the starts evenly, which is also what the provider sees as the gentlest load.
 
     Parameters:
       client: a Redis client.
-      key: the string key of the schedule, one per provider account.
+      key: the string key of the schedule, one per provider account (and ``<key>:last``, the
+        time of the last start).
       per_minute: the account's images started per minute (>= 1).
-      burst: starts that may come back to back (1 <= burst <= per_minute).
+      catch_up: starts a late fleet may make up (0 <= catch_up < per_minute).
       throttle: the account's ``Throttle``, if 429s should slow this limiter.
       headroom: share of the rate left unused, 0 <= headroom < 1.
     """
@@ -151,29 +155,30 @@ class RateLimiter:
         key: str,
         per_minute: int,
         *,
-        burst: int = 1,
+        catch_up: int = 0,
         throttle: Throttle | None = None,
         headroom: float = 0.0,
     ):
-        if per_minute < 1 or not 1 <= burst <= per_minute or not 0 <= headroom < 1:
-            raise ValueError("RateLimiter needs per_minute >= 1, 1 <= burst <= per_minute, 0 <= headroom < 1")
+        if per_minute < 1 or not 0 <= catch_up < per_minute or not 0 <= headroom < 1:
+            raise ValueError("RateLimiter needs per_minute >= 1, 0 <= catch_up < per_minute, 0 <= headroom < 1")
         self.r = client
         self.key = key
+        self.last_key = f"{key}:last"
         self.per_minute = per_minute
-        self.burst = burst
+        self.catch_up = catch_up
         self.throttle = throttle
-        self.interval_us = 60 * US / ((per_minute - burst + 1) * (1 - headroom))
-        self.tolerance_us = (burst - 1) * self.interval_us
+        self.interval_us = 60 * US / ((per_minute - catch_up) * (1 - headroom))
+        self.catch_up_us = catch_up * self.interval_us
         self._take = _script(client, "limits_rate.lua")
 
     def try_acquire(self) -> float:
         """Take one start: 0.0 when granted now, else the seconds to wait before trying again."""
-        keys = [self.key]
+        keys = [self.key, self.last_key]
         recovery_us = 1
         if self.throttle is not None:
             keys.append(self.throttle.key)
             recovery_us = self.throttle.recovery_us
-        wait_us = self._take(keys=keys, args=[repr(self.interval_us), repr(self.tolerance_us), recovery_us])
+        wait_us = self._take(keys=keys, args=[repr(self.interval_us), repr(self.catch_up_us), recovery_us])
         return wait_us / US
 
     def acquire(self, timeout_s: float) -> bool:
@@ -267,7 +272,7 @@ class AccountLimits:
       images_per_minute: the account's starts per minute.
       max_concurrent: the account's predictions in flight.
       lease_s: lease of a prediction without heartbeat (a dead worker's slot comes back then).
-      burst, headroom: see ``RateLimiter``.
+      catch_up, headroom: see ``RateLimiter``.
       busy_retry_s: the longest wait suggested while every slot is taken (a slot may free at
         any moment by a ``finished``, which no caller is told about).
       throttle: options for the account's ``Throttle`` (``default_pause_s``, ``decrease``,
@@ -282,7 +287,7 @@ class AccountLimits:
         images_per_minute: int,
         max_concurrent: int,
         lease_s: float = 60.0,
-        burst: int = 1,
+        catch_up: int = 0,
         headroom: float = 0.02,
         busy_retry_s: float = 0.5,
         **throttle: float,
@@ -290,7 +295,7 @@ class AccountLimits:
         self.prefix = prefix
         self.throttle = Throttle(client, f"{prefix}:throttle", **throttle)
         self.rate = RateLimiter(
-            client, f"{prefix}:rate", images_per_minute, burst=burst, throttle=self.throttle, headroom=headroom
+            client, f"{prefix}:rate", images_per_minute, catch_up=catch_up, throttle=self.throttle, headroom=headroom
         )
         self.concurrency = ConcurrencyLimiter(client, f"{prefix}:leases", max_concurrent, lease_s)
         self.busy_retry_us = max(1, _us(busy_retry_s))
@@ -300,12 +305,13 @@ class AccountLimits:
     def from_settings(cls, client: redis.Redis, settings: Settings, account: str = "default", **options) -> "AccountLimits":
         """The limits of ``settings``' tier (or explicit numbers), under ``ep:limits:<account>``.
 
-        At a thousand starts a minute or more, a pump that comes late by a few starts' time
-        (a busy CPU) may make them up: ``burst`` of one start per thousand a minute, paid out
-        of the sustained rate as ``RateLimiter`` says, so no 60 s window passes the limit
-        (5,000/min: 5 back to back at most, 0.08% of the rate). Below, no burst at all.
+        At a thousand starts a minute or more, starts are milliseconds apart and a pump can
+        come late by a few of them whenever the CPU is busy; a start not taken on time is then
+        lost for good. So the fleet may make up one start per thousand a minute (``catch_up``
+        of ``RateLimiter``: 5 at 5,000/min, 0.1% of the rate, never two at once, no 60 s
+        window over the limit). Below a thousand, none.
         """
-        options.setdefault("burst", max(1, settings.images_per_minute // 1000))
+        options.setdefault("catch_up", settings.images_per_minute // 1000)
         return cls(
             client,
             f"ep:limits:{account}",
@@ -321,13 +327,13 @@ class AccountLimits:
         submit is a start for the provider.
         """
         wait_us = self._start(
-            keys=[self.rate.key, self.concurrency.key, self.throttle.key],
+            keys=[self.rate.key, self.concurrency.key, self.throttle.key, self.rate.last_key],
             args=[
                 holder,
                 self.concurrency.limit,
                 self.concurrency.lease_us,
                 repr(self.rate.interval_us),
-                repr(self.rate.tolerance_us),
+                repr(self.rate.catch_up_us),
                 self.throttle.recovery_us,
                 self.busy_retry_us,
             ],

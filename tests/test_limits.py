@@ -49,8 +49,8 @@ def busiest(times: list[float], window_s: float) -> int:
 
 # --- worker processes -------------------------------------------------------------------
 
-def _hammer_rate(url: str, key: str, per_minute: int, burst: int, start_at: float, run_s: float, out) -> None:
-    limiter = RateLimiter(redis.Redis.from_url(url), key, per_minute, burst=burst)
+def _hammer_rate(url: str, key: str, per_minute: int, catch_up: int, start_at: float, run_s: float, out) -> None:
+    limiter = RateLimiter(redis.Redis.from_url(url), key, per_minute, catch_up=catch_up)
     grants = []
     while time.time() < start_at:
         time.sleep(0.001)
@@ -128,25 +128,42 @@ def _gather(target, args_for, count: int) -> list:
 # --- rate -----------------------------------------------------------------------------
 
 def test_rate_never_exceeds_per_minute_in_any_window_across_processes(redis_url, key):
-    per_minute, burst, run_s = 600, 1, 2.0
+    per_minute, catch_up, run_s = 600, 0, 2.0
     start_at = time.time() + 0.3
-    results = _gather(_hammer_rate, lambda i: (redis_url, key, per_minute, burst, start_at, run_s), 3)
+    results = _gather(_hammer_rate, lambda i: (redis_url, key, per_minute, catch_up, start_at, run_s), 3)
     grants = [t for per_process in results for t in per_process]
 
     assert all(per_process for per_process in results), "every process got starts"
     # One second at 600 a minute is 10 starts; scaled, "at most per_minute in any minute".
-    assert busiest(grants, 1.0) <= per_minute // 60 + burst
+    assert busiest(grants, 1.0) <= per_minute // 60 + 1
     # And the rate is held, not just capped: ~20 starts in 2 s.
     assert len(grants) >= 0.8 * run_s * per_minute / 60
 
 
-def test_burst_is_paid_for_out_of_the_sustained_rate(r, key):
-    limiter = RateLimiter(r, key, per_minute=5, burst=3)
+def test_starts_made_up_never_come_at_once_and_are_paid_for_out_of_the_rate(r, key):
+    limiter = RateLimiter(r, key, per_minute=600, catch_up=2)
+    interval_s = 60 / (600 - 2)  # the spacing, paid for the two that may be made up
+    granted = []  # the Redis server's time of each start, as the script stored it
+    while len(granted) < 8:
+        wait = limiter.try_acquire()
+        if wait == 0.0:
+            granted.append(int(r.get(limiter.last_key)) / 1e6)
+        else:
+            time.sleep(wait)
+    gaps = [b - a for a, b in zip(granted, granted[1:])]
 
-    assert [limiter.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
-    wait = limiter.try_acquire()
-    # Spacing 60 / (5 - 3 + 1) = 20 s: 3 at once, then one at 20, 40, 60 s: 5 in [0, 60).
-    assert 19.0 < wait <= 20.0
+    # After a quiet spell the two are made up at twice the rate: 0, ½, 1, 1½, 2, 3, 4, 5
+    # intervals; never two starts at once.
+    assert min(gaps) >= interval_s / 2 - 1e-6
+    assert granted[2] - granted[0] < 1.9 * interval_s  # 2 intervals apart without catch-up
+    # Never more than the rate allows: 8 starts span at least 8 - 1 - 2 intervals.
+    assert granted[-1] - granted[0] >= 5 * interval_s - 1e-6
+
+
+def test_account_limits_make_up_one_start_per_thousand_a_minute(r, key):
+    for tier, catch_up in (("bronze", 0), ("silver", 0), ("gold", 3), ("ultra", 5)):
+        limits = AccountLimits.from_settings(r, Settings.from_env({"WAVESPEED_TIER": tier}), account=f"{key}-{tier}")
+        assert limits.rate.catch_up == catch_up
 
 
 def test_try_acquire_reports_the_wait_and_grants_after_it(r, key):

@@ -32,14 +32,25 @@ end
 
 -- GCRA: the wait before one more start conforms (0 = now), and the theoretical arrival time
 -- (TAT) to store if it is taken. `interval_us` is the spacing at the current rate,
--- `tolerance_us` how far ahead of the schedule a start may run (the burst).
-local function gcra(key, now, interval_us, tolerance_us)
+-- `catch_up_us` how far behind its schedule the fleet may fall and still make the starts up.
+-- Starts made up come no closer than half the interval after the last start (`last_key`,
+-- the time of the last start): twice the rate for a moment, never back to back.
+local function gcra(key, last_key, now, interval_us, catch_up_us)
   local tat = math.max(tonumber(redis.call('GET', key)) or now, now)
-  return math.max(0, tat - tolerance_us - now), tat + interval_us
+  local wait = math.max(0, tat - catch_up_us - now)
+  if catch_up_us > 0 then
+    local last = tonumber(redis.call('GET', last_key))
+    if last then
+      wait = math.max(wait, last + interval_us / 2 - now)
+    end
+  end
+  return wait, tat + interval_us
 end
 
-local function gcra_take(key, now, new_tat)
-  redis.call('SET', key, int(new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local function gcra_take(key, last_key, now, new_tat)
+  local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
+  redis.call('SET', key, int(new_tat), 'PX', ttl_ms)
+  redis.call('SET', last_key, int(now), 'PX', ttl_ms)
 end
 
 -- Leases: a sorted set holder -> expiry. Expired leases are dropped first, so a holder that
