@@ -104,10 +104,11 @@ def main() -> int:
                                 logdir=work / "logs") as procs:
                 wait_workers_ready(procs, work / "logs")
                 pids = [p.pid for p in procs]
-                cpu_before = cpu_seconds(pids)
+                cpu_before, sim_cpu_before = cpu_seconds(pids), cpu_seconds([sim.proc.pid])
                 with RssSampler([*pids, os.getpid()]) as rss:
                     prepared, status, wall_s = submit_and_wait(settings, manifest, timeout_s=900)
                 worker_cpu = cpu_seconds(pids) - cpu_before
+                sim_cpu = cpu_seconds([sim.proc.pid]) - sim_cpu_before
             ep = sim.stats()
             predictions = sim.predictions()
             ep_rate = middle_rate(created_times(predictions))
@@ -126,7 +127,7 @@ def main() -> int:
         "429": ep["count_429"] == 0,
     }
     print(f"editpipe: {status.succeeded:,} of {status.total:,} succeeded in {wall_s:.0f} s (worker CPU "
-          f"{worker_cpu:.0f} s); simulator: {ep['count_429']} × 429, {ep['duplicate_submissions']} duplicate "
+          f"{worker_cpu:.0f} s); simulator (CPU {sim_cpu:.0f} s): {ep['count_429']} × 429, {ep['duplicate_submissions']} duplicate "
           f"submits, {ep['polls']:,} polls ({ep['polls'] / max(1, ep['created']):.1f} a prediction; "
           f"{polls_after_warmup(predictions):.2f} a prediction once the first {LATENCY_S:g} s of starts "
           "had shown the latency)")
@@ -137,14 +138,14 @@ def main() -> int:
     print(f"  peak RSS, all editpipe processes {rss_gib:8.2f}   GiB, target ≤ {TARGETS['rss_gib']:.0f}  "
           f"{verdict(checks['rss'])}  ({rss.peak / 2**20:.0f} MiB)")
     cap = PER_MINUTE / 60
-    for learn, (loop, loop_cpu, loop_stats, loop_rate) in sorted(loops.items()):
+    for learn, (loop, loop_cpu, loop_sim_cpu, loop_stats, loop_rate) in sorted(loops.items()):
         schedule = "editpipe's poll schedule (first poll near the latency seen)" if learn else \
             "the provider's plain poll schedule (2 s, then ×1.5)"
         checks[f"loop_complete_{learn}"] = loop.failed == 0
         print(f"bare loop, {schedule}: {loop.succeeded:,} succeeded, {loop.failed} failed"
               + (f" (first errors: {loop.errors})" if loop.errors else "")
               + f" in {loop.wall_s:.0f} s (its CPU {loop_cpu:.0f} s, {loop_cpu / loop.wall_s:.0%} of a core); "
-              f"simulator: {loop_stats['count_429']} × 429, peak in flight {loop_stats['peak_concurrency']:,}, "
+              f"simulator (CPU {loop_sim_cpu:.0f} s): {loop_stats['count_429']} × 429, peak in flight {loop_stats['peak_concurrency']:,}, "
               f"{loop_stats['polls']:,} polls ({loop_stats['polls'] / max(1, loop_stats['created']):.1f} a prediction)")
         print(f"  sustained starts/s (middle 80%)  {loop_rate:8.1f}")
         ratio = ep_rate / loop_rate if loop_rate else float("inf")
@@ -170,14 +171,14 @@ def polls_after_warmup(predictions: list[dict]) -> float:
 
 def run_loop(sim, prepared, output: Path, *, learn_latency: bool):
     """The bare loop on the same runs, the simulator reset first: (outcome, its CPU seconds,
-    the simulator's figures, sustained starts/s)."""
+    the simulator's CPU seconds meanwhile, the simulator's figures, sustained starts/s)."""
     sim.reset()
-    cpu = time.process_time()
+    cpu, sim_cpu = time.process_time(), cpu_seconds([sim.proc.pid])
     loop = run_baseline(baseline_works(prepared), base_url=sim.base_url, api_key=API_KEY, endpoint=MODEL_ENDPOINT,
                         output=str(output), per_minute=PER_MINUTE, max_concurrent=CONCURRENT,
                         learn_latency=learn_latency)
-    cpu = time.process_time() - cpu
-    return loop, cpu, sim.stats(), middle_rate(created_times(sim.predictions()))
+    cpu, sim_cpu = time.process_time() - cpu, cpu_seconds([sim.proc.pid]) - sim_cpu
+    return loop, cpu, sim_cpu, sim.stats(), middle_rate(created_times(sim.predictions()))
 
 
 if __name__ == "__main__":

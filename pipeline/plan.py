@@ -135,8 +135,12 @@ def _input_identity(ref: InputRef) -> list[str]:
     return [ref.identity] if ref.kind == "local" else [ref.uri, ref.identity]
 
 
+# One encoder for every key: json.dumps with these arguments would build a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 class _Identities:
@@ -202,6 +206,7 @@ def plan_runs(
     pair: tuple[int, int] | None = None
     text = ""
     prefix_of: dict[int, str] = {}
+    options_json: dict[int, str] = {}  # by id of the shared options dict, for the whole plan
     runs: list[Run] = []
     for combo in manifest.combinations(specs):
         image_set, prompt = combo.image_set, combo.prompt
@@ -211,7 +216,9 @@ def plan_runs(
             text = manifest.render_prompt(image_set, prompt)
             prefix_of.clear()
         if id(combo.options) not in prefix_of:
-            prefix_of[id(combo.options)] = _key_prefix(combo, text, inputs)
+            if id(combo.options) not in options_json:
+                options_json[id(combo.options)] = _canonical_json(dict(combo.options))
+            prefix_of[id(combo.options)] = _key_prefix(combo, text, inputs, options_json[id(combo.options)])
         # The canonical JSON up to the variant number: "variant" sorts last, so each
         # variant's key is this prefix plus its number (the same text run_key builds).
         key = hashlib.sha256(f"{prefix_of[id(combo.options)]}{combo.variant}}}".encode("utf-8")).hexdigest()
@@ -233,17 +240,17 @@ def plan_runs(
     return Plan(manifest_name=manifest.name, runs=runs, skipped_rows=list(manifest.skipped_rows))
 
 
-def _key_prefix(combo: Combination, prompt: str, inputs: tuple[InputRef, ...]) -> str:
-    canonical = _canonical_json(
-        {
-            "inputs": [_input_identity(ref) for ref in inputs],
-            "model": combo.model,
-            "options": dict(combo.options),
-            "prompt": prompt,
-            "variant": 0,
-        }
+def _key_prefix(combo: Combination, prompt: str, inputs: tuple[InputRef, ...], options_json: str) -> str:
+    """``run_key``'s canonical JSON up to the variant number, put together from its parts
+    (the same text: keys in sorted order, each value as ``_canonical_json`` writes it), so
+    that the options, shared by many runs, are encoded once (``options_json``)."""
+    return (
+        f'{{"inputs":{_canonical_json([_input_identity(ref) for ref in inputs])},'
+        f'"model":{_canonical_json(combo.model)},'
+        f'"options":{options_json},'
+        f'"prompt":{_canonical_json(prompt)},'
+        '"variant":'
     )
-    return canonical[: -len("0}")]
 
 
 def _output_key(manifest: Manifest, combo: Combination) -> str:

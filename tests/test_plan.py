@@ -309,3 +309,30 @@ image_sets:
     assert len(plan.runs) == 100_000
     assert len({r.run_key for r in plan.runs}) == 100_000
     assert elapsed < 10, f"load + plan of 100,000 runs took {elapsed:.1f}s"
+
+
+def test_run_keys_do_not_change_between_versions(tmp_path, specs):
+    # Incremental runs find earlier outputs by run key, so the key of a given request is part
+    # of the storage contract: these were computed by editpipe before the planner built its
+    # canonical JSON from parts, and must never change.
+    path = write(tmp_path, """
+        version: 1
+        name: pinned
+        output: out
+        image_sets:
+          - id: pearl
+            images: [https://cdn.example.com/pearl.jpg, https://cdn.example.com/pearl-2.jpg]
+        prompts:
+          - id: fr
+            text: "Boucles d’oreilles « dorées » sur un mannequin, lumière 暖かい"
+        defaults:
+          variants: 2
+        matrix:
+          aspect_ratio: ["1:1", "2:3"]
+    """)
+    runs = plan_of(path, specs).runs
+    assert [r.run_key for r in runs] == [run_key(r.model, r.options, r.prompt, r.inputs, r.variant) for r in runs]
+    assert [r.run_key[:16] for r in runs] == PINNED_KEYS
+
+
+PINNED_KEYS = ["51d5b1b7a05c56c6", "8e76df8bd1ee061e", "fc2d2b9f3152120d", "90f7682688a64f53"]
