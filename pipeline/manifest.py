@@ -30,7 +30,7 @@ import os
 import re
 import string
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -501,6 +501,11 @@ class Manifest:
     catalog: Catalog | None = None
     skipped_rows: tuple[str, ...] = ()
     s3_etags: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The output key (without extension) of every run in ``combinations(output_keys_specs)``
+    # order, as the checks rendered them; planning with the same specs takes them from here
+    # instead of rendering them again.
+    output_keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    output_keys_specs: Mapping[str, ModelSpec] | None = field(default=None, repr=False, compare=False)
 
     @property
     def catalog_vars(self) -> tuple[str, ...] | None:
@@ -598,6 +603,7 @@ class _Checker:
         self.m = manifest
         self.specs = specs
         self.issues = issues
+        self.output_keys: list[str] | None = None  # every run's, once _output_keys has run clean
         self.locations = manifest.locations
         self.references = references or _References(manifest.base_dir)
         self._reported: set[tuple[DocPath, str]] = set()
@@ -835,13 +841,17 @@ class _Checker:
         """
         path: DocPath = ("output_key",)
         first: dict[str, Combination] = {}
+        rendered: list[str] | None = []
         reported = 0
         hidden = 0
         for combo in self.m.combinations(self.specs):
             try:
                 key = self.m.render_output_key(combo)
             except KeyError:
-                continue  # an unknown model leaves spec defaults unresolved; reported already
+                rendered = None  # an unknown model leaves spec defaults unresolved; reported already
+                continue
+            if rendered is not None:
+                rendered.append(key)
             problem = _unsafe_key(key)
             if problem is None and key not in first:
                 first[key] = combo
@@ -856,6 +866,7 @@ class _Checker:
                 self.add(path, f"{key!r} is the output of two runs: {_describe(first[key])} and {_describe(combo)}")
         if hidden:
             self.add(path, f"and {hidden} more runs with an unsafe or shared output key")
+        self.output_keys = rendered
 
 
 def _sets_phrase(ids: list[str]) -> str:
@@ -1170,11 +1181,14 @@ def _parse(
         skipped_rows=tuple(skipped),
         s3_etags=s3_etags,
     )
-    _Checker(manifest, specs, issues, references).run()
+    checker = _Checker(manifest, specs, issues, references)
+    checker.run()
     if issues:
         # The manifest's own issues first, then those located in a feed.
         raise ManifestError(sorted(issues, key=lambda i: (i.file != filename, i.line, i.col)))
-    return manifest
+    if checker.output_keys is None:
+        return manifest
+    return replace(manifest, output_keys=tuple(checker.output_keys), output_keys_specs=specs)
 
 
 def _salvage(model: type[_Strict], value: Any, where: str) -> tuple[Any, ...]:

@@ -208,6 +208,9 @@ def plan_runs(
     prefix_of: dict[int, str] = {}
     options_json: dict[int, str] = {}  # by id of the shared options dict, for the whole plan
     runs: list[Run] = []
+    # The output keys the manifest's checks rendered already, when made with these specs.
+    reuse = manifest.output_keys is not None and manifest.output_keys_specs is specs
+    rendered = iter(manifest.output_keys) if reuse else None
     for combo in manifest.combinations(specs):
         image_set, prompt = combo.image_set, combo.prompt
         inputs = identities.of_set(image_set)
@@ -233,7 +236,7 @@ def plan_runs(
                 prompt=text,
                 options=combo.options,  # type: ignore[arg-type]  # a dict, shared
                 inputs=inputs,
-                output_key=_output_key(manifest, combo),
+                output_key=_output_key(manifest, combo, None if rendered is None else next(rendered)),
                 vars=image_set.vars,
             )
         )
@@ -253,5 +256,7 @@ def _key_prefix(combo: Combination, prompt: str, inputs: tuple[InputRef, ...], o
     )
 
 
-def _output_key(manifest: Manifest, combo: Combination) -> str:
-    return f"{manifest.render_output_key(combo)}.{EXTENSIONS[combo.options['output_format']]}"
+def _output_key(manifest: Manifest, combo: Combination, rendered: str | None = None) -> str:
+    """The run's output key with its extension (``rendered``: the key without it, if known)."""
+    base = manifest.render_output_key(combo) if rendered is None else rendered
+    return f"{base}.{EXTENSIONS[combo.options['output_format']]}"

@@ -336,3 +336,13 @@ def test_run_keys_do_not_change_between_versions(tmp_path, specs):
 
 
 PINNED_KEYS = ["51d5b1b7a05c56c6", "8e76df8bd1ee061e", "fc2d2b9f3152120d", "90f7682688a64f53"]
+
+
+def test_output_keys_rendered_by_the_checks_are_the_ones_planning_would_render(tmp_path, specs):
+    manifest = load_manifest(three_by_two(tmp_path), specs)
+    assert manifest.output_keys is not None  # the checks rendered every run's key
+
+    reused = plan_runs(manifest, specs).runs
+    rendered_again = plan_runs(manifest, dict(specs)).runs  # other specs: nothing reused
+    assert [r.output_key for r in reused] == [r.output_key for r in rendered_again]
+    assert len({r.output_key for r in reused}) == len(reused) > 1
