@@ -603,7 +603,7 @@ class _Checker:
         self.m = manifest
         self.specs = specs
         self.issues = issues
-        self.output_keys: list[str] | None = None  # every run's, once _output_keys has run clean
+        self.output_keys: list[str] | None = None  # every run's, when _output_keys rendered them all
         self.locations = manifest.locations
         self.references = references or _References(manifest.base_dir)
         self._reported: set[tuple[DocPath, str]] = set()
