@@ -360,9 +360,10 @@ class JobStore:
         self.r.delete(self.key(job_id, "index-pending"), self.key(job_id, "index-batches"))
 
     def unwritten_index(self, output_root: str) -> Iterator[str]:
-        """Run-index lines of every job under ``output_root`` not yet in storage: pending, or
-        taken as a batch whose write has not finished (``run_index``). Only a job still
-        running (or finalizing) has any; finalize drops them once its whole index is written."""
+        """Run-index text of every job under ``output_root`` not yet in storage: pending lines,
+        and batches taken but not yet written (several lines each; ``run_index``). Only a job
+        still running (or finalizing) has any; finalize drops them once its whole index is
+        written."""
         ids = self.r.zrange(JOBS_INDEX, 0, -1)
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
@@ -371,9 +372,8 @@ class JobStore:
         for job_id in same_root:
             pipe.lrange(self.key(job_id, "index-pending"), 0, -1)
             pipe.hvals(self.key(job_id, "index-batches"))
-        for lines in pipe.execute():
-            for entry in lines:
-                yield from entry.splitlines()
+        for texts in pipe.execute():
+            yield from texts
 
     # money
     def reserve(self, job_id: str, index: int, price: Decimal, *, day: str, day_cap: Decimal | None) -> int:

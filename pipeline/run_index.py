@@ -87,7 +87,8 @@ def _parse_segment(text: str) -> Iterator[tuple[str, str]]:
 def read_unwritten(jobs: JobStore, output_root: str) -> Iterator[tuple[str, str]]:
     """``(run_key, output_key)`` of outputs that jobs still running under ``output_root`` have
     made but not yet written to the index in storage (at most a batch each)."""
-    yield from _parse_segment("\n".join(jobs.unwritten_index(output_root)))
+    for text in jobs.unwritten_index(output_root):
+        yield from _parse_segment(text)
 
 
 def _parse_marker(key: str) -> tuple[str, str] | None:

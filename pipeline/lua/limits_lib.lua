@@ -47,10 +47,12 @@ local function gcra(key, last_key, now, interval_us, catch_up_us)
   return wait, tat + interval_us
 end
 
-local function gcra_take(key, last_key, now, new_tat)
+local function gcra_take(key, last_key, now, new_tat, catch_up_us)
   local ttl_ms = math.ceil((new_tat - now) / 1000) + 1
   redis.call('SET', key, int(new_tat), 'PX', ttl_ms)
-  redis.call('SET', last_key, int(now), 'PX', ttl_ms)
+  if catch_up_us > 0 then
+    redis.call('SET', last_key, int(now), 'PX', ttl_ms)
+  end
 end
 
 -- Leases: a sorted set holder -> expiry. Expired leases are dropped first, so a holder that

@@ -17,5 +17,5 @@ local wait, new_tat = gcra(KEYS[1], KEYS[2], now, interval, tonumber(ARGV[2]))
 if wait > 0 then
   return math.ceil(wait)
 end
-gcra_take(KEYS[1], KEYS[2], now, new_tat)
+gcra_take(KEYS[1], KEYS[2], now, new_tat, tonumber(ARGV[2]))
 return 0

@@ -19,6 +19,6 @@ local wait = math.max(rate_wait, slot_wait)
 if wait > 0 then
   return math.ceil(wait)
 end
-gcra_take(KEYS[1], KEYS[4], now, new_tat)
+gcra_take(KEYS[1], KEYS[4], now, new_tat, tonumber(ARGV[5]))
 lease_take(KEYS[2], ARGV[1], now, tonumber(ARGV[3]))
 return 0
