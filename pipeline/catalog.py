@@ -216,12 +216,10 @@ def _csv_rows(
             continue
         if not any(cells):  # a blank line
             continue
-
-        def cell(i: int) -> str:
-            return cells[i] if i < len(cells) else ""
-
-        images = tuple((name, ref) for name, i in images_at if (ref := cell(i).strip()))
-        yield Entry(line, cell(id_at).strip(), images, {name: cell(i) for name, i in vars_at})
+        if len(cells) < len(header):  # a short row: the cells it lacks are empty
+            cells += [""] * (len(header) - len(cells))
+        images = tuple((name, ref) for name, i in images_at if (ref := cells[i].strip()))
+        yield Entry(line, cells[id_at].strip(), images, {name: cells[i] for name, i in vars_at})
 
 
 def _jsonl_rows(

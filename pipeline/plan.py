@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .manifest import EXTENSIONS, AnyImageSet, Combination, Manifest, image_kind
+from .manifest import EXTENSIONS, AnyImageSet, Combination, Manifest, gc_paused, image_kind
 from .modelspec import ModelSpec
 
 _CHUNK = 1 << 20
@@ -144,23 +144,29 @@ def _canonical_json(value: Any) -> str:
 
 
 class _Identities:
-    """Input identities, each computed once per plan however many runs share the input."""
+    """Input identities, each computed once per plan however many runs share the input, with
+    the canonical JSON ``run_key`` writes for it (a run's inputs are that JSON, joined)."""
 
     def __init__(self, manifest: Manifest, s3_etag: Callable[[str], str] | None):
         self._manifest = manifest
         self._s3_etag = s3_etag
-        self._refs: dict[str, InputRef] = {}
-        self._sets: dict[int, tuple[InputRef, ...]] = {}
+        self._refs: dict[str, tuple[InputRef, str]] = {}
 
-    def of_set(self, image_set: AnyImageSet) -> tuple[InputRef, ...]:
-        if id(image_set) not in self._sets:
-            self._sets[id(image_set)] = tuple(self._ref(ref) for ref in image_set.images)
-        return self._sets[id(image_set)]
+    def of_set(self, image_set: AnyImageSet) -> tuple[tuple[InputRef, ...], str]:
+        """The set's inputs and their canonical JSON (a JSON list, as ``run_key`` encodes it)."""
+        known = self._refs
+        pairs = [known[ref] if ref in known else self._add(ref) for ref in image_set.images]
+        return tuple(ref for ref, _ in pairs), f"[{','.join(text for _, text in pairs)}]"
 
-    def _ref(self, ref: str) -> InputRef:
-        if ref not in self._refs:
-            self._refs[ref] = self._identify(ref)
-        return self._refs[ref]
+    def _add(self, ref: str) -> tuple[InputRef, str]:
+        identified = self._identify(ref)
+        # _input_identity as _canonical_json writes a list of strings.
+        if identified.kind == "local":
+            text = f"[{_canonical_json(identified.identity)}]"
+        else:
+            text = f"[{_canonical_json(identified.uri)},{_canonical_json(identified.identity)}]"
+        added = self._refs[ref] = (identified, text)
+        return added
 
     def _identify(self, ref: str) -> InputRef:
         kind = image_kind(ref)
@@ -199,64 +205,45 @@ def plan_runs(
     the same manifest and input bytes give the same runs and keys.
     """
     identities = _Identities(manifest, s3_etag)
-    # combinations() yields each pair's option sets and variants together, and shares one
-    # options dict per prompt/run entry and matrix value for the whole iteration (its id
-    # names that option set while we loop): so the prompt text and key prefix of the pair at
-    # hand are all that is worth keeping, not one per pair of a 100,000-run plan.
-    pair: tuple[int, int] | None = None
-    text = ""
-    prefix_of: dict[int, str] = {}
-    options_json: dict[int, str] = {}  # by id of the shared options dict, for the whole plan
+    options_json: dict[int, str] = {}  # by id of the shared options dict (see pair_runs)
     runs: list[Run] = []
     # The output keys the manifest's checks rendered already, when made with these specs.
     reuse = manifest.output_keys is not None and manifest.output_keys_specs is specs
     rendered = iter(manifest.output_keys) if reuse else None
-    for combo in manifest.combinations(specs):
-        image_set, prompt = combo.image_set, combo.prompt
-        inputs = identities.of_set(image_set)
-        if pair != (id(image_set), id(prompt)):
-            pair = (id(image_set), id(prompt))
+    with gc_paused():
+        for pair in manifest.pair_runs(specs):
+            image_set, prompt = pair.image_set, pair.prompt
+            inputs, inputs_json = identities.of_set(image_set)
             text = manifest.render_prompt(image_set, prompt)
-            prefix_of.clear()
-        if id(combo.options) not in prefix_of:
-            if id(combo.options) not in options_json:
-                options_json[id(combo.options)] = _canonical_json(dict(combo.options))
-            prefix_of[id(combo.options)] = _key_prefix(combo, text, inputs, options_json[id(combo.options)])
-        # The canonical JSON up to the variant number: "variant" sorts last, so each
-        # variant's key is this prefix plus its number (the same text run_key builds).
-        key = hashlib.sha256(f"{prefix_of[id(combo.options)]}{combo.variant}}}".encode("utf-8")).hexdigest()
-        runs.append(
-            Run(
-                index=len(runs),
-                run_key=key,
-                image_set=image_set.id,
-                prompt_id=prompt.id,
-                variant=combo.variant,
-                model=combo.model,
-                prompt=text,
-                options=combo.options,  # type: ignore[arg-type]  # a dict, shared
-                inputs=inputs,
-                output_key=_output_key(manifest, combo, None if rendered is None else next(rendered)),
-                vars=image_set.vars,
-            )
-        )
+            # run_key's canonical JSON put together from its parts (keys in sorted order, each
+            # value as _canonical_json writes it), so that what runs share is encoded once:
+            # "variant" sorts last, so each variant's key is the prefix plus its number.
+            head = f'{{"inputs":{inputs_json},"model":{_canonical_json(pair.model)},"options":'
+            tail = f',"prompt":{_canonical_json(text)},"variant":'
+            for options in pair.option_sets:
+                if id(options) not in options_json:
+                    options_json[id(options)] = _canonical_json(options)
+                prefix = f"{head}{options_json[id(options)]}{tail}"
+                extension = EXTENSIONS[options["output_format"]]
+                for variant in range(1, pair.variants + 1):
+                    if rendered is not None:
+                        output_key = next(rendered)
+                    else:
+                        combo = Combination(image_set, prompt, pair.entry, variant, pair.model, options)
+                        output_key = manifest.render_output_key(combo)
+                    runs.append(
+                        Run(
+                            index=len(runs),
+                            run_key=hashlib.sha256(f"{prefix}{variant}}}".encode()).hexdigest(),
+                            image_set=image_set.id,
+                            prompt_id=prompt.id,
+                            variant=variant,
+                            model=pair.model,
+                            prompt=text,
+                            options=options,
+                            inputs=inputs,
+                            output_key=f"{output_key}.{extension}",
+                            vars=image_set.vars,
+                        )
+                    )
     return Plan(manifest_name=manifest.name, runs=runs, skipped_rows=list(manifest.skipped_rows))
-
-
-def _key_prefix(combo: Combination, prompt: str, inputs: tuple[InputRef, ...], options_json: str) -> str:
-    """``run_key``'s canonical JSON up to the variant number, put together from its parts
-    (the same text: keys in sorted order, each value as ``_canonical_json`` writes it), so
-    that the options, shared by many runs, are encoded once (``options_json``)."""
-    return (
-        f'{{"inputs":{_canonical_json([_input_identity(ref) for ref in inputs])},'
-        f'"model":{_canonical_json(combo.model)},'
-        f'"options":{options_json},'
-        f'"prompt":{_canonical_json(prompt)},'
-        '"variant":'
-    )
-
-
-def _output_key(manifest: Manifest, combo: Combination, rendered: str | None = None) -> str:
-    """The run's output key with its extension (``rendered``: the key without it, if known)."""
-    base = manifest.render_output_key(combo) if rendered is None else rendered
-    return f"{base}.{EXTENSIONS[combo.options['output_format']]}"

@@ -15,6 +15,7 @@ from pipeline.errors import ManifestError
 from pipeline.manifest import (
     DEFAULT_OUTPUT_KEY,
     ManifestDoc,
+    _unsafe_key,
     load_manifest,
     manifest_json_schema,
     parse_manifest,
@@ -270,6 +271,28 @@ def test_output_key_that_climbs_out_of_the_root_is_rejected(tmp_path, specs):
     assert len(issues) == 1
     assert issues[0].startswith(f"{path}:11:13: output_key: '../{{image_set}}/{{prompt}}/{{variant}}' ")
     assert "'.' or '..' segment" in issues[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("a\\b", "contains a backslash"),
+        ("/etc/a", "is absolute"),
+        ("a\tb", "contains a control character"),
+        ("a/b\n", "contains a control character"),
+        ("", "has an empty segment"),
+        ("a//b", "has an empty segment"),
+        ("a/b/", "has an empty segment"),
+        (".", "has a '.' or '..' segment"),
+        ("a/./b", "has a '.' or '..' segment"),
+        ("a/..", "has a '.' or '..' segment"),
+        ("a/b", None),
+        ("a/.b/..c/c..", None),
+        ("ring/p/1:1/1", None),
+    ],
+)
+def test_every_unsafe_output_key_is_named_with_its_reason(key, reason):
+    assert _unsafe_key(key) == reason
 
 
 def test_a_var_can_make_an_output_key_unsafe(tmp_path, specs):
