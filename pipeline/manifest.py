@@ -6,7 +6,7 @@
 JSON Schema editors use); the model specs decide meaning: known models, allowed option
 values, vars every paired image set defines, output keys that are safe and unique.
 
-The planning rules live here as ``Manifest.combinations`` so that the output keys checked at
+The planning rules live here as ``Manifest.pair_runs`` so that the output keys checked at
 validation are exactly those the plan writes:
 
 - without ``runs``, every image set × every prompt; with ``runs``, exactly the listed pairs;
@@ -470,11 +470,12 @@ def image_kind(ref: str) -> Literal["local", "s3", "https"]:
     return "local"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CatalogSet:
     """An image set from a catalog row or folder, checked as it was read.
 
-    Light on purpose (a feed may hold 100,000 of them). ``vars`` holds every declared var,
+    Light on purpose (a feed may hold 100,000 of them): slotted, and not a frozen dataclass,
+    which would take three times as long to build; not changed once read. ``vars`` holds every declared var,
     ``""`` for an empty cell; ``line`` is the feed line (0 for a folder), for messages.
     """
 
@@ -497,17 +498,6 @@ class PairRuns(NamedTuple):
     model: str
     variants: int
     option_sets: list[dict[str, str]]
-
-
-class Combination(NamedTuple):
-    """One planned run before its inputs are identified; ``options`` is shared, read only."""
-
-    image_set: AnyImageSet
-    prompt: Prompt
-    entry: RunSpec | None
-    variant: int
-    model: str
-    options: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -534,8 +524,8 @@ class Manifest:
     catalog: Catalog | None = None
     skipped_rows: tuple[str, ...] = ()
     s3_etags: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # The output key (without extension) of every run in ``combinations(output_keys_specs)``
-    # order, as the checks rendered them; planning with the same specs takes them from here
+    # The output key (without extension) of every run in plan order (``pair_runs``, then
+    # option sets, then variants) with ``output_keys_specs``, as the checks rendered them; planning with the same specs takes them from here
     # instead of rendering them again.
     output_keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
     output_keys_specs: Mapping[str, ModelSpec] | None = field(default=None, repr=False, compare=False)
@@ -570,13 +560,16 @@ class Manifest:
     def render_prompt(self, image_set: AnyImageSet, prompt: Prompt) -> str:
         return self._prompt_templates[prompt.id].render(image_set.vars)
 
-    def render_output_key(self, combo: Combination) -> str:
-        """The output key without its extension; raises ``KeyError`` for a name it lacks."""
-        image_set = combo.image_set
-        return self.output_template.render(
-            {**combo.options, **image_set.vars, "image_set": image_set.id, "prompt": combo.prompt.id,
-             "variant": str(combo.variant)}
-        )
+    def render_output_keys(self, pair: PairRuns, options: Mapping[str, str]) -> list[str]:
+        """The output keys (without extension) of the pair's runs with ``options``, one per
+        variant in order; raises ``KeyError`` for a name the template uses and they lack."""
+        image_set = pair.image_set
+        values = {**options, **image_set.vars, "image_set": image_set.id, "prompt": pair.prompt.id}
+        keys = []
+        for variant in range(1, pair.variants + 1):
+            values["variant"] = str(variant)
+            keys.append(self.output_template.render(values))
+        return keys
 
     def model_of(self, prompt: Prompt, entry: RunSpec | None = None) -> str:
         return (entry and entry.model) or prompt.model or self.defaults.model or DEFAULT_MODEL
@@ -622,13 +615,6 @@ class Manifest:
                 )
             yield PairRuns(image_set, prompt, entry, *groups[group_key])
 
-    def combinations(self, specs: Mapping[str, ModelSpec]) -> Iterator[Combination]:
-        """Every planned run, in plan order: pairs, then matrix values in order, then variant."""
-        for pair in self.pair_runs(specs):
-            for options in pair.option_sets:
-                for variant in range(1, pair.variants + 1):
-                    yield Combination(pair.image_set, pair.prompt, pair.entry, variant, pair.model, options)
-
 
 # --- Meaning: checks against the model specs -----------------------------------------------
 
@@ -663,7 +649,7 @@ class _Checker:
         inline = tuple(s for s in m.image_sets if isinstance(s, ImageSet))
         ids_ok = self._duplicates(inline, "image set") & self._duplicates(m.prompts, "prompt")
         refs_ok = self._run_references()
-        pairs = list(m.pairs()) if refs_ok else []
+        pairs = self._pairs_to_check() if refs_ok else []
         self._models()
         before = len(self.issues)
         self._options(pairs)
@@ -690,6 +676,20 @@ class _Checker:
         # Colliding or unrenderable keys would only echo the issues above.
         if ids_ok and refs_ok and options_ok and templates_ok and key_ok:
             self._output_keys()
+
+    def _pairs_to_check(self) -> list[tuple[AnyImageSet, Prompt, RunSpec | None]]:
+        """Every pair of an inline image set, and one pair per prompt (or run entry) of the
+        catalog's sets: those all declare the same vars and were judged as they were read,
+        so the checks below would find the same in each of 100,000 rows."""
+        pairs = []
+        catalog_pairs: set[tuple[int, int]] = set()
+        for image_set, prompt, entry in self.m.pairs():
+            if isinstance(image_set, CatalogSet):
+                if (id(prompt), id(entry)) in catalog_pairs:
+                    continue
+                catalog_pairs.add((id(prompt), id(entry)))
+            pairs.append((image_set, prompt, entry))
+        return pairs
 
     def _duplicates(self, items: tuple[ImageSet, ...] | tuple[Prompt, ...], label: str) -> bool:
         first: dict[str, int] = {}
@@ -883,30 +883,33 @@ class _Checker:
         output as ``<output_key>.json``, so two formats under one key would still collide.
         """
         path: DocPath = ("output_key",)
-        first: dict[str, Combination] = {}
+        first: dict[str, tuple[PairRuns, Mapping[str, str], int]] = {}
         rendered: list[str] | None = []
         reported = 0
         hidden = 0
-        for combo in self.m.combinations(self.specs):
-            try:
-                key = self.m.render_output_key(combo)
-            except KeyError:
-                rendered = None  # an unknown model leaves spec defaults unresolved; reported already
-                continue
-            if rendered is not None:
-                rendered.append(key)
-            problem = _unsafe_key(key)
-            if problem is None and key not in first:
-                first[key] = combo
-                continue
-            if reported >= _MAX_RUN_ISSUES:
-                hidden += 1
-                continue
-            reported += 1
-            if problem is not None:
-                self.add(path, f"{key!r} for {_describe(combo)} {problem}")
-            else:
-                self.add(path, f"{key!r} is the output of two runs: {_describe(first[key])} and {_describe(combo)}")
+        for pair in self.m.pair_runs(self.specs):
+            for options in pair.option_sets:
+                try:
+                    keys = self.m.render_output_keys(pair, options)
+                except KeyError:
+                    rendered = None  # an unknown model leaves spec defaults unresolved; reported already
+                    continue
+                if rendered is not None:
+                    rendered.extend(keys)
+                for variant, key in enumerate(keys, start=1):
+                    problem = _unsafe_key(key)
+                    if problem is None and key not in first:
+                        first[key] = (pair, options, variant)
+                        continue
+                    if reported >= _MAX_RUN_ISSUES:
+                        hidden += 1
+                        continue
+                    reported += 1
+                    run = _describe(pair, options, variant)
+                    if problem is not None:
+                        self.add(path, f"{key!r} for {run} {problem}")
+                    else:
+                        self.add(path, f"{key!r} is the output of two runs: {_describe(*first[key])} and {run}")
         if hidden:
             self.add(path, f"and {hidden} more runs with an unsafe or shared output key")
         self.output_keys = rendered
@@ -918,9 +921,9 @@ def _sets_phrase(ids: list[str]) -> str:
     return f"image set {shown}" if len(ids) == 1 else f"image sets {shown}{more}"
 
 
-def _describe(combo: Combination) -> str:
-    options = " ".join(f"{k}={v}" for k, v in sorted(combo.options.items()))
-    return f"(image_set={combo.image_set.id} prompt={combo.prompt.id} variant={combo.variant} {options})"
+def _describe(pair: PairRuns, options: Mapping[str, str], variant: int) -> str:
+    described = " ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"(image_set={pair.image_set.id} prompt={pair.prompt.id} variant={variant} {described})"
 
 
 def _unsafe_key(key: str) -> str | None:

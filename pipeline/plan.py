@@ -7,12 +7,16 @@ a job skip runs already done; the key never depends on the output root, the mani
 or the run's position.
 
 A plan of 100,000 runs is held in memory, so runs are kept light: slotted, and the runs of
-one image set share its inputs and vars, the runs of one option set share its options.
+one image set share its inputs and vars, the runs of one option set share its options. Runs
+and their inputs are not changed once planned, but they are not frozen dataclasses either:
+those set each field through ``object.__setattr__``, which made building them three times
+slower (0.3 s of a 100,000-row feed's 3 s plan).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,13 +24,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .manifest import EXTENSIONS, AnyImageSet, Combination, Manifest, gc_paused, image_kind
+from .manifest import EXTENSIONS, AnyImageSet, Manifest, gc_paused, image_kind
 from .modelspec import ModelSpec
 
 _CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InputRef:
     """One reference image of a run.
 
@@ -43,7 +47,7 @@ class InputRef:
         return {"uri": self.uri, "kind": self.kind, "identity": self.identity}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Run:
     """One paid edit request, fully resolved: nothing left to look up in the manifest.
 
@@ -198,7 +202,8 @@ def plan_runs(
     specs: Mapping[str, ModelSpec],
     s3_etag: Callable[[str], str] | None = None,
 ) -> Plan:
-    """Every run of ``manifest``, in the order of ``Manifest.combinations``.
+    """Every run of ``manifest``, in plan order: ``Manifest.pair_runs``, each pair's option
+    sets in matrix order, then variants.
 
     ``s3_etag(uri)`` returns an s3 object's ETag; it is required when an input is in S3 and
     the manifest's catalog listing did not give it (``ValueError`` otherwise). Deterministic:
@@ -225,12 +230,11 @@ def plan_runs(
                     options_json[id(options)] = _canonical_json(options)
                 prefix = f"{head}{options_json[id(options)]}{tail}"
                 extension = EXTENSIONS[options["output_format"]]
-                for variant in range(1, pair.variants + 1):
-                    if rendered is not None:
-                        output_key = next(rendered)
-                    else:
-                        combo = Combination(image_set, prompt, pair.entry, variant, pair.model, options)
-                        output_key = manifest.render_output_key(combo)
+                if rendered is None:
+                    output_keys: Iterable[str] = manifest.render_output_keys(pair, options)
+                else:
+                    output_keys = itertools.islice(rendered, pair.variants)
+                for variant, output_key in enumerate(output_keys, start=1):
                     runs.append(
                         Run(
                             index=len(runs),
