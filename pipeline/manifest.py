@@ -475,8 +475,9 @@ class CatalogSet:
     """An image set from a catalog row or folder, checked as it was read.
 
     Light on purpose (a feed may hold 100,000 of them): slotted, and not a frozen dataclass,
-    which would take three times as long to build; not changed once read. ``vars`` holds every declared var,
-    ``""`` for an empty cell; ``line`` is the feed line (0 for a folder), for messages.
+    which would take three times as long to build; not changed once read. ``vars`` holds
+    every declared var, ``""`` for an empty cell; ``line`` is the feed line (0 for a folder),
+    for messages.
     """
 
     id: str
@@ -525,8 +526,8 @@ class Manifest:
     skipped_rows: tuple[str, ...] = ()
     s3_etags: Mapping[str, str] = field(default_factory=dict, repr=False)
     # The output key (without extension) of every run in plan order (``pair_runs``, then
-    # option sets, then variants) with ``output_keys_specs``, as the checks rendered them; planning with the same specs takes them from here
-    # instead of rendering them again.
+    # option sets, then variants) with ``output_keys_specs``, as the checks rendered them;
+    # planning with the same specs takes them from here instead of rendering them again.
     output_keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
     output_keys_specs: Mapping[str, ModelSpec] | None = field(default=None, repr=False, compare=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -110,6 +111,19 @@ def test_an_s3_input_needs_an_etag_lookup(tmp_path, specs):
     path = three_by_two(tmp_path, THREE_BY_TWO.replace("[gold.png]", "[s3://media/gold.png]"))
     with pytest.raises(ValueError, match="s3_etag"):
         plan_of(path, specs)
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it(tmp_path, specs):
+    path = three_by_two(tmp_path)
+    assert gc.isenabled()
+    assert len(plan_of(path, specs).runs) == 12
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off itself keeps it off
+    try:
+        assert len(plan_of(path, specs).runs) == 12
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_planning_twice_gives_the_same_runs(tmp_path, specs):
