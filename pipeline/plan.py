@@ -165,11 +165,8 @@ class _Identities:
 
     def _add(self, ref: str) -> tuple[InputRef, str]:
         identified = self._identify(ref)
-        # _input_identity as _canonical_json writes a list of strings.
-        if identified.kind == "local":
-            text = f"[{_canonical_json(identified.identity)}]"
-        else:
-            text = f"[{_canonical_json(identified.uri)},{_canonical_json(identified.identity)}]"
+        # A list of strings, as _canonical_json writes it.
+        text = f"[{','.join(map(_canonical_json, _input_identity(identified)))}]"
         added = self._refs[ref] = (identified, text)
         return added
 
@@ -210,45 +207,50 @@ def plan_runs(
     the manifest's catalog listing did not give it (``ValueError`` otherwise). Deterministic:
     the same manifest and input bytes give the same runs and keys.
     """
+    with gc_paused():
+        runs = _runs(manifest, specs, s3_etag)
+    return Plan(manifest_name=manifest.name, runs=runs, skipped_rows=list(manifest.skipped_rows))
+
+
+def _runs(manifest: Manifest, specs: Mapping[str, ModelSpec], s3_etag: Callable[[str], str] | None) -> list[Run]:
     identities = _Identities(manifest, s3_etag)
     options_json: dict[int, str] = {}  # by id of the shared options dict (see pair_runs)
     runs: list[Run] = []
     # The output keys the manifest's checks rendered already, when made with these specs.
     reuse = manifest.output_keys is not None and manifest.output_keys_specs is specs
     rendered = iter(manifest.output_keys) if reuse else None
-    with gc_paused():
-        for pair in manifest.pair_runs(specs):
-            image_set, prompt = pair.image_set, pair.prompt
-            inputs, inputs_json = identities.of_set(image_set)
-            text = manifest.render_prompt(image_set, prompt)
-            # run_key's canonical JSON put together from its parts (keys in sorted order, each
-            # value as _canonical_json writes it), so that what runs share is encoded once:
-            # "variant" sorts last, so each variant's key is the prefix plus its number.
-            head = f'{{"inputs":{inputs_json},"model":{_canonical_json(pair.model)},"options":'
-            tail = f',"prompt":{_canonical_json(text)},"variant":'
-            for options in pair.option_sets:
-                if id(options) not in options_json:
-                    options_json[id(options)] = _canonical_json(options)
-                prefix = f"{head}{options_json[id(options)]}{tail}"
-                extension = EXTENSIONS[options["output_format"]]
-                if rendered is None:
-                    output_keys: Iterable[str] = manifest.render_output_keys(pair, options)
-                else:
-                    output_keys = itertools.islice(rendered, pair.variants)
-                for variant, output_key in enumerate(output_keys, start=1):
-                    runs.append(
-                        Run(
-                            index=len(runs),
-                            run_key=hashlib.sha256(f"{prefix}{variant}}}".encode()).hexdigest(),
-                            image_set=image_set.id,
-                            prompt_id=prompt.id,
-                            variant=variant,
-                            model=pair.model,
-                            prompt=text,
-                            options=options,
-                            inputs=inputs,
-                            output_key=f"{output_key}.{extension}",
-                            vars=image_set.vars,
-                        )
+    for pair in manifest.pair_runs(specs):
+        image_set, prompt = pair.image_set, pair.prompt
+        inputs, inputs_json = identities.of_set(image_set)
+        text = manifest.render_prompt(image_set, prompt)
+        # run_key's canonical JSON put together from its parts (keys in sorted order, each
+        # value as _canonical_json writes it), so that what runs share is encoded once:
+        # "variant" sorts last, so each variant's key is the prefix plus its number.
+        head = f'{{"inputs":{inputs_json},"model":{_canonical_json(pair.model)},"options":'
+        tail = f',"prompt":{_canonical_json(text)},"variant":'
+        for options in pair.option_sets:
+            if id(options) not in options_json:
+                options_json[id(options)] = _canonical_json(options)
+            prefix = f"{head}{options_json[id(options)]}{tail}"
+            extension = EXTENSIONS[options["output_format"]]
+            if rendered is None:
+                output_keys: Iterable[str] = manifest.render_output_keys(pair, options)
+            else:
+                output_keys = itertools.islice(rendered, pair.variants)
+            for variant, output_key in enumerate(output_keys, start=1):
+                runs.append(
+                    Run(
+                        index=len(runs),
+                        run_key=hashlib.sha256(f"{prefix}{variant}}}".encode()).hexdigest(),
+                        image_set=image_set.id,
+                        prompt_id=prompt.id,
+                        variant=variant,
+                        model=pair.model,
+                        prompt=text,
+                        options=options,
+                        inputs=inputs,
+                        output_key=f"{output_key}.{extension}",
+                        vars=image_set.vars,
                     )
-    return Plan(manifest_name=manifest.name, runs=runs, skipped_rows=list(manifest.skipped_rows))
+                )
+    return runs
