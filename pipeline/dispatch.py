@@ -248,8 +248,8 @@ def _admit_in_place(try_start: Callable[[str], float], until: float) -> Callable
     after the start was due: measured at ultra, 72 starts/s of the 81.7 admitted, with the
     pumps asleep 60% of the time. Waking a little early (``ADMIT_EARLY_S``) and asking again
     at once makes up for the sleep's overshoot and the round trip (80.2 starts/s without it,
-    80.9 with it). The bound keeps a cancel or a
-    budget stop from waiting on a run held here longer than on one being submitted."""
+    80.9 with it). The bound keeps a cancel or a budget stop from waiting on a run held here
+    longer than on one being submitted."""
 
     def admit(holder: str) -> float:
         give_up = min(until, time.monotonic() + ADMIT_WAIT_S)

@@ -160,8 +160,8 @@ class _Identities:
     def of_set(self, image_set: AnyImageSet) -> tuple[tuple[InputRef, ...], str]:
         """The set's inputs and their canonical JSON (a JSON list, as ``run_key`` encodes it)."""
         known = self._refs
-        pairs = [known[ref] if ref in known else self._add(ref) for ref in image_set.images]
-        return tuple(ref for ref, _ in pairs), f"[{','.join(text for _, text in pairs)}]"
+        found = [known[ref] if ref in known else self._add(ref) for ref in image_set.images]
+        return tuple(ref for ref, _ in found), f"[{','.join(text for _, text in found)}]"
 
     def _add(self, ref: str) -> tuple[InputRef, str]:
         identified = self._identify(ref)

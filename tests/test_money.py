@@ -171,11 +171,12 @@ def test_workers_killed_three_times_never_pay_twice_and_the_ledger_matches_the_b
     confirmed = [line for line in ledger if line["kind"] != "unconfirmed_submit"]
     unconfirmed = {line["run_key"] for line in ledger if line["kind"] == "unconfirmed_submit"}
     confirmed_ids = [line["prediction_id"] for line in confirmed]
+    billed_keys = {p["run_key"] for p in billed}
     assert len(confirmed_ids) == len(set(confirmed_ids))
     assert set(confirmed_ids) <= {p["id"] for p in billed}
-    assert {p["run_key"] for p in billed if p["id"] not in set(confirmed_ids)} <= unconfirmed
+    assert {p["run_key"] for p in billed if p["id"] not in confirmed_ids} <= unconfirmed
     never_billed = [line for line in ledger if line["kind"] == "unconfirmed_submit"
-                    and line["run_key"] not in {p["run_key"] for p in billed}]
+                    and line["run_key"] not in billed_keys]
     assert ledger_total(ledger) == Decimal(stats["billed_usd"]) + ledger_total(never_billed)
     assert len(never_billed) <= kills * 2 * 4  # at most the tasks running at each kill
 
