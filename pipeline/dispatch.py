@@ -122,10 +122,14 @@ class Dispatch:
             cached = self._latency[model] = (float(raw) if raw else None, now)
         return cached[0]
 
-    def observe_latency(self, model: str, seconds: float) -> None:
-        """A moving average of how long the model's predictions take (see ``latency_sample``)."""
-        old = self.expected_latency(model)
-        new = seconds if old is None else 0.8 * old + 0.2 * seconds
+    def observe_latency(self, model: str, samples: list[float]) -> None:
+        """Fold ``samples`` into the moving average of how long the model's predictions take
+        (see ``latency_sample``); a poller's batch is written once."""
+        new = self.expected_latency(model)
+        for seconds in samples:
+            new = seconds if new is None else 0.8 * new + 0.2 * seconds
+        if new is None:
+            return
         self.r.set(LATENCY_KEY + model, f"{new:.3f}")
         self._latency[model] = (new, time.monotonic())
 
@@ -201,6 +205,7 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     """
     ctx = dispatch.ctx
     deadline = time.monotonic() + slice_s
+    poller_woken = False
     while time.monotonic() < deadline:
         # Until the run is settled, a start check waits in the due index (added by the pop
         # itself): if this pump dies holding the run, the poller starts it, or finds what
@@ -209,17 +214,25 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
         if item is None:
             return False
         job_id, index, check = item
-        step = _start(dispatch, job_id, index, f"{token}:{index}", [check], admit_until=deadline)
+        step = _start(dispatch, job_id, index, f"{token}:{index}", [check], admit_until=deadline,
+                      wake_poller=not poller_woken)
+        poller_woken = poller_woken or step.action == "poll"
         if step.action == "wait":
             time.sleep(min(step.delay_s, max(0.0, deadline - time.monotonic())))
     return True
 
 
 def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: list[str],
-           admit_until: float | None = None) -> Next:
+           admit_until: float | None = None, wake_poller: bool = True) -> Next:
     """Submit a run under the account's limits and file what follows; ``settled`` are due
     members this replaces. With ``admit_until`` (a monotonic deadline), a short wait for the
-    limits is slept with the run in hand (see ``_admit_in_place``)."""
+    limits is slept with the run in hand (see ``_admit_in_place``).
+
+    ``wake_poller=False`` skips waking the poller for a submitted run. A pump wakes it for
+    the first run of a slice and again as the slice ends (``workers.tasks.pump``): the
+    poller leaves only once the due index is empty, and the first run stays in it for at
+    least its first check, so it cannot leave in between. That saves a round trip or two a
+    start (the poller's lease is read before each wake)."""
     ctx = dispatch.ctx
     admit = None
     if ctx.limits is not None:
@@ -232,7 +245,8 @@ def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: lis
                       dispatch.first_poll_s(run_model) if step.delay_s else 0.0))
     dispatch.schedule(settled, added)
     if step.action == "poll":
-        dispatch.on_due()
+        if wake_poller:
+            dispatch.on_due()
     else:
         dispatch.on_step(job_id, index, step)
     return step
@@ -269,12 +283,20 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     taken = dispatch.take_due(batch)
     added: list[tuple[str, float]] = []
     running: list[str] = []
+    latencies: dict[str, list[float]] = {}
+    # The batch's runs and their states in two round trips, not three per prediction. A
+    # state read here can only be behind by a collect finishing meanwhile, which the
+    # collect's own check catches.
+    checks = [due for due in taken if due.attempt != START]
+    ctx.jobs.load_runs((due.job_id, due.index) for due in checks)
+    states = dict(zip(checks, ctx.jobs.run_states([(due.job_id, due.index) for due in checks])))
     for due in taken:
         if due.attempt == START:
             _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [])
             continue
         run = ctx.jobs.run(due.job_id, due.index)
-        step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures)
+        step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
+                        state=states[due])
         if step.action == "poll":
             nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at)
             delay = step.delay_s if step.failures > due.failures else dispatch.next_poll_s(run.model, due.attempt)
@@ -285,7 +307,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             continue
         if step.action == "collect":
             inference_s = step.prediction.inference_s if step.prediction else None
-            dispatch.observe_latency(run.model, dispatch.latency_sample(run.model, due, inference_s))
+            latencies.setdefault(run.model, []).append(dispatch.latency_sample(run.model, due, inference_s))
             # Kept in the index a while as a safety net: if the collect task were lost, the
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
@@ -293,4 +315,6 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
         dispatch.on_step(due.job_id, due.index, step)
     if running and ctx.limits is not None:
         ctx.limits.heartbeat_many(running)
+    for model, samples in latencies.items():
+        dispatch.observe_latency(model, samples)
     return dispatch.schedule([d.member for d in taken], added) if taken else dispatch.schedule([], [])

@@ -32,7 +32,7 @@ from .errors import (
     StorageError,
     SubmitUnconfirmed,
 )
-from .jobs import BUDGET_EXHAUSTED, JobStore
+from .jobs import BUDGET_EXHAUSTED, JobStore, RunState
 from .ledger import LedgerEntry, to_micros, usd, utc_now
 from .limits import AccountLimits
 from .modelspec import ModelSpec, load_model_specs
@@ -239,28 +239,29 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     the wire, submit, and store the prediction id at once.
     """
     jobs = ctx.jobs
-    if jobs.is_finished(job_id, index):
-        return DONE
-    if jobs.prediction_of(job_id, index):
-        return Next("poll")  # a redelivery: resume the prediction already paid for
     # The claim outlives the longest submit; a delivery that finds it taken (another one is
     # submitting, or died doing so) looks again once it has expired.
     claim_ttl = int(ctx.settings.request_timeout_s) + 5
-    if not jobs.claim(job_id, index, token, claim_ttl):
-        return Next("submit", jobs.claim_ttl(job_id, index) + random.uniform(0.5, 1.5), failures)
-    run = jobs.run(job_id, index)
+    claim = jobs.claim_start(job_id, index, token, claim_ttl)
+    if claim.state == "finished":
+        return DONE
+    if claim.state == "submitted":
+        return Next("poll")  # a redelivery: resume the prediction already paid for
+    if claim.state == "taken":
+        return Next("submit", claim.taken_s + random.uniform(0.5, 1.5), failures)
+    run = claim.run
     spec = ctx.specs[run.model]
     price = spec.price_for(run.options)
-    if jobs.submit_open(job_id, index):
+    if claim.submit_open:
         # The delivery before this one died with the submit on the wire. Submitting again
         # could pay twice; record what it may have cost and let a person resume it.
-        charge_lost_answer(ctx, job_id, run, jobs.submit_attempts(job_id, index), price)
+        charge_lost_answer(ctx, job_id, run, claim.attempts, price)
         jobs.end_submit(job_id, index)
         return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), retryable=True)
-    stop = jobs.stop_reason(job_id)
+    stop = claim.stop_reason
     # A run whose price was reserved before the budget ran out still goes: that money was
     # set aside for it (it was only waiting for the account's limits).
-    if stop and not (stop.startswith(BUDGET_EXHAUSTED) and jobs.has_reservation(job_id, index)):
+    if stop and not (stop.startswith(BUDGET_EXHAUSTED) and claim.reserved):
         return fail_run(ctx, job_id, run, f"not started: {stop}", retryable=True, not_started=True)
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     held = jobs.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)
@@ -345,12 +346,14 @@ def _retry_submit(ctx: Context, job_id: str, run: Run, exc: ProviderTransient, f
     return Next("submit", backoff_s(failures + 1, exc.retry_after), failures + 1)
 
 
-def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failures: int = 0) -> Next:
-    """Check a submitted run's prediction once; collect it when it is done."""
+def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failures: int = 0,
+             state: RunState | None = None) -> Next:
+    """Check a submitted run's prediction once; collect it when it is done. ``state``: the
+    run's state if the caller read it already (a poller reads a batch's in one go)."""
     jobs = ctx.jobs
-    if jobs.is_finished(job_id, index):
+    finished, prediction_id = state or jobs.run_states([(job_id, index)])[0]
+    if finished:
         return DONE
-    prediction_id = jobs.prediction_of(job_id, index)
     run = jobs.run(job_id, index)
     if prediction_id is None:
         return fail_run(ctx, job_id, run, "internal: polled a run that was never submitted")
@@ -376,17 +379,15 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
         return fail_run(ctx, job_id, run, str(exc), prediction_id, retryable=isinstance(exc, AuthFailed))
 
 
-def collect(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
+def collect(ctx: Context, job_id: str, index: int, prediction: Prediction) -> Next:
     """Store the output and its sidecar, then charge and finish the run in one atomic step."""
-    if ctx.jobs.is_finished(job_id, run.index):
-        return DONE  # collected already (a task delivered twice)
-    claim = ctx.jobs.key(job_id, f"collecting:{run.index}")
-    if not ctx.jobs.r.set(claim, 1, nx=True, ex=COLLECT_CLAIM_S):
-        return DONE  # a webhook and a poll both saw it done: one collects, once
+    run = ctx.jobs.claim_collect(job_id, index, COLLECT_CLAIM_S)
+    if run is None:
+        return DONE  # collected already, or being collected (a webhook and a poll both saw it)
     try:
         return _store_and_charge(ctx, job_id, run, prediction)
     except BaseException:
-        ctx.jobs.r.delete(claim)  # let the retry (or the next check) collect it
+        ctx.jobs.release_collect(job_id, index)  # let the retry (or the next check) collect it
         raise
 
 

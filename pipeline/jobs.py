@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ ACTIVE = ("queued", "running")
 BUDGET_EXHAUSTED = "budget_exhausted"
 TO_FINALIZE = f"{PREFIX}:to-finalize"
 RUNS_CACHED = 8192  # planned runs a process keeps in memory (about 1 KB each)
+MARKED_RUNNING = 1024  # jobs a process remembers having marked running
 
 
 def _load_script(client: redis.Redis, name: str):
@@ -42,6 +44,33 @@ def _load_script(client: redis.Redis, name: str):
 def new_job_id(name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+class StartClaim(NamedTuple):
+    """What ``JobStore.claim_start`` found, and whether the claim is this execution's.
+
+    ``state``: ``finished`` (the run has a result), ``submitted`` (it has a prediction, whose
+    id is ``prediction_id``), ``taken`` (another execution holds the claim for ``taken_s``
+    more seconds) or ``claimed``. Only a claimed run has the rest: ``submit_open`` (an earlier
+    submit's answer was lost with its worker), ``attempts`` (submits made so far),
+    ``stop_reason`` (the job's, or ''), ``reserved`` (its price is held already) and ``run``.
+    """
+
+    state: str
+    prediction_id: str | None = None
+    taken_s: float = 0.0
+    submit_open: bool = False
+    attempts: int = 0
+    stop_reason: str = ""
+    reserved: bool = False
+    run: Run | None = None
+
+
+class RunState(NamedTuple):
+    """Whether a run has a result, and its prediction id once submitted."""
+
+    finished: bool
+    prediction_id: str | None
 
 
 class Finished(NamedTuple):
@@ -122,7 +151,11 @@ class JobStore:
         self._unconfirmed = _load_script(client, "charge_unconfirmed.lua")
         self._reopen = _load_script(client, "reopen_run.lua")
         self._index_take = _load_script(client, "index_take.lua")
-        self._run_cached = lru_cache(maxsize=RUNS_CACHED)(self._load_run)
+        self._start_claim = _load_script(client, "start_claim.lua")
+        self._collect_claim = _load_script(client, "collect_claim.lua")
+        self._mark_running = _load_script(client, "mark_running.lua")
+        self._runs: OrderedDict[tuple[str, int], Run] = OrderedDict()
+        self._marked_running: set[str] = set()
         self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
 
     @classmethod
@@ -231,15 +264,33 @@ class JobStore:
         return self.r.hget(self.key(job_id), name)
 
     def run(self, job_id: str, index: int) -> Run:
-        """A planned run. Runs never change once planned, so each process keeps the ones it
-        read last (a run is read by its start, its checks and its collect)."""
-        return self._run_cached(job_id, index)
+        """A planned run. Runs never change once planned, so each process keeps the
+        ``RUNS_CACHED`` it read last (a run is read by its start, its checks and its collect)."""
+        cached = self._runs.get((job_id, index))
+        if cached is not None:
+            self._runs.move_to_end((job_id, index))
+            return cached
+        return self._remember_run(job_id, index, self.r.hget(self.key(job_id, "runs"), str(index)))
 
-    def _load_run(self, job_id: str, index: int) -> Run:
-        raw = self.r.hget(self.key(job_id, "runs"), str(index))
-        if raw is None:
+    def load_runs(self, wanted: Iterable[tuple[str, int]]) -> None:
+        """Read the planned runs of ``wanted`` (job id, index) that this process does not
+        hold yet, in one round trip (a poller's batch, say)."""
+        missing = list(dict.fromkeys(key for key in wanted if key not in self._runs))
+        if not missing:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, index in missing:
+            pipe.hget(self.key(job_id, "runs"), str(index))
+        for (job_id, index), raw in zip(missing, pipe.execute()):
+            self._remember_run(job_id, index, raw)
+
+    def _remember_run(self, job_id: str, index: int, raw: str | None) -> Run:
+        if not raw:
             raise JobNotFound(f"job {job_id!r} has no run {index}")
-        return Run.from_dict(json.loads(raw))
+        run = self._runs[(job_id, index)] = Run.from_dict(json.loads(raw))
+        if len(self._runs) > RUNS_CACHED:
+            self._runs.popitem(last=False)
+        return run
 
     def output_root(self, job_id: str) -> str:
         """Where the job's outputs go (set when the job is created, never changed)."""
@@ -265,10 +316,17 @@ class JobStore:
         found = self.r.hmget(self.key(job_id, "results"), [str(i) for i in wanted])
         return [i for i, result in zip(wanted, found) if result is None]
 
-    def is_finished(self, job_id: str, index: int) -> bool:
-        return bool(self.r.hexists(self.key(job_id, "results"), str(index)))
-
     # run state
+    def run_states(self, wanted: list[tuple[str, int]]) -> list[RunState]:
+        """The state of each (job id, index) of ``wanted``, in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, index in wanted:
+            pipe.hexists(self.key(job_id, "results"), str(index))
+            pipe.hget(self.key(job_id, "pred"), str(index))
+        replies = pipe.execute()
+        return [RunState(bool(finished), prediction_id)
+                for finished, prediction_id in zip(replies[::2], replies[1::2])]
+
     def prediction_of(self, job_id: str, index: int) -> str | None:
         return self.r.hget(self.key(job_id, "pred"), str(index))
 
@@ -280,27 +338,64 @@ class JobStore:
         pipe.hdel(self.key(job_id, "submitting_open"), str(index))
         pipe.execute()
 
-    def claim(self, job_id: str, index: int, token: str, ttl_s: int) -> bool:
-        """Only one execution of a run may be submitting it at a time. ``token`` is unique
-        per execution, so a task delivered twice cannot hold the claim twice."""
-        return bool(self.r.set(self.key(job_id, f"claim:{index}"), token, nx=True, ex=ttl_s))
+    def claim_start(self, job_id: str, index: int, token: str, ttl_s: int) -> StartClaim:
+        """Claim a run for a submit unless it is finished or submitted already, and read what
+        the submit must know, in one atomic step (``start_claim.lua``).
 
-    def claim_ttl(self, job_id: str, index: int) -> float:
-        """Seconds until a run's claim expires (0 when there is none)."""
-        return max(0.0, self.r.pttl(self.key(job_id, f"claim:{index}")) / 1000)
+        Only one execution of a run may be submitting it at a time. ``token`` is unique per
+        execution, so a task delivered twice cannot hold the claim twice.
+        """
+        with_run = (job_id, index) not in self._runs
+        reply = self._start_claim(
+            keys=[self.key(job_id, "results"), self.key(job_id, "pred"), self.key(job_id, f"claim:{index}"),
+                  self.key(job_id, "submitting_open"), self.key(job_id, "submitting"), self.key(job_id),
+                  self.key(job_id, "reserved"), self.key(job_id, "runs")],
+            args=[index, token, ttl_s, "1" if with_run else "0"],
+        )
+        state = reply[0]
+        if state == "submitted":
+            return StartClaim(state, prediction_id=reply[1])
+        if state == "taken":
+            return StartClaim(state, taken_s=max(0.0, int(reply[1]) / 1000))
+        if state != "claimed":
+            return StartClaim(state)
+        _, submit_open, attempts, stop_reason, reserved, raw_run = reply
+        return StartClaim(
+            state,
+            submit_open=bool(submit_open),
+            attempts=int(attempts),
+            stop_reason=stop_reason,
+            reserved=bool(reserved),
+            run=self._remember_run(job_id, index, raw_run) if with_run else self.run(job_id, index),
+        )
+
+    def claim_collect(self, job_id: str, index: int, ttl_s: int) -> Run | None:
+        """Claim the collection of a run's output (``collect_claim.lua``); the planned run,
+        or None when the run has finished or another collector holds the claim."""
+        with_run = (job_id, index) not in self._runs
+        reply = self._collect_claim(
+            keys=[self.key(job_id, "results"), self.key(job_id, f"collecting:{index}"), self.key(job_id, "runs")],
+            args=[index, ttl_s, "1" if with_run else "0"],
+        )
+        if reply[0] != "claimed":
+            return None
+        return self._remember_run(job_id, index, reply[1]) if with_run else self.run(job_id, index)
+
+    def release_collect(self, job_id: str, index: int) -> None:
+        self.r.delete(self.key(job_id, f"collecting:{index}"))
 
     def release_claim(self, job_id: str, index: int) -> None:
         self.r.delete(self.key(job_id, f"claim:{index}"))
 
     def mark_running(self, job_id: str) -> None:
-        self.r.hsetnx(self.key(job_id), "started_at", datetime.now(timezone.utc).isoformat())
-        # Only a queued job becomes running; a cancelled or stopped one stays as it is.
-        self.r.eval(
-            "if redis.call('HGET', KEYS[1], 'status') == 'queued' then "
-            "redis.call('HSET', KEYS[1], 'status', 'running') end",
-            1,
-            self.key(job_id),
-        )
+        """Note that the job's first submit is on its way (``mark_running.lua``). A job never
+        goes back to queued, so each process does this once per job."""
+        if job_id in self._marked_running:
+            return
+        self._mark_running(keys=[self.key(job_id)], args=[datetime.now(timezone.utc).isoformat()])
+        if len(self._marked_running) >= MARKED_RUNNING:
+            self._marked_running.clear()
+        self._marked_running.add(job_id)
 
     def stop(self, job_id: str, reason: str) -> None:
         """Stop submitting for this job (a 401, say); runs in flight still finish."""
@@ -386,9 +481,6 @@ class JobStore:
             )
         )
 
-    def has_reservation(self, job_id: str, index: int) -> bool:
-        return bool(self.r.hexists(self.key(job_id, "reserved"), str(index)))
-
     def release(self, job_id: str, index: int) -> None:
         """Give a run's reservation back: its call was not billed. Safe to repeat."""
         self._release(keys=[self.key(job_id), self.key(job_id, "reserved")], args=[index, DAY_BUDGET_PREFIX])
@@ -414,15 +506,9 @@ class JobStore:
         pipe.hset(self.key(job_id, "submitting_open"), str(index), 1)
         return int(pipe.execute()[0])
 
-    def submit_attempts(self, job_id: str, index: int) -> int:
-        return int(self.r.hget(self.key(job_id, "submitting"), str(index)) or 0)
-
     def end_submit(self, job_id: str, index: int) -> None:
         """The submit is settled (answered, or known not sent): forget the on-the-wire mark."""
         self.r.hdel(self.key(job_id, "submitting_open"), str(index))
-
-    def submit_open(self, job_id: str, index: int) -> bool:
-        return bool(self.r.hexists(self.key(job_id, "submitting_open"), str(index)))
 
     def count_lost(self, job_id: str, index: int) -> int:
         """Count one more lost submit answer for a run; returns how many it has had."""

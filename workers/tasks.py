@@ -171,9 +171,8 @@ def poller(token: str | None = None) -> None:
 @app.task(name="editpipe.collect", bind=True, max_retries=None)
 def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
     ctx = context()
-    run = ctx.jobs.run(job_id, index)
     try:
-        step = collect(ctx, job_id, run, Prediction(prediction_id, "completed", outputs))
+        step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
     except ProviderTransient as exc:
         raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5)), exc=exc) from None
     schedule(job_id, index, step)
