@@ -16,8 +16,9 @@ The design, and why (measured on a 2-core machine, see issue 3):
   model's latency as seen so far (polls cost CPU in proportion to how often they happen;
   the provider's own ``timings.inference`` sharpens the estimate), then at a growing
   interval, never less than 2 s apart as the provider asks.
-- Completed predictions go to ``collect`` tasks (download, store, charge), spread over the
-  worker pool, since storage writes are the slow part.
+- Completed predictions go to collect tasks (download, store, charge), spread over the
+  worker pool, since storage writes are the slow part; a few to a message, since a message
+  costs about as much CPU as storing one output.
 Leases on pumps, pollers and taken due members expire by themselves, so a killed worker
 stops nothing for long: another delivery or another process picks the work up.
 """
@@ -31,6 +32,7 @@ from importlib import resources
 
 from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_run
 from .limits import FairQueue
+from .provider import Prediction
 
 FAIR_KEY = "ep:fair"
 DUE_KEY = "ep:due"
@@ -75,12 +77,15 @@ class Due:
 class Dispatch:
     """The queue of runs, the due index and the leases of pumps and pollers."""
 
-    def __init__(self, ctx: Context, on_step: "Schedule", on_due: Callable[[], None]):
+    def __init__(self, ctx: Context, on_step: "Schedule", on_due: Callable[[], None],
+                 on_collect: "CollectMany"):
         self.ctx = ctx
-        # How a step that needs a message (a wait, a retry, a collect, a finalize) is sent,
-        # and how the poller is woken when a prediction joins the due index.
+        # How a step that needs a message (a wait, a retry, a finalize) is sent, how the
+        # poller is woken when a prediction joins the due index, and how the completed
+        # predictions a poller's batch found are handed to collection (a few per message).
         self.on_step = on_step
         self.on_due = on_due
+        self.on_collect = on_collect
         self.r = ctx.jobs.r
         self.fair = FairQueue(self.r, FAIR_KEY)
         self._take = _script(self.r, "due_take.lua")
@@ -195,6 +200,7 @@ class Dispatch:
 
 
 Schedule = Callable[[str, int, Next], None]
+CollectMany = Callable[[list[tuple[str, int, Prediction]]], None]
 
 
 def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
@@ -283,6 +289,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     taken = dispatch.take_due(batch)
     added: list[tuple[str, float]] = []
     running: list[str] = []
+    completed: list[tuple[str, int, Prediction]] = []
     latencies: dict[str, list[float]] = {}
     # The batch's runs and their states in two round trips, not three per prediction. A
     # state read here can only be behind by a collect finishing meanwhile, which the
@@ -305,16 +312,20 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             added.append((nxt.member, delay))
             running.append(slot_holder(due.job_id, due.index))
             continue
-        if step.action == "collect":
-            inference_s = step.prediction.inference_s if step.prediction else None
-            latencies.setdefault(run.model, []).append(dispatch.latency_sample(run.model, due, inference_s))
+        if step.action == "collect" and step.prediction is not None:
+            sample = dispatch.latency_sample(run.model, due, step.prediction.inference_s)
+            latencies.setdefault(run.model, []).append(sample)
             # Kept in the index a while as a safety net: if the collect task were lost, the
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
                           COLLECT_CLAIM_S + 15))
+            completed.append((due.job_id, due.index, step.prediction))
+            continue
         dispatch.on_step(due.job_id, due.index, step)
     if running and ctx.limits is not None:
         ctx.limits.heartbeat_many(running)
     for model, samples in latencies.items():
         dispatch.observe_latency(model, samples)
+    if completed:
+        dispatch.on_collect(completed)
     return dispatch.schedule([d.member for d in taken], added) if taken else dispatch.schedule([], [])

@@ -3,8 +3,9 @@
 Optional per deployment (``EDITPIPE_WEBHOOK_URL`` and ``EDITPIPE_WEBHOOK_SECRET``): each
 submit carries a callback URL naming its run and signed with the secret, so a POST cannot
 make editpipe collect anything it did not submit. A completed prediction is handed to the
-same ``collect`` task the poller uses; collection is claimed once per run, so a webhook and
-a poll that both see it done store and charge it once. Polling stays the fallback: a lost
+``collect`` task (the poller hands a few at a time to ``collect_runs``; both collect through
+``execution.collect``), which claims collection once per run, so a webhook and a poll that
+both see it done store and charge it once. Polling stays the fallback: a lost
 webhook only means the next scheduled check finds it.
 """
 

@@ -196,3 +196,32 @@ def test_429s_and_5xx_are_retried_and_the_job_completes(tmp_path, settings, sim,
     assert stats["count_429"] > 0 and stats["injected_5xx"] > 0
     assert stats["peak_concurrency"] <= 2
     assert stats["billed_count"] == 12 and status.spent_usd == Decimal(stats["billed_usd"])
+
+
+def test_an_output_whose_download_fails_once_is_collected_by_its_retry_and_charged_once(
+    tmp_path, settings, sim, workers, bucket, s3
+):
+    # The poller hands completed predictions to collection several to a message: a download
+    # that fails for now is retried on its own, without holding up or losing the others.
+    prompts = """
+  - id: steady
+    text: A model wearing the {product}.
+  - id: flaky
+    text: "[sim:output-500-once] The {product} on a marble table.\""""
+    manifest = write_manifest(tmp_path, f"s3://{bucket}/out", prompts=prompts)
+    workers.start(count=1, concurrency=4)
+
+    status = run_job(settings, manifest)
+
+    stats = sim.stats()
+    assert status.status == "succeeded", workers.logs()[-3000:]
+    assert stats["injected_output_5xx"] == 6  # each flaky run's first download
+    results = read_jsonl(s3, bucket, f"out/jobs/{status.id}/results.jsonl")
+    assert len(results) == 12 and all(r["status"] == "succeeded" for r in results)
+    outputs = [r["output"] for r in results]
+    stored = set(s3_keys(s3, bucket, "out/"))
+    assert len(set(outputs)) == 12 and all(f"out/{key}" in stored for key in outputs)
+    ledger = read_jsonl(s3, bucket, f"out/jobs/{status.id}/ledger.jsonl")
+    assert stats["billed_count"] == len(ledger) == 12
+    assert sorted(line["prediction_id"] for line in ledger) == sorted(r["prediction_id"] for r in results)
+    assert sum(Decimal(line["cost_usd"]) for line in ledger) == Decimal(stats["billed_usd"]) == status.spent_usd

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _context: Context | None = None
 _dispatch: Dispatch | None = None
 LEASE_S = SLICE_S + 10
+COLLECT_BATCH = 8  # completed predictions per collect message
 
 
 @worker_process_init.connect
@@ -46,7 +47,7 @@ def context() -> Context:
 def dispatch() -> Dispatch:
     global _dispatch
     if _dispatch is None:
-        _dispatch = Dispatch(context(), schedule, kick_poller)
+        _dispatch = Dispatch(context(), schedule, kick_poller, collect_many)
     return _dispatch
 
 
@@ -100,6 +101,14 @@ def schedule(job_id: str, index: int, step: Next) -> None:
         collect_run.delay(job_id, index, step.prediction.id, step.prediction.outputs)
     elif step.action == "finalize":
         finalize.delay(job_id)
+
+
+def collect_many(completed: list[tuple[str, int, Prediction]]) -> None:
+    """Hand completed predictions to ``collect_runs``, ``COLLECT_BATCH`` to a message: a
+    message costs its sender and its worker about as much CPU as storing one output."""
+    items = [(job_id, index, p.id, p.outputs) for job_id, index, p in completed]
+    for start in range(0, len(items), COLLECT_BATCH):
+        collect_runs.delay(items[start : start + COLLECT_BATCH])
 
 
 @app.task(name="editpipe.enqueue_job")
@@ -176,6 +185,24 @@ def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs
     except ProviderTransient as exc:
         raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5)), exc=exc) from None
     schedule(job_id, index, step)
+
+
+@app.task(name="editpipe.collect_runs")
+def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
+    """Collect a few completed predictions, each on its own: one whose download fails for
+    now is retried alone (``collect_run``), and one that fails otherwise does not stop the
+    rest (the poller's safety-net check collects it again, as for a lost collect task)."""
+    ctx = context()
+    for job_id, index, prediction_id, outputs in items:
+        try:
+            step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
+        except ProviderTransient:
+            collect_run.apply_async((job_id, index, prediction_id, outputs), countdown=1)
+            continue
+        except Exception:  # noqa: BLE001 - logged; the rest of the batch still goes
+            log.exception("collecting run %s of %s failed; its next check collects it again", index, job_id)
+            continue
+        schedule(job_id, index, step)
 
 
 @app.task(name="editpipe.finalize")

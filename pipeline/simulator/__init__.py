@@ -4,7 +4,8 @@ It speaks the real API's routes and envelopes (submit, poll, sync mode, base64 o
 uploads, webhooks), enforces the account limits of a tier, renders real output images, bills
 each completed prediction once, and injects faults on demand: random by rate, or exactly
 where a test wants them through markers in the prompt (``[sim:fail]``, ``[sim:400]``,
-``[sim:500-once]``, ``[sim:drop-once]``, ``[sim:slow]``). ``/_sim/stats`` reports what
+``[sim:500-once]``, ``[sim:drop-once]``, ``[sim:slow]``, ``[sim:output-500-once]``: the first
+download of the output answers 500). ``/_sim/stats`` reports what
 happened, including what a correct client must never cause (duplicate submissions, 429s).
 
     from pipeline.simulator import SimConfig, Simulator

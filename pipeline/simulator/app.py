@@ -118,6 +118,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         base64_output=sub.base64_output,
         webhook=webhook,
         will_fail=will_fail,
+        output_failures=1 if "[sim:output-500-once]" in sub.prompt else 0,
     )
     engine.launch(pred, max(0.0, duration))
 
@@ -270,6 +271,10 @@ async def get_output(request: web.Request) -> web.Response:
     rendered = pred.rendered if pred is not None else None
     if rendered is None or request.match_info["name"] != f"0.{rendered.ext}":
         return _error(404, "no such output")
+    if pred.output_failures > 0:
+        pred.output_failures -= 1
+        request.app[ENGINE].state.counters.injected_output_5xx += 1
+        return _error(500, "simulated server error")
     return web.Response(body=rendered.data, content_type=CONTENT_TYPES[rendered.ext])
 
 

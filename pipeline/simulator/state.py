@@ -49,6 +49,7 @@ class Prediction:
     billed: bool = False
     cost_usd: Decimal = Decimal("0")
     dropped: bool = False
+    output_failures: int = 0  # downloads of its output still to answer 500 (a test's fault)
     polls: int = 0  # result requests for this prediction
     rendered: Rendered | None = field(default=None, repr=False)
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -97,6 +98,7 @@ class Counters:
     count_401: int = 0
     count_400: int = 0
     injected_5xx: int = 0
+    injected_output_5xx: int = 0
     dropped_responses: int = 0
     duplicate_submissions: int = 0
     polls: int = 0
