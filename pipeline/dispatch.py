@@ -264,7 +264,7 @@ def _admit_in_place(try_start: Callable[[str], float], until: float) -> Callable
 
     Below 1,000 a minute a start taken late is lost for good (above, a few can be made up:
     ``AccountLimits.from_settings``). A pump that hands the run back, sleeps and pops it
-    again asks after the run's checks (claim, budget: a dozen Redis round trips), that much
+    again asks after the run's checks (claim, budget: Redis round trips), that much
     after the start was due: measured at ultra, 72 starts/s of the 81.7 admitted, with the
     pumps asleep 60% of the time. Waking a little early (``ADMIT_EARLY_S``) and asking again
     at once makes up for the sleep's overshoot and the round trip (80.2 starts/s without it,
