@@ -104,8 +104,8 @@ def schedule(job_id: str, index: int, step: Next) -> None:
 
 
 def collect_many(completed: list[tuple[str, int, Prediction]]) -> None:
-    """Hand completed predictions to ``collect_runs``, ``COLLECT_BATCH`` to a message: a
-    message costs its sender and its worker about as much CPU as storing one output."""
+    """Hand completed predictions to ``collect_runs``, ``COLLECT_BATCH`` to a message (a
+    message costs CPU to send, fetch and ack: see ``pipeline.dispatch``)."""
     items = [(job_id, index, p.id, p.outputs) for job_id, index, p in completed]
     for start in range(0, len(items), COLLECT_BATCH):
         collect_runs.delay(items[start : start + COLLECT_BATCH])
