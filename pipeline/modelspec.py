@@ -1,4 +1,9 @@
-"""Model specs: what a provider model accepts and costs, read from ``configs/models/*.yaml``.
+"""Model specs: what a provider model accepts and costs, read from YAML files.
+
+The specs editpipe ships are package data, ``pipeline/configs/models/*.yaml``, found with
+``importlib.resources`` so that an installed wheel has them. A user's ``configs/models/``
+(see ``pipeline/settings.py``) adds specs of other models, and a spec there naming the same
+model replaces the packaged one.
 
 A spec names the endpoint path, every request option with its allowed values and default,
 the most reference images a request may carry, and the price table. Prices are ``Decimal``
@@ -10,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -17,6 +23,9 @@ import yaml
 from .errors import SettingsError
 
 DEFAULT_MODEL = "openai/gpt-image-2/edit"
+# A wheel installs unpacked, so the packaged folder is on disk: a plain path that the
+# simulator's options and a subprocess's arguments can carry.
+PACKAGED_MODELS = Path(str(resources.files(__package__) / "configs" / "models"))
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,23 @@ def load_model_spec(path: Path) -> ModelSpec:
         raise SettingsError(f"model spec {path} is unreadable: {exc}") from None
 
 
-def load_model_specs(models_dir: Path) -> dict[str, ModelSpec]:
-    """Every spec under ``models_dir``, keyed by model name."""
+def load_model_specs(models_dir: Path | None = None) -> dict[str, ModelSpec]:
+    """The packaged specs and every spec under ``models_dir``, keyed by model name.
+
+    A spec under ``models_dir`` replaces a packaged one of the same model; a ``models_dir``
+    that does not exist adds nothing.
+    """
+    specs = _specs_in(PACKAGED_MODELS)
+    if models_dir is not None and models_dir.is_dir():
+        specs.update(_specs_in(models_dir))
+    if not specs:
+        raise SettingsError(f"no model specs found in {PACKAGED_MODELS}")
+    return specs
+
+
+def _specs_in(folder: Path) -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {}
-    for path in sorted(models_dir.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         spec = load_model_spec(path)
         specs[spec.name] = spec
-    if not specs:
-        raise SettingsError(f"no model specs found in {models_dir}")
     return specs

@@ -1,5 +1,11 @@
 """Settings: the one place editpipe reads the environment and ``configs/``.
 
+A user's configs folder is the one ``EDITPIPE_CONFIGS`` names, else ``configs/`` in the
+working directory; it may be missing. Its ``models/*.yaml`` add to the model specs that ship
+in the package, a spec naming the same model replacing the packaged one (see
+``pipeline/modelspec.py``); its ``schedules.yaml`` is the schedules file unless
+``EDITPIPE_SCHEDULES`` names another.
+
 Every other module receives a ``Settings`` (or values taken from it); none reads
 ``os.environ`` itself. The API key is a ``SecretStr`` so that neither ``repr`` nor a log
 line can print it by accident.
@@ -18,7 +24,7 @@ from pydantic import SecretStr
 from .errors import SettingsError
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
-PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIGS = Path("configs")
 
 # Account limits by tier, from the provider's documentation (wavespeed-api.md).
 TIERS: dict[str, tuple[int, int]] = {
@@ -35,7 +41,7 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     redis_url: str | None = None
     s3_endpoint_url: str | None = None
-    configs_dir: Path = PACKAGE_CONFIGS
+    configs_dir: Path = DEFAULT_CONFIGS
     tier: str = "bronze"
     images_per_minute: int = TIERS["bronze"][0]
     max_concurrent: int = TIERS["bronze"][1]
@@ -58,7 +64,7 @@ class Settings:
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     # The schedules `celery -A workers beat` runs (manifest.md, "Schedules").
-    schedules_file: Path = PACKAGE_CONFIGS / "schedules.yaml"
+    schedules_file: Path = DEFAULT_CONFIGS / "schedules.yaml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -67,7 +73,8 @@ class Settings:
         if tier not in TIERS:
             raise SettingsError(f"WAVESPEED_TIER={tier!r} is not one of {', '.join(TIERS)}")
         per_minute, concurrent = TIERS[tier]
-        configs_dir = Path(env.get("EDITPIPE_CONFIGS", str(PACKAGE_CONFIGS)))
+        # Absolute, so that a worker started in another folder reads the same one.
+        configs_dir = Path(env.get("EDITPIPE_CONFIGS") or DEFAULT_CONFIGS).absolute()
         key = env.get("WAVESPEED_API_KEY", "").strip()
         return cls(
             api_key=SecretStr(key) if key else None,

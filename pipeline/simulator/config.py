@@ -13,7 +13,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from ..settings import PACKAGE_CONFIGS, TIERS
+from ..modelspec import PACKAGED_MODELS
+from ..settings import TIERS
 
 # Fields that decide where the server listens: fixed once it is started.
 LISTEN_FIELDS = frozenset({"host", "port"})
@@ -49,7 +50,7 @@ class SimConfig:
     price_usd: Decimal = Decimal("0.10")
     host: str = "127.0.0.1"
     port: int = 0
-    models_dir: Path = PACKAGE_CONFIGS / "models"
+    models_dir: Path = PACKAGED_MODELS
 
     def __post_init__(self) -> None:
         if self.tier is not None and self.tier not in TIERS:
