@@ -1,0 +1,219 @@
+"""The library's shape: imports point down the five layers, never round in a cycle, only the
+interfaces import ``workers``, and no library module passes 500 lines.
+
+Every import is read with ``ast`` (at module level and inside functions, absolute and relative),
+so a late import inside a function counts like any other. ``LAYERS`` is the one map of the
+layers: every module under ``pipeline/`` and ``workers/`` must fall in it, so a new module is
+placed on purpose. ``ALLOWED`` lists what the tree still does wrong today; the test fails on
+anything not in it, and on an entry that no longer happens, so the list can only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+DOMAIN, ADAPTERS, ENGINE, OUTPUTS, INTERFACES = 1, 2, 3, 4, 5
+LAYER_NAMES = {1: "domain", 2: "adapters", 3: "engine", 4: "outputs", 5: "interfaces"}
+MAX_LINES = 500
+
+# A module or package, and the layer of everything in it (the longest matching name wins).
+LAYERS: dict[str, int] = {
+    # The manifest, plans and run keys, model specs, money; pure Python, no I/O clients.
+    "pipeline": DOMAIN,  # the package's __init__: errors and settings re-exported
+    "pipeline.errors": DOMAIN,
+    "pipeline.settings": DOMAIN,
+    "pipeline.modelspec": DOMAIN,
+    "pipeline.manifest": DOMAIN,
+    "pipeline.plan": DOMAIN,
+    "pipeline.ledger": DOMAIN,
+    "pipeline.layout": DOMAIN,  # where a job's files live under its output root
+    # The provider client, storage, the state layer (the only holder of a Redis client),
+    # and what reads outside sources for them.
+    "pipeline.provider": ADAPTERS,
+    "pipeline.simulator": ADAPTERS,  # the provider's stand-in, served over HTTP
+    "pipeline.storage": ADAPTERS,
+    "pipeline.catalog": ADAPTERS,  # feeds and folders, read over http, S3 or the file system
+    "pipeline.run_index": ADAPTERS,
+    "pipeline.state": ADAPTERS,
+    "pipeline.jobs": ADAPTERS,
+    "pipeline.thumbnails": ADAPTERS,  # made while a run is collected, and shown by the report
+    # Limits, dispatch, the steps of a run, recovery.
+    "pipeline.limits": ENGINE,
+    "pipeline.dispatch": ENGINE,
+    "pipeline.execution": ENGINE,
+    "pipeline.submission": ENGINE,
+    "pipeline.reconcile": ENGINE,
+    "pipeline.schedules": ENGINE,
+    # Records, reports, notifications, metrics.
+    "pipeline.records": OUTPUTS,
+    "pipeline.report": OUTPUTS,
+    "pipeline.notify": OUTPUTS,
+    # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
+    "pipeline.cli": INTERFACES,
+    "pipeline.schedules_cli": INTERFACES,
+    "pipeline.webhooks": INTERFACES,
+    "pipeline.embedded": INTERFACES,
+    "workers": INTERFACES,
+}
+
+# What the tree does wrong today, each with why it is still here. Keys as ``check`` makes them.
+ALLOWED: dict[str, str] = {
+    "cycle: pipeline.cli, pipeline.schedules_cli": "the CLI becomes one package, pipeline/cli/, on branch integ",
+    "pipeline.execution -> pipeline.report": "thumbnails move to pipeline/thumbnails.py on branch report",
+    "pipeline.execution -> pipeline.webhooks": "callback signing leaves the webhook server (webhooks split) on branch integ",
+    "pipeline.manifest -> pipeline.catalog": "the manifest reads feeds through catalog; the manifest package is on branch manifest",
+    "pipeline.submission -> pipeline.report": "records and the job layout leave report on branch report",
+    "size: pipeline.manifest": "the manifest package, on branch manifest",
+    "size: pipeline.report": "the report package, on branch report",
+    "size: pipeline.jobs": "the state package, on branch state",
+    "size: pipeline.schedules": "its Redis lock moves into the state package on branch state",
+}
+
+
+def modules_under(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
+    """Every module of these packages by dotted name (a package's name is its ``__init__``)."""
+    found: dict[str, Path] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def imports_of(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The modules of ``known`` that ``module`` imports, anywhere in its body."""
+    is_package = path.name == "__init__.py"
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # `from a import b` imports the module a.b when there is one, else names in a.
+            names.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names)
+    targets = set()
+    for name in names:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name and name != module:
+            targets.add(name)
+    return targets
+
+
+def layer_of(module: str, layers: dict[str, int]) -> int | None:
+    name = module
+    while name:
+        if name in layers:
+            return layers[name]
+        name = name.rpartition(".")[0]
+    return None
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                part.append(top)
+                if top == node:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def check(root: Path, packages: tuple[str, ...], layers: dict[str, int], library: str,
+          max_lines: int = MAX_LINES) -> dict[str, str]:
+    """Every violation under ``root``, keyed as ``ALLOWED`` is, with a line that explains it."""
+    known = modules_under(root, packages)
+    graph = {module: imports_of(module, path, known) for module, path in known.items()}
+    found: dict[str, str] = {}
+    for module in known:
+        if layer_of(module, layers) is None:
+            found[f"unplaced: {module}"] = f"{module} is in no layer: add it to LAYERS"
+    for names in cycles(graph):
+        found["cycle: " + ", ".join(names)] = "these modules import each other, directly or round a loop"
+    for module, targets in graph.items():
+        here = layer_of(module, layers)
+        for target in sorted(targets):
+            there = layer_of(target, layers)
+            if here is None or there is None:
+                continue
+            if target.split(".")[0] == "workers" and here != INTERFACES:
+                found[f"{module} -> {target}"] = f"{module} ({LAYER_NAMES[here]}) imports workers: only the interfaces may"
+            elif there > here:
+                found[f"{module} -> {target}"] = (f"{module} ({LAYER_NAMES[here]}) imports {target} "
+                                                  f"({LAYER_NAMES[there]}), a layer above it")
+    for module, path in known.items():
+        lines = len(path.read_text().splitlines())
+        if module.split(".")[0] == library and lines > max_lines:
+            found[f"size: {module}"] = f"{path.relative_to(root)} has {lines} lines, more than {max_lines}"
+    return found
+
+
+def test_imports_point_down_the_layers_without_cycles_and_only_interfaces_import_workers():
+    found = check(ROOT, ("pipeline", "workers"), LAYERS, library="pipeline")
+
+    new = {key: why for key, why in found.items() if key not in ALLOWED}
+    gone = sorted(key for key in ALLOWED if key not in found)
+    assert not new, "new layer violations:\n" + "\n".join(f"  {k}: {v}" for k, v in sorted(new.items()))
+    assert not gone, "fixed, so take them out of ALLOWED:\n" + "\n".join(f"  {k}" for k in gone)
+
+
+def test_the_check_finds_a_cycle_an_upward_import_a_workers_import_a_long_module_and_an_unplaced_one(tmp_path):
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/low.py": "def later():\n    from .high import thing\n    return thing\n",
+        "pkg/high.py": "from pkg import low\nthing = low\n",
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/reader.py": "import workers.app\n" + "x = 1\n" * 20,
+        "pkg/stray.py": "from . import low\n",
+        "workers/__init__.py": "",
+        "workers/app.py": "from pkg import low\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    layers = {"pkg.low": 1, "pkg.high": 2, "pkg.sub": 1, "workers": 5}  # "pkg" and "pkg.stray" in none
+
+    found = check(tmp_path, ("pkg", "workers"), layers, library="pkg", max_lines=10)
+
+    assert set(found) == {
+        "cycle: pkg.high, pkg.low",
+        "pkg.low -> pkg.high",
+        "pkg.sub.reader -> workers.app",
+        "size: pkg.sub.reader",
+        "unplaced: pkg",
+        "unplaced: pkg.stray",
+    }
