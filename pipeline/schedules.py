@@ -42,7 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from .errors import EditpipeError, ManifestError, ManifestIssue, SettingsError
 from .jobs import PREFIX, JobStore, _load_script
 from .ledger import utc_now
-from .manifest import Locations, Money, NonEmptyText, Text, _as_text, _as_value, _pydantic_issue, _read_yaml
+from .manifest import Locations, Money, NonEmptyText, Text, as_text, as_value, pydantic_issue, read_yaml
 from .settings import Settings
 from .storage import parse_s3_uri, s3_client
 from .submission import Prepared, RunChanges, prepare, submit
@@ -106,8 +106,8 @@ def next_run(cron: str, tz: zoneinfo.ZoneInfo, after: datetime) -> datetime:
     return croniter(cron, after.astimezone(tz)).get_next(datetime)
 
 
-_NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$"), BeforeValidator(_as_text)]
-_BOOL = Annotated[StrictBool, BeforeValidator(_as_value)]
+_NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$"), BeforeValidator(as_text)]
+_BOOL = Annotated[StrictBool, BeforeValidator(as_value)]
 
 
 class ScheduleDoc(BaseModel):
@@ -143,7 +143,7 @@ def parse_schedules(text: str, filename: str, base_dir: Path) -> list[Schedule]:
     """Validate schedules file text; relative manifest paths resolve against ``base_dir``."""
     if _is_empty(text):
         return []
-    data, locations, issues = _read_yaml(text, filename)
+    data, locations, issues = read_yaml(text, filename)
     schedules: list[Schedule] = []
     if data is not None:
         entries = _entries(data, locations, issues)
@@ -204,7 +204,7 @@ def _schedule(
         issues.extend(_doc_issue(error, path, locations) for error in exc.errors())
         broken = {error["loc"][0] for error in exc.errors() if error["loc"]}
     # Fields pydantic found fine are still checked for meaning: every issue at once.
-    text = {k: v for k, v in ((k, _as_text(v)) for k, v in entry.items()) if k not in broken and isinstance(v, str)}
+    text = {k: v for k, v in ((k, as_text(v)) for k, v in entry.items()) if k not in broken and isinstance(v, str)}
     checks = {
         "cron": _cron_problem,
         "timezone": _timezone_problem,
@@ -241,7 +241,7 @@ def _doc_issue(error: Mapping[str, Any], path: tuple, locations: Locations) -> M
         close = difflib.get_close_matches(name, _VOCABULARY, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(_VOCABULARY)})"
         return locations.issue(error["loc"], f"unknown key {name!r}{hint}", key=True)
-    return _pydantic_issue(error, locations)
+    return pydantic_issue(error, locations)
 
 
 def _cron_problem(cron: str) -> str | None:
