@@ -67,9 +67,9 @@ def gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic garbage collector while a catalog or plan is built.
 
     A 100,000-row feed becomes hundreds of thousands of dicts, tuples and runs in one go;
-    each allocation burst makes the collector walk the growing heap again (17% of the feed's
-    load + plan time in ``bench/plan``). None of these objects can form a cycle, so there is
-    nothing for it to find; it resumes, if it was on, when the block ends.
+    each allocation burst would make the collector walk the growing heap again. None of
+    these objects can form a cycle, so there is nothing for it to find; it resumes, if it
+    was on, when the block ends.
     """
     was_enabled = gc.isenabled()
     gc.disable()
