@@ -2,8 +2,8 @@
 
 This module reads; the manifest judges. ``read_feed`` yields one ``Entry`` per row and
 ``read_folder`` one per product folder, with nothing checked but their shape: whether an id
-is usable, a reference well formed or a row a duplicate is decided in ``manifest.py``, next
-to the same checks for inline image sets.
+is usable, a reference well formed or a row a duplicate is decided by ``pipeline.manifest``
+(``catalog_rows``), with the same checks as for inline image sets.
 
 A feed is read as a stream from wherever it lives (a local file, an https URL through
 httpx, an ``s3://`` object through boto3), so a 100,000-row feed never sits in memory

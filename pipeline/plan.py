@@ -1,5 +1,19 @@
 """Plans: a validated manifest turned into the ordered list of runs a job will pay for.
 
+This module alone says which runs a manifest means:
+
+- without ``runs``, every image set × every prompt; with ``runs``, exactly the listed pairs;
+- each pair is crossed with ``matrix`` values, except on the axes its prompt or run entry
+  sets itself (those pin one value, so the axis collapses rather than repeating a run);
+- options resolve run > prompt > matrix > defaults > model spec defaults; ``model`` and
+  ``variants`` resolve run > prompt > defaults;
+- each run's output key is ``output_key`` rendered with its options, its image set's vars,
+  ``image_set``, ``prompt`` and ``variant``.
+
+``pair_runs`` walks those pairs, ``count_runs`` counts their runs without building them, and
+``plan_runs`` builds them. The manifest's checks walk the same pairs to judge output keys,
+so that the keys checked are exactly those a plan writes.
+
 Each run carries a ``run_key``, the sha256 of what the provider is asked to do: the model,
 every resolved request option, the prompt as sent, the inputs by content identity, and the
 variant number. Equal requests get equal keys in any process on any day, which is what lets
@@ -9,26 +23,61 @@ or the run's position.
 A plan of 100,000 runs is held in memory, so runs are kept light: slotted, and the runs of
 one image set share its inputs and vars, the runs of one option set share its options. Runs
 and their inputs are not changed once planned, but they are not frozen dataclasses either:
-those set each field through ``object.__setattr__``, which made building them three times
-slower (with catalog sets and feed rows: 0.4 s of the 3 s a 100,000-row feed took to load
-and plan).
+those set each field through ``object.__setattr__``, which makes building them three times
+slower.
+
+Domain layer: imports ``modelspec`` only; the manifest's types are named for type checkers
+alone (``pipeline.manifest`` imports this module to check output keys).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-from .manifest import EXTENSIONS, AnyImageSet, Manifest, gc_paused, image_kind
-from .modelspec import ModelSpec
+from .modelspec import DEFAULT_MODEL, ModelSpec
 
+if TYPE_CHECKING:
+    from .manifest import AnyImageSet, Defaults, Manifest, Prompt, RunSpec
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _CHUNK = 1 << 20
+
+
+def image_kind(ref: str) -> Literal["local", "s3", "https"]:
+    """How an image reference is fetched; ``https`` covers ``http://`` too."""
+    if ref.startswith("s3://"):
+        return "s3"
+    if ref.startswith(("https://", "http://")):
+        return "https"
+    return "local"
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while a catalog or plan is built.
+
+    A 100,000-row feed becomes hundreds of thousands of dicts, tuples and runs in one go;
+    each allocation burst would make the collector walk the growing heap again. None of
+    these objects can form a cycle, so there is nothing for it to find; it resumes, if it
+    was on, when the block ends.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(slots=True)
@@ -148,6 +197,110 @@ def _canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+# --- Which runs a manifest means -----------------------------------------------------------
+
+
+class PairRuns(NamedTuple):
+    """An image set × prompt pair and what its runs share: each of ``option_sets`` (shared
+    with the other pairs of the prompt, read only) is run ``variants`` times."""
+
+    image_set: AnyImageSet
+    prompt: Prompt
+    entry: RunSpec | None
+    model: str
+    variants: int
+    option_sets: list[dict[str, str]]
+
+
+def model_of(defaults: Defaults, prompt: Prompt, entry: RunSpec | None = None) -> str:
+    """The model of a prompt's runs (in run ``entry``, if any): run > prompt > defaults."""
+    return (entry and entry.model) or prompt.model or defaults.model or DEFAULT_MODEL
+
+
+def variants_of(defaults: Defaults, prompt: Prompt, entry: RunSpec | None = None) -> int:
+    """How many variants each option set of the pair gets: run > prompt > defaults > 1."""
+    return (entry and entry.variants) or prompt.variants or defaults.variants or 1
+
+
+def pairs(manifest: Manifest) -> Iterator[tuple[AnyImageSet, Prompt, RunSpec | None]]:
+    """Image set × prompt pairs in plan order, with the run entry that named each (if any)."""
+    if manifest.runs is None:
+        for image_set in manifest.image_sets:
+            for prompt in manifest.prompts:
+                yield image_set, prompt, None
+        return
+    sets, prompts = manifest.sets_by_id, manifest.prompts_by_id
+    for entry in manifest.runs:
+        yield sets[entry.image_set], prompts[entry.prompt], entry
+
+
+def _pinned(prompt: Prompt, entry: RunSpec | None) -> dict[str, str]:
+    return {**prompt.options, **(entry.options if entry else {})}
+
+
+def option_sets(
+    manifest: Manifest, prompt: Prompt, entry: RunSpec | None, specs: Mapping[str, ModelSpec]
+) -> list[dict[str, str]]:
+    """Every resolved option set for one pair, in matrix order (pinned axes collapsed)."""
+    spec = specs.get(model_of(manifest.defaults, prompt, entry))
+    pinned = _pinned(prompt, entry)
+    base = {**(spec.defaults() if spec else {}), **manifest.defaults.options}
+    axes = [(name, values) for name, values in manifest.matrix.items() if name not in pinned]
+    return [
+        {**base, **dict(zip([name for name, _ in axes], combo)), **pinned}
+        for combo in itertools.product(*(values for _, values in axes))
+    ]
+
+
+def pair_runs(manifest: Manifest, specs: Mapping[str, ModelSpec]) -> Iterator[PairRuns]:
+    """Each image set × prompt pair in plan order, with what its runs share.
+
+    The option sets of one prompt (or run entry) are the same dicts for every pair it is
+    in, for the whole iteration: read only, and their ids name them while it lasts.
+    """
+    defaults = manifest.defaults
+    groups: dict[tuple[int, int], tuple[str, int, list[dict[str, str]]]] = {}
+    for image_set, prompt, entry in pairs(manifest):
+        group_key = (id(prompt), id(entry))
+        if group_key not in groups:
+            groups[group_key] = (
+                model_of(defaults, prompt, entry),
+                variants_of(defaults, prompt, entry),
+                option_sets(manifest, prompt, entry, specs),
+            )
+        yield PairRuns(image_set, prompt, entry, *groups[group_key])
+
+
+def render_output_keys(manifest: Manifest, pair: PairRuns, options: Mapping[str, str]) -> list[str]:
+    """The output keys (without extension) of the pair's runs with ``options``, one per
+    variant in order; raises ``KeyError`` for a name the template uses and they lack."""
+    image_set = pair.image_set
+    values = {**options, **image_set.vars, "image_set": image_set.id, "prompt": pair.prompt.id}
+    template = manifest.output_template
+    keys = []
+    for variant in range(1, pair.variants + 1):
+        values["variant"] = str(variant)
+        keys.append(template.render(values))
+    return keys
+
+
+def count_runs(manifest: Manifest) -> int:
+    """How many runs ``plan_runs`` gives for ``manifest``, by arithmetic over its pairs,
+    matrix and variants, without building a run (or reading an input)."""
+    defaults = manifest.defaults
+
+    def per_pair(prompt: Prompt, entry: RunSpec | None) -> int:
+        pinned = _pinned(prompt, entry)
+        combos = math.prod(len(values) for name, values in manifest.matrix.items() if name not in pinned)
+        return combos * variants_of(defaults, prompt, entry)
+
+    if manifest.runs is None:
+        return len(manifest.image_sets) * sum(per_pair(prompt, None) for prompt in manifest.prompts)
+    prompts = manifest.prompts_by_id
+    return sum(per_pair(prompts[entry.prompt], entry) for entry in manifest.runs)
+
+
+
 class _Identities:
     """Input identities, each computed once per plan however many runs share the input, with
     the canonical JSON ``run_key`` writes for it (a run's inputs are that JSON, joined)."""
@@ -200,8 +353,8 @@ def plan_runs(
     specs: Mapping[str, ModelSpec],
     s3_etag: Callable[[str], str] | None = None,
 ) -> Plan:
-    """Every run of ``manifest``, in plan order: ``Manifest.pair_runs``, each pair's option
-    sets in matrix order, then variants.
+    """Every run of ``manifest``, in plan order: ``pair_runs``, each pair's option sets in
+    matrix order, then variants.
 
     ``s3_etag(uri)`` returns an s3 object's ETag; it is required when an input is in S3 and
     the manifest's catalog listing did not give it (``ValueError`` otherwise). Deterministic:
@@ -216,13 +369,10 @@ def _runs(manifest: Manifest, specs: Mapping[str, ModelSpec], s3_etag: Callable[
     identities = _Identities(manifest, s3_etag)
     options_json: dict[int, str] = {}  # by id of the shared options dict (see pair_runs)
     runs: list[Run] = []
-    # The output keys the manifest's checks rendered already, when made with these specs.
-    reuse = manifest.output_keys is not None and manifest.output_keys_specs is specs
-    rendered = iter(manifest.output_keys) if reuse else None
-    for pair in manifest.pair_runs(specs):
+    for pair in pair_runs(manifest, specs):
         image_set, prompt = pair.image_set, pair.prompt
         inputs, inputs_json = identities.of_set(image_set)
-        text = manifest.render_prompt(image_set, prompt)
+        text = manifest.prompt_template(prompt).render(image_set.vars)
         # run_key's canonical JSON put together from its parts (keys in sorted order, each
         # value as _canonical_json writes it), so that what runs share is encoded once:
         # "variant" sorts last, so each variant's key is the prefix plus its number.
@@ -233,11 +383,7 @@ def _runs(manifest: Manifest, specs: Mapping[str, ModelSpec], s3_etag: Callable[
                 options_json[id(options)] = _canonical_json(options)
             prefix = f"{head}{options_json[id(options)]}{tail}"
             extension = EXTENSIONS[options["output_format"]]
-            if rendered is None:
-                output_keys: Iterable[str] = manifest.render_output_keys(pair, options)
-            else:
-                output_keys = itertools.islice(rendered, pair.variants)
-            for variant, output_key in enumerate(output_keys, start=1):
+            for variant, output_key in enumerate(render_output_keys(manifest, pair, options), start=1):
                 runs.append(
                     Run(
                         index=len(runs),

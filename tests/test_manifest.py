@@ -15,10 +15,10 @@ from pipeline.errors import ManifestError
 from pipeline.manifest import (
     DEFAULT_OUTPUT_KEY,
     ManifestDoc,
-    _unsafe_key,
     load_manifest,
     manifest_json_schema,
     parse_manifest,
+    unsafe_key,
 )
 from pipeline.modelspec import load_model_specs
 
@@ -292,7 +292,7 @@ def test_output_key_that_climbs_out_of_the_root_is_rejected(tmp_path, specs):
     ],
 )
 def test_every_unsafe_output_key_is_named_with_its_reason(key, reason):
-    assert _unsafe_key(key) == reason
+    assert unsafe_key(key) == reason
 
 
 def test_a_var_can_make_an_output_key_unsafe(tmp_path, specs):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,9 +19,10 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import ManifestError
-from pipeline.manifest import load_manifest
+from pipeline.manifest import DEFAULT_OUTPUT_KEY, load_manifest, unsafe_key
 from pipeline.modelspec import load_model_specs
-from pipeline.plan import InputRef, Plan, Run, plan_runs, run_key
+from pipeline.manifest.checks.keys import distinct_by_shape
+from pipeline.plan import InputRef, Plan, Run, count_runs, pair_runs, plan_runs, render_output_keys, run_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "models"
@@ -352,11 +354,151 @@ def test_run_keys_do_not_change_between_versions(tmp_path, specs):
 PINNED_KEYS = ["51d5b1b7a05c56c6", "8e76df8bd1ee061e", "fc2d2b9f3152120d", "90f7682688a64f53"]
 
 
-def test_output_keys_rendered_by_the_checks_are_the_ones_planning_would_render(tmp_path, specs):
-    manifest = load_manifest(three_by_two(tmp_path), specs)
-    assert manifest.output_keys is not None  # the checks rendered every run's key
+SETS = """
+image_sets:
+  - id: gold
+    images: [https://cdn.example.com/gold.jpg]
+    vars: {product: gold earrings, shade: warm}
+  - id: silver
+    images: [https://cdn.example.com/silver.jpg]
+    vars: {product: silver earrings, shade: cool}
+"""
+PROMPTS = """
+prompts:
+  - id: editorial
+    text: An editorial portrait wearing the {product}.
+  - id: flatlay
+    text: A flat-lay of the {product}.
+    aspect_ratio: "1:1"
+    variants: 3
+"""
+# (output_key, the rest, whether the key's shape alone proves the keys safe and distinct):
+# every check but the output keys' passes; each key shape, value and pairing is one the
+# checks must either prove safe and distinct without rendering, or render and judge.
+KEY_CASES = {
+    "default key, matrix": (
+        "{image_set}/{prompt}/{aspect_ratio}/{resolution}/{variant}",
+        SETS + PROMPTS + 'matrix: {aspect_ratio: ["2:3", "3:2"], resolution: [1k, 2k]}\n',
+        True,
+    ),
+    "a var in the key": ("{shade}/{image_set}/{prompt}/{aspect_ratio}/{variant}", SETS + PROMPTS, True),
+    "a runs list told apart by its options": (DEFAULT_OUTPUT_KEY, SETS + PROMPTS + """
+runs:
+  - {image_set: gold, prompt: editorial, aspect_ratio: "2:3"}
+  - {image_set: gold, prompt: editorial, aspect_ratio: "3:2"}
+  - {image_set: silver, prompt: flatlay}
+""", False),
+    "a matrix axis left out of the key": (DEFAULT_OUTPUT_KEY, SETS + PROMPTS + "matrix: {resolution: [1k, 2k]}\n", False),
+    "placeholders sharing a segment": ("{image_set}-{prompt}/{aspect_ratio}_{variant}", SETS + PROMPTS, False),
+    "no variant in the key": ("{image_set}/{prompt}/{aspect_ratio}", SETS + PROMPTS, False),
+    "a runs list naming a pair twice, told apart by nothing": (DEFAULT_OUTPUT_KEY, SETS + PROMPTS + """
+runs:
+  - {image_set: gold, prompt: editorial, resolution: 1k}
+  - {image_set: gold, prompt: editorial, resolution: 2k}
+""", False),
+    "ids with slashes": ("{image_set}/{prompt}/{variant}", """
+image_sets:
+  - {id: a/b, images: [https://cdn.example.com/1.jpg]}
+  - {id: a, images: [https://cdn.example.com/2.jpg]}
+prompts:
+  - {id: c, text: One.}
+  - {id: b/c, text: Two.}
+""", False),
+    "an unsafe var value": (
+        "{image_set}/{shade}/{prompt}/{aspect_ratio}/{variant}",
+        SETS.replace("shade: cool", 'shade: ".."') + PROMPTS,
+        False,
+    ),
+}
+# A key no case can repeat or make unsafe, to load each case without its own key judged.
+DISTINCT_KEY = "{image_set}~{prompt}~{aspect_ratio}~{resolution}~{quality}~{output_format}~{variant}"
 
-    reused = plan_runs(manifest, specs).runs
-    rendered_again = plan_runs(manifest, dict(specs)).runs  # other specs: nothing reused
-    assert [r.output_key for r in reused] == [r.output_key for r in rendered_again]
-    assert len({r.output_key for r in reused}) == len(reused) > 1
+
+def _rendered_keys_problem(manifest, specs) -> str | None:
+    """What rendering every key finds: an unsafe key or a shared one (None: neither)."""
+    keys = [
+        key
+        for pair in pair_runs(manifest, specs)
+        for options in pair.option_sets
+        for key in render_output_keys(manifest, pair, options)
+    ]
+    unsafe = [problem for problem in map(unsafe_key, keys) if problem]
+    if unsafe:
+        return unsafe[0]
+    return "shared" if len(set(keys)) != len(keys) else None
+
+
+@pytest.mark.parametrize("case", sorted(KEY_CASES))
+def test_output_keys_proven_distinct_by_shape_are_distinct_when_rendered(tmp_path, specs, case):
+    key, body, proven = KEY_CASES[case]
+    text = "version: 1\nname: keys\noutput: out\n" + body
+    base = load_manifest(write(tmp_path / "base", text + f'output_key: "{DISTINCT_KEY}"\n'), specs)
+    manifest = replace(base, output_key=key)
+    found = _rendered_keys_problem(manifest, specs)
+
+    assert distinct_by_shape(manifest, specs) is proven
+    if proven:
+        assert found is None
+    try:
+        load_manifest(write(tmp_path, text + f'output_key: "{key}"\n'), specs)
+    except ManifestError as exc:
+        assert found is not None
+        assert {issue.field for issue in exc.issues} == {"output_key"}
+    else:
+        assert found is None
+
+
+def test_the_output_keys_of_a_plan_are_those_the_checks_judge(tmp_path, specs):
+    manifest = load_manifest(three_by_two(tmp_path), specs)
+    assert distinct_by_shape(manifest, specs)  # nothing rendered while checking
+    runs = plan_runs(manifest, specs).runs
+    rendered = [
+        key
+        for pair in pair_runs(manifest, specs)
+        for options in pair.option_sets
+        for key in render_output_keys(manifest, pair, options)
+    ]
+    assert [r.output_key.rsplit(".", 1)[0] for r in runs] == rendered
+    assert len(set(rendered)) == len(runs) > 1
+
+
+COUNT_CASES = {
+    "matrix": THREE_BY_TWO,
+    "matrix and variants": THREE_BY_TWO + "defaults: {variants: 3}\n",
+    "per-prompt pins": THREE_BY_TWO.replace(
+        "A flat-lay of the {product}.", "A flat-lay of the {product}.\n    aspect_ratio: \"1:1\"\n    variants: 2"
+    )
+    + '  resolution: [1k, 2k]\noutput_key: "{image_set}/{prompt}/{aspect_ratio}/{resolution}/{variant}"\n',
+    "runs list": THREE_BY_TWO + """
+runs:
+  - {image_set: gold, prompt: editorial}
+  - {image_set: gold, prompt: flatlay, aspect_ratio: "1:1", variants: 4}
+  - {image_set: pearl, prompt: editorial, variants: 2}
+""",
+    "no matrix": THREE_BY_TWO.replace('matrix:\n  aspect_ratio: ["2:3", "3:2"]\n', "")
+    + 'output_key: "{image_set}/{prompt}/{variant}"\n',
+}
+
+
+@pytest.mark.parametrize("case", sorted(COUNT_CASES))
+def test_runs_counted_before_expanding_are_the_runs_planned(tmp_path, specs, case):
+    manifest = load_manifest(three_by_two(tmp_path, COUNT_CASES[case]), specs)
+    assert count_runs(manifest) == len(plan_runs(manifest, specs).runs)
+
+
+def test_runs_of_a_feed_are_counted_without_reading_an_input(tmp_path, specs):
+    rows = "".join(f"s{i},https://cdn.example.com/{i}.jpg\n" for i in range(250))
+    (tmp_path / "feed.csv").write_text("sku,image\n" + rows)
+    path = write(tmp_path, """
+        version: 1
+        name: feed
+        output: out
+        catalog: {feed: feed.csv, id: sku, images: [image]}
+        prompts:
+          - {id: a, text: One.}
+          - {id: b, text: Two., variants: 2}
+        matrix:
+          aspect_ratio: ["2:3", "3:2", "1:1"]
+    """)
+    manifest = load_manifest(path, specs)
+    assert count_runs(manifest) == 250 * (3 + 3 * 2) == len(plan_runs(manifest, specs).runs)

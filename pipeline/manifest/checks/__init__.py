@@ -1,0 +1,77 @@
+"""What a structurally valid manifest means, judged against the model specs.
+
+``check_manifest`` runs every check and appends what it finds to ``issues``; it never stops
+early, so ``editpipe validate`` reports every mistake at once. Checks whose findings would
+only echo earlier ones (the output key of each run, when ids, options or templates are
+wrong) are held back until those are right.
+
+- ``options``: ids, run references, models, request options and their values;
+- ``names``: inline image sets, var names, the vars prompts use, the names ``output_key`` uses;
+- ``keys``: the output key of every run ``pipeline.plan`` expands, safe and used once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ...errors import ManifestIssue
+from ...modelspec import ModelSpec
+from ...plan import model_of, pairs
+from ..references import References
+from ..value import CatalogSet, Manifest
+from . import keys, names, options
+from .context import Context, Pair
+
+
+def check_manifest(
+    manifest: Manifest, specs: Mapping[str, ModelSpec], issues: list[ManifestIssue], references: References
+) -> None:
+    """Append every semantic issue of ``manifest`` to ``issues`` (catalog rows were judged
+    as they were read)."""
+    ctx = Context(manifest, specs, issues, references)
+    m = manifest
+    inline = ctx.inline_sets
+    ids_ok = options.unique_ids(ctx, inline, "image set") & options.unique_ids(ctx, m.prompts, "prompt")
+    refs_ok = options.run_references(ctx)
+    checked = _pairs_to_check(m) if refs_ok else []
+    options.models(ctx)
+    before = len(issues)
+    options.options(ctx, checked)
+    options_ok = len(issues) == before
+    set_models: dict[int, set[str]] = {}
+    catalog_models: set[str] = set()
+    for image_set, prompt, entry in checked:
+        model = model_of(m.defaults, prompt, entry)
+        if isinstance(image_set, CatalogSet):
+            catalog_models.add(model)
+        else:
+            set_models.setdefault(id(image_set), set()).add(model)
+    # Without valid pairs (all reported already), judge names by the models prompts name.
+    used_models = set().union(catalog_models, *set_models.values()) or {model_of(m.defaults, p) for p in m.prompts}
+    option_names = {name for spec in ctx.known_models(used_models) for name in spec.options}
+    for image_set in inline:
+        names.images(ctx, image_set, set_models.get(id(image_set), set()))
+        names.var_names(ctx, image_set, option_names)
+    if m.catalog_vars is not None:
+        names.catalog_var_names(ctx, option_names)
+    templates_ok = names.prompt_vars(ctx, checked)
+    # An unknown model (reported already) leaves its option names unknown too.
+    key_ok = names.output_key_names(ctx, checked, option_names if used_models <= set(specs) else None)
+    # Colliding or unrenderable keys would only echo the issues above.
+    if ids_ok and refs_ok and options_ok and templates_ok and key_ok:
+        keys.output_keys(ctx)
+
+
+def _pairs_to_check(manifest: Manifest) -> list[Pair]:
+    """Every pair of an inline image set, and one pair per prompt (or run entry) of the
+    catalog's sets: those all declare the same vars and were judged as they were read, so
+    the checks would find the same in each of 100,000 rows."""
+    checked = []
+    catalog_pairs: set[tuple[int, int]] = set()
+    for image_set, prompt, entry in pairs(manifest):
+        if isinstance(image_set, CatalogSet):
+            if (id(prompt), id(entry)) in catalog_pairs:
+                continue
+            catalog_pairs.add((id(prompt), id(entry)))
+        checked.append((image_set, prompt, entry))
+    return checked
