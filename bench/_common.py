@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -194,6 +195,25 @@ def editpipe_worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def editpipe_workers(settings: Settings, *, count: int, concurrency: int,
+                     logdir: Path) -> Iterator[list[subprocess.Popen]]:
+    """``count`` editpipe worker processes on ``settings``, yielded once their pools are forked."""
+    with celery_workers(editpipe_worker_env(settings), count=count, concurrency=concurrency, logdir=logdir) as procs:
+        wait_workers_ready(procs, logdir)
+        yield procs
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    """A temporary folder with ``redis/`` and ``logs/`` in it, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
+        work = Path(tmp)
+        for sub in ("redis", "logs"):
+            (work / sub).mkdir()
+        yield work
+
+
 def wait_workers_ready(procs: list[subprocess.Popen], logdir: Path, timeout_s: float = 60) -> None:
     """Wait until every worker process has forked its pool (its children exist)."""
     deadline = time.monotonic() + timeout_s
@@ -209,9 +229,8 @@ def wait_workers_ready(procs: list[subprocess.Popen], logdir: Path, timeout_s: f
 
 # ---- memory ---------------------------------------------------------------------------
 
-def tree_rss(pids: list[int]) -> int:
-    """Bytes of RSS of these processes and all their descendants, summed."""
-    total = 0
+def _processes(pids: list[int]) -> Iterator[psutil.Process]:
+    """These processes and all their descendants, each once; those already gone are left out."""
     seen: set[int] = set()
     for pid in pids:
         try:
@@ -220,13 +239,19 @@ def tree_rss(pids: list[int]) -> int:
         except psutil.NoSuchProcess:
             continue
         for proc in family:
-            if proc.pid in seen:
-                continue
-            seen.add(proc.pid)
-            try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
+            if proc.pid not in seen:
+                seen.add(proc.pid)
+                yield proc
+
+
+def tree_rss(pids: list[int]) -> int:
+    """Bytes of RSS of these processes and all their descendants, summed."""
+    total = 0
+    for proc in _processes(pids):
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
     return total
 
 
@@ -257,18 +282,12 @@ class RssSampler:
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds of these processes and their live descendants."""
     total = 0.0
-    for pid in pids:
+    for proc in _processes(pids):
         try:
-            root = psutil.Process(pid)
-            family = [root, *root.children(recursive=True)]
+            t = proc.cpu_times()
+            total += t.user + t.system
         except psutil.NoSuchProcess:
-            continue
-        for proc in family:
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
+            pass
     return total
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -51,17 +50,16 @@ from _common import (
     MODEL_ENDPOINT,
     RssSampler,
     baseline_works,
-    celery_workers,
     cpu_seconds,
     created_times,
     editpipe_settings,
-    editpipe_worker_env,
+    editpipe_workers,
     machine,
     middle_rate,
     simulator,
     submit_and_wait,
     verdict,
-    wait_workers_ready,
+    workdir,
     write_feed_manifest,
 )
 from baseline import run_baseline
@@ -91,18 +89,14 @@ def main() -> int:
           f"peak, ≤ {TARGETS['rss_gib']:.0f} GiB RSS of all editpipe processes, ≥ {TARGETS['vs_loop']:.2f} × the bare "
           "loop's sustained rate\n")
 
-    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
-        work = Path(tmp)
-        for sub in ("redis", "logs"):
-            (work / sub).mkdir()
+    with workdir() as work:
         with private_redis(work / "redis") as redis_url, \
                 simulator(latency_s=LATENCY_S, images_per_minute=PER_MINUTE, max_concurrent=CONCURRENT) as sim:
             settings = editpipe_settings(redis_url=redis_url, sim=sim, images_per_minute=PER_MINUTE,
                                          max_concurrent=CONCURRENT, EDITPIPE_PUMPS=str(args.pumps))
             manifest = write_feed_manifest(work / "manifest", args.runs, str(work / "out"), name="bench-inflight")
-            with celery_workers(editpipe_worker_env(settings), count=args.workers, concurrency=args.concurrency,
-                                logdir=work / "logs") as procs:
-                wait_workers_ready(procs, work / "logs")
+            with editpipe_workers(settings, count=args.workers, concurrency=args.concurrency,
+                                  logdir=work / "logs") as procs:
                 pids = [p.pid for p in procs]
                 cpu_before, sim_cpu_before = cpu_seconds(pids), cpu_seconds([sim.proc.pid])
                 with RssSampler([*pids, os.getpid()]) as rss:

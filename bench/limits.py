@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,13 +37,14 @@ from _common import (
     celery_workers,
     created_times,
     editpipe_settings,
-    editpipe_worker_env,
+    editpipe_workers,
     machine,
     overall_rate,
     simulator,
     submit_and_wait,
     verdict,
     wait_workers_ready,
+    workdir,
     write_feed_manifest,
 )
 
@@ -69,18 +69,13 @@ def main() -> int:
     print(f"targets: editpipe ≤ {PER_MINUTE} starts in any 60 s, ≤ {CONCURRENT} in flight, 0 × 429, "
           f"≥ {TARGET_SUSTAINED:.0%} of {PER_MINUTE}/min sustained while work is queued\n")
 
-    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
-        work = Path(tmp)
-        for sub in ("redis", "logs"):
-            (work / sub).mkdir()
+    with workdir() as work:
         with private_redis(work / "redis") as redis_url, \
                 simulator(latency_s=LATENCY_S, images_per_minute=PER_MINUTE, max_concurrent=CONCURRENT) as sim:
             settings = editpipe_settings(redis_url=redis_url, sim=sim, images_per_minute=PER_MINUTE,
                                          max_concurrent=CONCURRENT)
             manifest = write_feed_manifest(work / "manifest", args.runs, str(work / "out"), name="bench-limits")
-            with celery_workers(editpipe_worker_env(settings), count=WORKERS, concurrency=args.concurrency,
-                                logdir=work / "logs") as procs:
-                wait_workers_ready(procs, work / "logs")
+            with editpipe_workers(settings, count=WORKERS, concurrency=args.concurrency, logdir=work / "logs"):
                 prepared, status, wall_s = submit_and_wait(settings, manifest, timeout_s=args.runs * 60 / PER_MINUTE + 120)
             ep = sim.stats()
             ep_times = created_times(sim.predictions())

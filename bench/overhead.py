@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,17 +40,16 @@ from _common import (
     API_KEY,
     MODEL_ENDPOINT,
     baseline_works,
-    celery_workers,
     count_objects,
     cpu_seconds,
     editpipe_settings,
-    editpipe_worker_env,
+    editpipe_workers,
     machine,
     moto_server,
     simulator,
     submit_and_wait,
     verdict,
-    wait_workers_ready,
+    workdir,
     write_feed_manifest,
 )
 from baseline import run_baseline
@@ -82,10 +80,7 @@ def main() -> int:
           f"{UNBINDING_CONCURRENT:,} in flight (not binding); loop: 64 requests at once, 16 put threads")
     print(f"target: editpipe's wall time / the loop's ≤ {TARGET_RATIO:.2f}\n")
 
-    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
-        work = Path(tmp)
-        for sub in ("redis", "logs"):
-            (work / sub).mkdir()
+    with workdir() as work:
         with (private_redis(work / "redis") as redis_url,
               simulator(latency_s=LATENCY_S, image_long_side=args.image_long_side) as sim):
             with moto_server() as s3:
@@ -97,9 +92,8 @@ def main() -> int:
                 )
                 manifest = write_feed_manifest(work / "manifest", args.runs, "s3://editpipe-out/out",
                                                name="bench-overhead")
-                with celery_workers(editpipe_worker_env(settings), count=args.workers,
-                                    concurrency=args.concurrency, logdir=work / "logs") as procs:
-                    wait_workers_ready(procs, work / "logs")
+                with editpipe_workers(settings, count=args.workers, concurrency=args.concurrency,
+                                      logdir=work / "logs") as procs:
                     cpu_before = cpu_seconds([p.pid for p in procs]), cpu_seconds([s3.pid])
                     prepared, status, editpipe_s = submit_and_wait(settings, manifest, timeout_s=600)
                     editpipe_cpu = cpu_seconds([p.pid for p in procs]) - cpu_before[0]

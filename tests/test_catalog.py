@@ -18,15 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from conftest import make_image, write_yaml
 from pipeline.catalog import compile_pattern
 from pipeline.errors import ManifestError
 from pipeline.manifest import CatalogSet, load_manifest
-from pipeline.modelspec import load_model_specs
 from pipeline.plan import InputRef, Plan, plan_runs
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
 
 HEADER = """
 version: 1
@@ -47,21 +44,9 @@ prompts:
 """
 
 
-@pytest.fixture(scope="module")
-def specs():
-    return load_model_specs(CONFIGS)
-
-
-def make_image(path: Path, color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), color).save(path)
-    return path
-
-
 def write_manifest(directory: Path, body: str) -> Path:
-    path = directory / "m.yaml"
-    path.write_text(textwrap.dedent(HEADER).lstrip("\n") + textwrap.dedent(body).lstrip("\n"))
-    return path
+    """HEADER, then the catalog's ``body``."""
+    return write_yaml(directory, textwrap.dedent(HEADER).lstrip("\n") + textwrap.dedent(body).lstrip("\n"))
 
 
 def feed_manifest(directory: Path, feed: str, on_bad_row: str = "skip", extra: str = "") -> Path:

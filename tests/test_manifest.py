@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from conftest import make_image
+from conftest import write_yaml as write
 from pipeline.errors import ManifestError
 from pipeline.manifest import (
     DEFAULT_OUTPUT_KEY,
@@ -20,27 +20,8 @@ from pipeline.manifest import (
     parse_manifest,
     unsafe_key,
 )
-from pipeline.modelspec import load_model_specs
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
 FIXTURES = Path(__file__).resolve().parent / "data" / "manifests"
-
-
-@pytest.fixture(scope="module")
-def specs():
-    return load_model_specs(CONFIGS)
-
-
-def make_image(path: Path, color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), color).save(path)
-    return path
-
-
-def write(tmp_path: Path, text: str, name: str = "m.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
 
 
 def issues_of(path: Path, specs) -> list[str]:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_job
+from conftest import many_runs_manifest, read_jsonl, run_job, write_manifest
 from pipeline.jobs import JobStore
 from pipeline.provider import WaveSpeedClient
 from pipeline.reconcile import reconcile
 from pipeline.storage import open_storage
 from pipeline.submission import follow, prepare, resume, submit
-from test_pipeline import make_image, read_jsonl, write_manifest
 from workers.celery_app import job_enqueuer, runs_enqueuer
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,20 +24,6 @@ pytestmark = pytest.mark.timeout(300)
 
 def ledger_total(lines: list[dict]) -> Decimal:
     return sum((Decimal(line["cost_usd"]) for line in lines), Decimal("0"))
-
-
-def many_runs_manifest(tmp_path: Path, output: str, sets: int, prompts: int = 2, extra: str = "") -> Path:
-    make_image(tmp_path / "p.png")
-    set_lines = "".join(
-        f"\n  - id: s{i:03d}\n    images: [p.png]\n    vars: {{product: item {i}}}" for i in range(sets)
-    )
-    prompt_lines = "".join(f"\n  - id: p{j}\n    text: Prompt {j} for the {{product}}." for j in range(prompts))
-    path = tmp_path / "many.yaml"
-    path.write_text(
-        f"version: 1\nname: many\noutput: {output}\n{extra}image_sets:{set_lines}\nprompts:{prompt_lines}\n"
-        "output_key: \"{image_set}/{prompt}/{variant}\"\n"
-    )
-    return path
 
 
 def submit_job(settings, manifest: Path) -> str:

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from conftest import API_KEY, run_job, with_key
+from conftest import API_KEY, make_image, read_jsonl, run_job, with_key, write_manifest
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def make_image(path: Path, color=(200, 160, 40), size=(64, 64)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
 
 
 def s3_keys(s3, bucket: str, prefix: str = "") -> list[str]:
@@ -27,45 +20,6 @@ def s3_keys(s3, bucket: str, prefix: str = "") -> list[str]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", ())]
     return keys
-
-
-def read_jsonl(s3, bucket: str, key: str) -> list[dict]:
-    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    return [json.loads(line) for line in body.splitlines() if line]
-
-
-def write_manifest(tmp_path: Path, output: str, *, prompts: str | None = None, sets: str | None = None,
-                   extra: str = "") -> Path:
-    make_image(tmp_path / "products" / "a.png", (200, 160, 40))
-    make_image(tmp_path / "products" / "b.png", (120, 140, 170))
-    make_image(tmp_path / "products" / "c.png", (170, 20, 40))
-    sets = sets or """
-  - id: set-a
-    images: [products/a.png]
-    vars: {product: gold earrings}
-  - id: set-b
-    images: [products/b.png]
-    vars: {product: silver hoops}
-  - id: set-c
-    images: [products/c.png]
-    vars: {product: ruby studs}"""
-    prompts = prompts or """
-  - id: editorial
-    text: A model wearing the {product}, warm natural light.
-  - id: flatlay
-    text: A flat-lay of the {product} on beige linen."""
-    path = tmp_path / "manifest.yaml"
-    path.write_text(
-        f"""version: 1
-name: test-job
-output: {output}
-image_sets:{sets}
-prompts:{prompts}
-matrix:
-  aspect_ratio: ["2:3", "3:2"]
-{extra}"""
-    )
-    return path
 
 
 def test_twelve_runs_end_with_outputs_sidecars_results_and_a_ledger_matching_the_bill(

@@ -9,42 +9,22 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from conftest import ROOT, make_image
+from conftest import write_yaml as write
 from pipeline.errors import ManifestError
 from pipeline.manifest import DEFAULT_OUTPUT_KEY, load_manifest, unsafe_key
-from pipeline.modelspec import load_model_specs
 from pipeline.manifest.checks.keys import distinct_by_shape
+from pipeline.modelspec import PACKAGED_MODELS as CONFIGS
 from pipeline.plan import InputRef, Plan, Run, count_runs, pair_runs, plan_runs, render_output_keys, run_key
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs" / "models"
 FIXTURES = Path(__file__).resolve().parent / "data" / "manifests"
-
-
-@pytest.fixture(scope="module")
-def specs():
-    return load_model_specs(CONFIGS)
-
-
-def make_image(path: Path, color: str = "red") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 4), color).save(path)
-    return path
-
-
-def write(directory: Path, text: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "m.yaml"
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
 
 
 THREE_BY_TWO = """

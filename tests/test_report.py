@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from chromium import ARTIFACTS, Chromium, ChromiumUnavailable, body_data, find_or_install
-from conftest import API_KEY, run_job
+from conftest import API_KEY, make_image, run_job, write_manifest
 from pipeline.embedded import free_port
 from pipeline.errors import EditpipeError
 from pipeline.jobs import JobStore
@@ -39,25 +39,6 @@ def chromium() -> Chromium:
         return Chromium(find_or_install())
     except ChromiumUnavailable as exc:
         pytest.skip(f"headless Chromium is needed to look at the report: {exc}")
-
-
-def make_image(path: Path, color: tuple[int, int, int], size=(96, 96)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
-
-
-def write_manifest(tmp_path: Path, output: str, sets: str, prompts: str, extra: str = "") -> Path:
-    path = tmp_path / "manifest.yaml"
-    path.write_text(f"""version: 1
-name: report-job
-output: {output}
-image_sets:{sets}
-prompts:{prompts}
-matrix:
-  aspect_ratio: ["2:3", "3:2"]
-{extra}""")
-    return path
 
 
 def attr_values(dom: str, tag: str, attr: str) -> list[str]:

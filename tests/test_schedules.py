@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from conftest import AWS_ENV, ROOT
+from conftest import AWS_ENV, ROOT, make_image, read_jsonl
 from pipeline.cli import EditpipeGroup
 from pipeline.embedded import worker_env
 from pipeline.errors import ManifestError
@@ -29,7 +29,6 @@ from pipeline.schedules import ScheduleState, Start, load_schedules, start_sched
 from pipeline.schedules_cli import schedules
 from pipeline.settings import Settings
 from pipeline.submission import follow
-from test_pipeline import make_image, read_jsonl
 from workers.beat import CronSchedule, Scheduler
 from workers.celery_app import job_enqueuer, make_app
 

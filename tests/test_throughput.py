@@ -7,12 +7,11 @@ import time
 
 import pytest
 
-from conftest import run_job
+from conftest import many_runs_manifest, run_job
 from pipeline.dispatch import LATENCY_KEY
 from pipeline.jobs import JobStore
 from pipeline.limits import AccountLimits
 from pipeline.submission import follow, prepare, submit
-from test_money import many_runs_manifest
 from workers.celery_app import job_enqueuer
 
 pytestmark = pytest.mark.timeout(240)

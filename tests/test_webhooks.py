@@ -9,10 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from conftest import run_job
+from conftest import many_runs_manifest, read_jsonl, run_job
 from pipeline.webhooks import WebhookServer
-from test_money import many_runs_manifest
-from test_pipeline import read_jsonl
 
 pytestmark = pytest.mark.timeout(120)
 
