@@ -39,13 +39,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from croniter import CroniterError, croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
-from .errors import EditpipeError, ManifestError, ManifestIssue, SettingsError
+from .errors import EditpipeError, ManifestError, ManifestIssue, SchedulesFileError, SettingsError
 from .jobs import PREFIX, JobStore, _load_script
 from .ledger import utc_now
 from .manifest import Locations, Money, NonEmptyText, Text, _as_text, _as_value, _pydantic_issue, _read_yaml
 from .settings import Settings
 from .storage import parse_s3_uri, s3_client
-from .submission import Prepared, RunChanges, prepare, submit
+from .submission import Finalize, Prepared, RunChanges, prepare, submit
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,6 @@ CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midni
 Outcome = Literal["started", "skipped_overlap", "failed"]
 
 
-class SchedulesFileError(ManifestError):
-    """The schedules file cannot be used, or a schedule's manifest cannot be found; every
-    issue is located in the schedules file. A ``ManifestError``, so every command prints it
-    (and exits) the way it does a manifest's issues."""
 
 
 # --- The schedules file --------------------------------------------------------------------
@@ -446,6 +442,7 @@ def start_schedule(
     jobs: JobStore,
     enqueue: Callable[[str], None],
     *,
+    finalize: Finalize,
     token: str,
     trigger: str,
 ) -> Start:
@@ -464,8 +461,8 @@ def start_schedule(
     try:
         prepared = prepare_schedule(schedule, settings, jobs)
         changes = prepared.changes
-        job_id = submit(prepared, jobs, enqueue, budget_usd=schedule.budget_usd, schedule=schedule.name,
-                        notify_url=schedule.notify)
+        job_id = submit(prepared, jobs, enqueue, finalize=finalize, budget_usd=schedule.budget_usd,
+                        schedule=schedule.name, notify_url=schedule.notify)
     except BaseException as exc:
         state.release(token)
         if isinstance(exc, Exception):
@@ -504,9 +501,9 @@ def schedule_jobs(settings: Settings) -> JobStore:
 
 
 def start_by_name(
-    settings: Settings, name: str, enqueue: Callable[[str], None], *, token: str, trigger: str
+    settings: Settings, name: str, enqueue: Callable[[str], None], *, finalize: Finalize, token: str, trigger: str
 ) -> Start:
     """Load the schedules file and start the schedule called ``name`` (``start_schedule``)."""
     jobs = schedule_jobs(settings)
     schedule = find_schedule(load_schedules(settings.schedules_file), name, settings.schedules_file)
-    return start_schedule(schedule, settings, jobs, enqueue, token=token, trigger=trigger)
+    return start_schedule(schedule, settings, jobs, enqueue, finalize=finalize, token=token, trigger=trigger)

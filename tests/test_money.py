@@ -15,6 +15,7 @@ from conftest import run_job
 from pipeline.jobs import JobStore
 from pipeline.provider import WaveSpeedClient
 from pipeline.reconcile import reconcile
+from pipeline.report import finalize_job
 from pipeline.storage import open_storage
 from pipeline.submission import follow, prepare, resume, submit
 from test_pipeline import make_image, read_jsonl, write_manifest
@@ -43,7 +44,7 @@ def many_runs_manifest(tmp_path: Path, output: str, sets: int, prompts: int = 2,
 
 def submit_job(settings, manifest: Path) -> str:
     jobs = JobStore.from_url(settings.redis_url)
-    return submit(prepare(manifest, settings), jobs, job_enqueuer(settings))
+    return submit(prepare(manifest, settings), jobs, job_enqueuer(settings), finalize=finalize_job)
 
 
 def dispatch_state(jobs: JobStore, job_id: str) -> dict:
