@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -27,6 +28,9 @@ from .output import (
     print_skipped_rows,
     print_summary,
 )
+
+if TYPE_CHECKING:
+    from ..submission import Finalize
 
 
 class EditpipeGroup(click.Group):
@@ -130,7 +134,7 @@ def _run_enqueuer(settings: Settings):
     return runs_enqueuer(settings)
 
 
-def _finalize():
+def _finalize() -> Finalize:
     from ..report import finalize_job
 
     return finalize_job
