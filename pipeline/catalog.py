@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import EditpipeError
+from .errors import CatalogUnreadable, MissingColumns
 from .settings import Settings
 from .storage import s3_client
 
@@ -35,17 +35,6 @@ FeedFormat = Literal["csv", "jsonl"]
 _READ_CHUNK = 1 << 16
 
 
-class CatalogUnreadable(EditpipeError):
-    """A feed or folder could not be opened or read to the end (a transport or format failure)."""
-
-
-class MissingColumns(EditpipeError):
-    """A CSV feed's header lacks columns the manifest names."""
-
-    def __init__(self, columns: list[str], header: list[str]):
-        self.columns = columns
-        self.header = header
-        super().__init__(f"no column {', '.join(map(repr, columns))} (the header has: {', '.join(header)})")
 
 
 @dataclass(slots=True)  # not frozen: built once per row, and frozen ones build 3 times slower

@@ -87,3 +87,26 @@ class AuthFailed(ProviderError):
 
 class PredictionFailed(ProviderError):
     """The prediction reached a terminal status other than ``completed`` (not billed)."""
+
+
+class UploadInProgress(EditpipeError):
+    """Another worker is uploading the same file right now; try this run again shortly."""
+
+
+class SchedulesFileError(ManifestError):
+    """The schedules file cannot be used, or a schedule's manifest cannot be found; every
+    issue is located in the schedules file. A ``ManifestError``, so every command prints it
+    (and exits) the way it does a manifest's issues."""
+
+
+class CatalogUnreadable(EditpipeError):
+    """A feed or folder could not be opened or read to the end (a transport or format failure)."""
+
+
+class MissingColumns(EditpipeError):
+    """A CSV feed's header lacks columns the manifest names."""
+
+    def __init__(self, columns: list[str], header: list[str]):
+        self.columns = columns
+        self.header = header
+        super().__init__(f"no column {', '.join(map(repr, columns))} (the header has: {', '.join(header)})")

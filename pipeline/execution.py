@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
-from collections.abc import Callable
 
+from .callbacks import callback_url
 from .errors import (
     AuthFailed,
     EditpipeError,
@@ -31,18 +32,20 @@ from .errors import (
     RunRejected,
     StorageError,
     SubmitUnconfirmed,
+    UploadInProgress,
 )
 from .jobs import BUDGET_EXHAUSTED, JobStore, RunState
-from .ledger import LedgerEntry, to_micros, usd, utc_now
+from .layout import sidecar_key
+from .ledger import LedgerEntry, LineKind, to_micros, usd, utc_now
 from .limits import AccountLimits
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Run
 from .provider import Prediction, WaveSpeedClient
-from .report import store_output_thumbnail
+from .records import RunResult, RunStatus, Sidecar
 from .run_index import index_line, write_batch_if_due
 from .settings import Settings
 from .storage import Storage, open_storage, presigned_get
-from .webhooks import callback_url
+from .thumbnails import store_output_thumbnail
 
 log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
@@ -131,51 +134,14 @@ def request_payload(run: Run, images: list[str]) -> dict:
     return {"images": images, "prompt": run.prompt, **run.options}
 
 
-def sidecar_key(output_key: str) -> str:
-    stem = output_key.rsplit(".", 1)[0]
-    return f"{stem}.json"
-
-
-def _result(run: Run, status: str, *, output: str | None = None, prediction_id: str | None = None,
-            cost: Decimal = Decimal("0"), error: str | None = None, retryable: bool = False,
-            not_started: bool = False, thumbnail: str | None = None) -> dict:
-    result = {
-        "index": run.index,
-        "run_key": run.run_key,
-        "image_set": run.image_set,
-        "prompt": run.prompt_id,
-        "variant": run.variant,
-        "options": run.options,
-        "status": status,
-        "output": output,
-        "prediction_id": prediction_id,
-        "cost_usd": usd(cost),
-        "error": error,
-        "finished_at": utc_now(),
-    }
-    if thumbnail:
-        result["thumbnail"] = thumbnail  # the small picture the report shows
-    if status == "failed":
-        # Whether `editpipe resume` may run it again, and whether it was never sent.
-        result["retryable"] = retryable
-        result["not_started"] = not_started
-    return result
-
-
-def skipped_result(run: Run, existing_output: str) -> dict:
-    return _result(run, "skipped", output=existing_output)
-
-
 def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None, *,
              retryable: bool = False, not_started: bool = False) -> Next:
     """Finish a run as failed; its budget reservation and slot (if any) go back first."""
     ctx.jobs.release(job_id, run.index)
     ctx.free_slot(job_id, run.index)
-    finished = ctx.jobs.finish_run(
-        job_id, run.index, outcome="failed",
-        result=_result(run, "failed", prediction_id=prediction_id, error=error, retryable=retryable,
-                       not_started=not_started),
-    )
+    result = RunResult.of(run, RunStatus.FAILED, prediction_id=prediction_id, error=error, retryable=retryable,
+                          not_started=not_started)
+    finished = ctx.jobs.finish_run(job_id, run.index, outcome=RunStatus.FAILED, result=result.to_dict())
     return Next("finalize") if finished.last else DONE
 
 
@@ -186,16 +152,12 @@ def charge_lost_answer(ctx: Context, job_id: str, run: Run, attempt: int, price:
         run_key=run.run_key,
         job_id=job_id,
         model=run.model,
-        cost_usd=usd(price),
+        cost_usd=price,
         charged_at=utc_now(),
-        kind="unconfirmed_submit",
+        kind=LineKind.UNCONFIRMED_SUBMIT,
     )
     ctx.jobs.charge_unconfirmed(job_id, run.index, f"unconfirmed:{run.index}:{attempt}", entry.to_dict(),
                                 to_micros(price))
-
-
-class UploadInProgress(Exception):
-    """Another worker is uploading the same file right now; try this run again shortly."""
 
 
 def _uploaded_url(ctx: Context, path: str, identity: str) -> str:
@@ -405,38 +367,23 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         thumbnail = store_output_thumbnail(storage, job_id, run.index, run.output_key, data)
     except (OSError, StorageError) as exc:  # Pillow raises OSError for an undecodable image
         log.warning("no thumbnail for run %s of %s: %s", run.index, job_id, exc)
-    sidecar = {
-        "run_key": run.run_key,
-        "job_id": job_id,
-        "model": run.model,
-        "prompt": run.prompt,
-        "inputs": [{"uri": ref.uri if ref.kind != "local" else Path(ref.uri).name, "identity": ref.identity}
-                   for ref in run.inputs],
-        "options": run.options,
-        "vars": run.vars,
-        "image_set": run.image_set,
-        "prompt_id": run.prompt_id,
-        "variant": run.variant,
-        "prediction_id": prediction.id,
-        "cost_usd": usd(cost),
-        "output": run.output_key,
-        "created_at": utc_now(),
-    }
-    storage.put_text(sidecar_key(run.output_key), json.dumps(sidecar, indent=2), "application/json")
+    sidecar = Sidecar(run, job_id, prediction.id, cost)
+    storage.put_text(sidecar_key(run.output_key), json.dumps(sidecar.to_dict(), indent=2), "application/json")
     entry = LedgerEntry(
         prediction_id=prediction.id,
         run_key=run.run_key,
         job_id=job_id,
         model=run.model,
-        cost_usd=usd(cost),
+        cost_usd=cost,
         charged_at=utc_now(),
     )
+    result = RunResult.of(run, RunStatus.SUCCEEDED, output=run.output_key, prediction_id=prediction.id, cost_usd=cost,
+                          thumbnail=thumbnail)
     finished = ctx.jobs.finish_run(
         job_id,
         run.index,
-        outcome="succeeded",
-        result=_result(run, "succeeded", output=run.output_key, prediction_id=prediction.id, cost=cost,
-                       thumbnail=thumbnail),
+        outcome=RunStatus.SUCCEEDED,
+        result=result.to_dict(),
         ledger_line=entry.to_dict(),
         cost_micros=to_micros(cost),
         index_line=index_line(run.run_key, run.output_key),

@@ -6,9 +6,14 @@ counters hold micro-USD integers, so an atomic ``HINCRBY`` adds money without a 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from .layout import JOBS, job_file
 
 MICROS = Decimal(1_000_000)
 CENT = Decimal("0.01")
@@ -34,21 +39,57 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_time(value: str | None) -> datetime | None:
+    """A timestamp as ``utc_now`` writes it (or any ISO 8601), or None for none or garbage."""
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+class LineKind(StrEnum):
+    """``completed``: a confirmed charge. ``unconfirmed_submit``: a submit whose answer was
+    lost (the provider may have billed it)."""
+
+    COMPLETED = "completed"
+    UNCONFIRMED_SUBMIT = "unconfirmed_submit"
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One billed prediction. ``kind`` is ``completed`` for a confirmed charge and
-    ``unconfirmed_submit`` for a submit whose answer was lost (it may have been billed)."""
+    """One billed prediction (or one that may have been billed, by ``kind``)."""
 
     prediction_id: str | None
     run_key: str
     job_id: str
     model: str
-    cost_usd: str
+    cost_usd: Decimal
     charged_at: str
-    kind: str = "completed"
+    kind: LineKind = LineKind.COMPLETED
 
     def to_dict(self) -> dict[str, str | None]:
-        return asdict(self)
+        """As stored, in Redis and in ``ledger.jsonl``: the amount a decimal string."""
+        return {
+            "prediction_id": self.prediction_id,
+            "run_key": self.run_key,
+            "job_id": self.job_id,
+            "model": self.model,
+            "cost_usd": usd(self.cost_usd),
+            "charged_at": self.charged_at,
+            "kind": self.kind.value,
+        }
+
+    @classmethod
+    def from_dict(cls, line: dict[str, Any]) -> "LedgerEntry":
+        return cls(
+            prediction_id=line.get("prediction_id"),
+            run_key=line["run_key"],
+            job_id=line["job_id"],
+            model=line["model"],
+            cost_usd=Decimal(line["cost_usd"]),
+            charged_at=line["charged_at"],
+            kind=LineKind(line.get("kind") or LineKind.COMPLETED),
+        )
 
 
 @dataclass(frozen=True)
@@ -57,30 +98,33 @@ class JobLedger:
 
     job_id: str
     schedule: str
-    lines: list[dict]
+    lines: list[LedgerEntry]
 
-    def total(self, day: str | None = None, kind: str | None = None) -> Decimal:
+    def total(self, day: str | None = None, kind: LineKind | None = None) -> Decimal:
         return sum(
-            (Decimal(line["cost_usd"]) for line in self.lines
-             if (day is None or line["charged_at"].startswith(day)) and (kind is None or line.get("kind") == kind)),
+            (line.cost_usd for line in self.lines
+             if (day is None or line.charged_at.startswith(day)) and (kind is None or line.kind == kind)),
             Decimal("0"),
         )
 
 
+def parse_ledger(text: str) -> list[LedgerEntry]:
+    """The lines of a ``ledger.jsonl``."""
+    return [LedgerEntry.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
 def read_ledgers(storage, job_id: str | None = None) -> list[JobLedger]:
     """Every finished job's ``ledger.jsonl`` under an output root (or one job's)."""
-    import json
-
-    prefix = f"jobs/{job_id}/" if job_id else "jobs/"
     out = []
-    for key in storage.list_keys(prefix):
+    for key in storage.list_keys(f"{JOBS}{job_id}/" if job_id else JOBS):
         parts = key.split("/")
         if len(parts) != 3 or parts[2] != "ledger.jsonl":
             continue
-        lines = [json.loads(line) for line in storage.get_text(key).splitlines() if line.strip()]
+        lines = parse_ledger(storage.get_text(key))
         try:
-            schedule = json.loads(storage.get_text(f"jobs/{parts[1]}/summary.json")).get("schedule") or ""
+            schedule = json.loads(storage.get_text(job_file(parts[1], "summary.json"))).get("schedule") or ""
         except FileNotFoundError:
             schedule = ""
         out.append(JobLedger(job_id=parts[1], schedule=schedule, lines=lines))
     return out
+

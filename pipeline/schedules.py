@@ -43,7 +43,7 @@ from .schedules_file import (
 )
 from .settings import Settings
 from .storage import parse_s3_uri, s3_client
-from .submission import Prepared, RunChanges, prepare, submit
+from .submission import Finalize, Prepared, RunChanges, prepare, submit
 
 # The schedules file's names, importable from here as they always were.
 __all__ = [
@@ -229,6 +229,7 @@ def start_schedule(
     jobs: JobStore,
     enqueue: Callable[[str], None],
     *,
+    finalize: Finalize,
     token: str,
     trigger: str,
 ) -> Start:
@@ -247,8 +248,8 @@ def start_schedule(
     try:
         prepared = prepare_schedule(schedule, settings, jobs)
         changes = prepared.changes
-        job_id = submit(prepared, jobs, enqueue, budget_usd=schedule.budget_usd, schedule=schedule.name,
-                        notify_url=schedule.notify)
+        job_id = submit(prepared, jobs, enqueue, finalize=finalize, budget_usd=schedule.budget_usd,
+                        schedule=schedule.name, notify_url=schedule.notify)
     except BaseException as exc:
         state.release(token)
         if isinstance(exc, Exception):
@@ -287,9 +288,9 @@ def schedule_jobs(settings: Settings) -> JobStore:
 
 
 def start_by_name(
-    settings: Settings, name: str, enqueue: Callable[[str], None], *, token: str, trigger: str
+    settings: Settings, name: str, enqueue: Callable[[str], None], *, finalize: Finalize, token: str, trigger: str
 ) -> Start:
     """Load the schedules file and start the schedule called ``name`` (``start_schedule``)."""
     jobs = schedule_jobs(settings)
     schedule = find_schedule(load_schedules(settings.schedules_file), name, settings.schedules_file)
-    return start_schedule(schedule, settings, jobs, enqueue, token=token, trigger=trigger)
+    return start_schedule(schedule, settings, jobs, enqueue, finalize=finalize, token=token, trigger=trigger)

@@ -27,17 +27,11 @@ import yaml
 from croniter import CroniterError, croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError
 
-from .errors import EditpipeError, ManifestError, ManifestIssue
+from .errors import EditpipeError, ManifestIssue, SchedulesFileError
 from .manifest import Locations, Money, NonEmptyText, Text, as_text, as_value, pydantic_issue, read_yaml
 
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
 CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-
-
-class SchedulesFileError(ManifestError):
-    """The schedules file cannot be used, or a schedule's manifest cannot be found; every
-    issue is located in the schedules file. A ``ManifestError``, so every command prints it
-    (and exits) the way it does a manifest's issues."""
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from .execution import skipped_result
 from .errors import EditpipeError
 from .jobs import JobStatus, JobStore, new_job_id
+from .layout import job_file
 from .ledger import utc_now
 from .manifest import Manifest, load_manifest
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
-from .report import finalize_job, job_prefix
+from .records import RunResult, RunStatus, skipped_result
 from .run_index import read_index, read_unwritten
 from .settings import Settings
 from .storage import Storage, open_storage, s3_object_etag
+
+
+# Writes a job's records and report and sets its final status (``report.finalize_job``).
+Finalize = Callable[[JobStore, Storage, str], object]
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,14 @@ def submit(
     jobs: JobStore,
     enqueue: Callable[[str], None],
     *,
+    finalize: Finalize,
     budget_usd: Decimal | None = None,
     schedule: str = "",
     notify_url: str = "",
 ) -> str:
     """Record the job (manifest copy in storage, runs in Redis), finish the runs already done
-    as skipped, and enqueue the first chunk of the rest.
+    as skipped, and enqueue the first chunk of the rest; a job with nothing left to run is
+    handed to ``finalize`` instead.
 
     ``budget_usd`` (a schedule's budget, say) caps the job together with the manifest's own
     ``budget_usd``: the lower of the two applies.
@@ -127,7 +133,7 @@ def submit(
     manifest = prepared.manifest
     caps = [b for b in (manifest.budget_usd, budget_usd) if b is not None]
     job_id = new_job_id(manifest.name)
-    prepared.storage.put_text(f"{job_prefix(job_id)}/manifest.yaml", manifest.source_text, "application/yaml")
+    prepared.storage.put_text(job_file(job_id, "manifest.yaml"), manifest.source_text, "application/yaml")
     jobs.create(
         job_id,
         name=manifest.name,
@@ -147,9 +153,10 @@ def submit(
     for run in prepared.plan.runs:
         existing = prepared.done.get(run.run_key)
         if existing is not None:
-            last = jobs.finish_run(job_id, run.index, outcome="skipped", result=skipped_result(run, existing)).last
+            result = skipped_result(run, existing).to_dict()
+            last = jobs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last
     if last or not prepared.plan.runs:
-        finalize_job(jobs, prepared.storage, job_id)
+        finalize(jobs, prepared.storage, job_id)
         jobs.finalized(job_id)
     else:
         enqueue(job_id)
@@ -190,12 +197,12 @@ def resume(
         raise EditpipeError(f"job {job_id} is still {status.status}: wait for it, or cancel it, then resume")
     indices = []
     finished = set()
-    for result in jobs.results(job_id):
-        finished.add(result["index"])
-        if result["status"] == "failed" and result.get("retryable"):
-            if jobs.reopen(job_id, result["index"]):
-                jobs.forget_attempts(job_id, result["index"])
-                indices.append(result["index"])
+    for result in map(RunResult.from_dict, jobs.results(job_id)):
+        finished.add(result.index)
+        if result.failed and result.retryable:
+            if jobs.reopen(job_id, result.index):
+                jobs.forget_attempts(job_id, result.index)
+                indices.append(result.index)
     indices += [i for i in range(status.total) if i not in finished]
     indices.sort()
     if not indices:

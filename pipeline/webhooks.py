@@ -1,49 +1,38 @@
-"""Webhooks: the provider POSTs each finished prediction to ``editpipe webhook-server``.
+"""Webhooks: the server the provider POSTs each finished prediction to (``editpipe webhook-server``).
 
 Optional per deployment (``EDITPIPE_WEBHOOK_URL`` and ``EDITPIPE_WEBHOOK_SECRET``): each
-submit carries a callback URL naming its run and signed with the secret, so a POST cannot
-make editpipe collect anything it did not submit. A completed prediction is handed to the
-``collect`` task (the poller hands a few at a time to ``collect_runs``; both collect through
-``execution.collect``), which claims collection once per run, so a webhook and a poll that
-both see it done store and charge it once. Polling stays the fallback: a lost
-webhook only means the next scheduled check finds it.
+submit carries a callback URL naming its run and signed with the secret (``callbacks``), so
+a POST cannot make editpipe collect anything it did not submit. A completed prediction is
+handed to the ``collect`` task (the poller hands a few at a time to ``collect_runs``; both
+collect through ``execution.collect``), which claims collection once per run, so a webhook
+and a poll that both see it done store and charge it once. Polling stays the fallback: a
+lost webhook only means the next scheduled check finds it.
+
+An interface (layer 5): it may import ``workers`` to send the task.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import threading
-from urllib.parse import quote
 
 from aiohttp import web
 
+from workers.celery_app import make_app as celery_app
+
+from .callbacks import checked_run
+from .errors import SettingsError
+from .jobs import JobStore
+from .provider import TERMINAL_OK
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def run_token(secret: str, job_id: str, index: int) -> str:
-    return hmac.new(secret.encode(), f"{job_id}:{index}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def callback_url(settings: Settings, job_id: str, index: int) -> str | None:
-    """The URL the provider calls back for one run, or None when webhooks are off."""
-    if not settings.webhook_url or settings.webhook_secret is None:
-        return None
-    token = run_token(settings.webhook_secret.get_secret_value(), job_id, index)
-    return f"{settings.webhook_url}?run={quote(job_id, safe='')}:{index}&token={token}"
-
-
 def make_app(settings: Settings) -> web.Application:
-    from workers.celery_app import make_app as celery_app
-
-    from .jobs import JobStore
-
     if settings.webhook_secret is None or not settings.redis_url:
-        raise ValueError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
+        raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
     secret = settings.webhook_secret.get_secret_value()
     jobs = JobStore.from_url(settings.redis_url)
     celery = celery_app(settings)
@@ -51,12 +40,11 @@ def make_app(settings: Settings) -> web.Application:
 
     async def receive(request: web.Request) -> web.Response:
         counts["received"] += 1
-        job_id, _, raw_index = request.query.get("run", "").rpartition(":")
-        token = request.query.get("token", "")
-        if not raw_index.isdigit() or not hmac.compare_digest(token, run_token(secret, job_id, int(raw_index))):
+        run = checked_run(secret, request.query.get("run", ""), request.query.get("token", ""))
+        if run is None:
             counts["rejected"] += 1
             return web.json_response({"error": "unknown run or bad token"}, status=403)
-        index = int(raw_index)
+        job_id, index = run
         try:
             body = await request.json()
         except ValueError:
@@ -68,7 +56,7 @@ def make_app(settings: Settings) -> web.Application:
         if known != prediction_id:
             # Not (yet) recorded as this run's prediction: the poll will settle it.
             return web.json_response({"accepted": False})
-        if status == "completed":
+        if status == TERMINAL_OK:
             outputs = [str(o) for o in data.get("outputs") or []]
             await asyncio.to_thread(celery.send_task, "editpipe.collect", (job_id, index, prediction_id, outputs))
             counts["collected"] += 1

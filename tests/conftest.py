@@ -34,6 +34,7 @@ from pydantic import SecretStr
 from pipeline.embedded import free_port, private_redis, worker_env
 from pipeline.jobs import JobStatus, JobStore
 from pipeline.modelspec import load_model_specs
+from pipeline.report import finalize_job
 from pipeline.settings import Settings
 from pipeline.simulator import SimConfig, Simulator
 from pipeline.submission import follow, prepare, submit
@@ -188,7 +189,7 @@ def jobs(settings: Settings) -> JobStore:
 def run_job(settings: Settings, manifest: Path, timeout_s: float = 120) -> JobStatus:
     """Submit a manifest the way `editpipe submit --wait` does and wait for the job to end."""
     store = JobStore.from_url(settings.redis_url or "")
-    job_id = submit(prepare(manifest, settings), store, job_enqueuer(settings))
+    job_id = submit(prepare(manifest, settings), store, job_enqueuer(settings), finalize=finalize_job)
     status = follow(store, job_id, lambda s: None, interval_s=0.2, timeout_s=timeout_s)
     assert status.done, f"job {job_id} did not finish in {timeout_s}s: {status}"
     return status

@@ -15,6 +15,7 @@ from conftest import many_runs_manifest, read_jsonl, run_job, write_manifest
 from pipeline.jobs import JobStore
 from pipeline.provider import WaveSpeedClient
 from pipeline.reconcile import reconcile
+from pipeline.report import finalize_job
 from pipeline.storage import open_storage
 from pipeline.submission import follow, prepare, resume, submit
 from workers.celery_app import job_enqueuer, runs_enqueuer
@@ -28,7 +29,7 @@ def ledger_total(lines: list[dict]) -> Decimal:
 
 def submit_job(settings, manifest: Path) -> str:
     jobs = JobStore.from_url(settings.redis_url)
-    return submit(prepare(manifest, settings), jobs, job_enqueuer(settings))
+    return submit(prepare(manifest, settings), jobs, job_enqueuer(settings), finalize=finalize_job)
 
 
 def dispatch_state(jobs: JobStore, job_id: str) -> dict:

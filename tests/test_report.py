@@ -24,10 +24,12 @@ from conftest import API_KEY, make_image, run_job, write_manifest
 from pipeline.embedded import free_port
 from pipeline.errors import EditpipeError
 from pipeline.jobs import JobStore
-from pipeline.ledger import utc_now
+from pipeline.ledger import LedgerEntry, LineKind, utc_now
 from pipeline.notify import notify
 from pipeline.plan import InputRef, Run
-from pipeline.report import PAGE_SIZE, finalize_job, report_command, report_location
+from pipeline.records import RunResult, RunStatus
+from pipeline.cli.report import report_command
+from pipeline.report import PAGE_SIZE, finalize_job, report_location
 from pipeline.storage import LocalStorage, open_storage
 
 pytestmark = pytest.mark.timeout(300)
@@ -216,6 +218,23 @@ def test_a_thousand_run_job_finalizes_quickly_and_a_second_finalize_reuses_the_t
     assert len(thumbs) == 1001  # one per output, one for the input all runs share
     assert first < 60 and second < first / 2, (first, second)
     assert len(list(storage.list_keys(f"jobs/{job_id}/report"))) == 1000 // PAGE_SIZE
+
+
+def test_a_result_and_a_ledger_line_keep_their_json_through_the_typed_values():
+    run = Run(4, "c" * 64, "shoes", "studio", 2, "m", "prompt", {"aspect_ratio": "3:2"},
+              (InputRef("/in/a.png", "local", "sha256:" + "ab" * 32),), "shoes/studio-2.png", {})
+    failed = RunResult.of(run, RunStatus.FAILED, error="boom", retryable=True).to_dict()
+    succeeded = RunResult.of(run, RunStatus.SUCCEEDED, output=run.output_key, prediction_id="p1",
+                             cost_usd=Decimal("0.1"), thumbnail="t.jpg").to_dict()
+    line = LedgerEntry("p1", run.run_key, "j", "m", Decimal("0.035"), utc_now(), LineKind.UNCONFIRMED_SUBMIT)
+
+    assert list(failed) == ["index", "run_key", "image_set", "prompt", "variant", "options", "status", "output",
+                            "prediction_id", "cost_usd", "error", "finished_at", "retryable", "not_started"]
+    assert succeeded["cost_usd"] == "0.10" and succeeded["thumbnail"] == "t.jpg" and "retryable" not in succeeded
+    for stored in (failed, succeeded):
+        assert RunResult.from_dict(json.loads(json.dumps(stored))).to_dict() == stored
+    assert line.to_dict()["cost_usd"] == "0.035" and line.to_dict()["kind"] == "unconfirmed_submit"
+    assert LedgerEntry.from_dict(json.loads(json.dumps(line.to_dict()))) == line
 
 
 # The webhook

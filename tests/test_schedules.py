@@ -22,11 +22,12 @@ from click.testing import CliRunner
 
 from conftest import AWS_ENV, ROOT, make_image, read_jsonl
 from pipeline.cli import EditpipeGroup
+from pipeline.cli.schedules import schedules
 from pipeline.embedded import worker_env
 from pipeline.errors import ManifestError
 from pipeline.jobs import JobStatus, JobStore
+from pipeline.report import finalize_job
 from pipeline.schedules import ScheduleState, Start, load_schedules, start_schedule
-from pipeline.schedules_cli import schedules
 from pipeline.settings import Settings
 from pipeline.submission import follow
 from workers.beat import CronSchedule, Scheduler
@@ -74,7 +75,7 @@ def start(settings: Settings, path: Path, name: str, token: str) -> Start:
     schedule = {s.name: s for s in load_schedules(path)}[name]
     jobs = JobStore.from_url(settings.redis_url or "")
     return start_schedule(schedule, settings.with_overrides(schedules_file=path), jobs, job_enqueuer(settings),
-                          token=token, trigger="beat")
+                          finalize=finalize_job, token=token, trigger="beat")
 
 
 def wait_done(settings: Settings, job_id: str, timeout_s: float = 90) -> JobStatus:

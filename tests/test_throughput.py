@@ -11,6 +11,7 @@ from conftest import many_runs_manifest, run_job
 from pipeline.dispatch import LATENCY_KEY
 from pipeline.jobs import JobStore
 from pipeline.limits import AccountLimits
+from pipeline.report import finalize_job
 from pipeline.submission import follow, prepare, submit
 from workers.celery_app import job_enqueuer
 
@@ -56,7 +57,7 @@ def test_a_killed_workers_slots_come_back_and_the_job_completes(tmp_path, settin
     workers.start(count=1, concurrency=4)
     jobs = JobStore.from_url(settings.redis_url)
     job_id = submit(prepare(many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=4), workers.settings), jobs,
-                    job_enqueuer(workers.settings))
+                    job_enqueuer(workers.settings), finalize=finalize_job)
     deadline = time.monotonic() + 30
     while sim.stats()["processing"] < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -81,9 +82,9 @@ def test_a_small_job_behind_a_large_one_starts_at_once(tmp_path, settings, sim, 
     (tmp_path / "big").mkdir()
     (tmp_path / "small").mkdir()
     big = submit(prepare(many_runs_manifest(tmp_path / "big", f"s3://{bucket}/big", sets=40), workers.settings),
-                 jobs, enqueue)
+                 jobs, enqueue, finalize=finalize_job)
     small = submit(prepare(many_runs_manifest(tmp_path / "small", f"s3://{bucket}/small", sets=3),
-                           workers.settings), jobs, enqueue)
+                           workers.settings), jobs, enqueue, finalize=finalize_job)
 
     small_status = follow(jobs, small, lambda s: None, 0.2, 60)
 

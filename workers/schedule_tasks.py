@@ -7,6 +7,7 @@ import logging
 from celery import Task
 
 from pipeline.errors import EditpipeError
+from pipeline.report import finalize_job
 from pipeline.schedules import start_by_name
 from pipeline.settings import Settings
 
@@ -21,7 +22,8 @@ def run_schedule(self: Task, name: str) -> None:
     (a bad manifest, say) is logged and recorded, never retried: the next trigger tries again."""
     settings = Settings.from_env()
     try:
-        start = start_by_name(settings, name, job_enqueuer(settings), token=self.request.id or "", trigger="beat")
+        start = start_by_name(settings, name, job_enqueuer(settings), finalize=finalize_job,
+                              token=self.request.id or "", trigger="beat")
     except EditpipeError as exc:
         log.error("schedule %s: not started: %s", name, exc)
         return

@@ -18,10 +18,11 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .errors import EditpipeError
-from .jobs import JobStore
-from .schedules import Schedule, ScheduleState, Start, load_schedules, schedule_jobs, start_by_name
-from .settings import Settings
+from ..errors import EditpipeError
+from ..jobs import JobStore
+from ..schedules import Schedule, ScheduleState, Start, load_schedules, schedule_jobs, start_by_name
+from ..settings import Settings
+from .output import console, err, finish
 
 
 @click.group("schedules", invoke_without_command=True)
@@ -32,8 +33,6 @@ def schedules(ctx: click.Context, as_json: bool) -> None:
     (`celery -A workers beat` runs them; `schedules run NAME` starts one now)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .cli import console
-
     settings = Settings.from_env()
     path = settings.schedules_file
     listed = load_schedules(path)
@@ -107,20 +106,17 @@ def run_now(name: str, wait: bool) -> None:
     """Start schedule NAME now (unless its previous run is still active); prints the job id."""
     from workers.celery_app import job_enqueuer
 
-    from .cli import _exit_code, _failures, _print_summary, _progress_follow, err
+    from ..report import finalize_job
 
     settings = Settings.from_env()
-    start = start_by_name(settings, name, job_enqueuer(settings), token=uuid.uuid4().hex, trigger="manual")
+    start = start_by_name(settings, name, job_enqueuer(settings), finalize=finalize_job, token=uuid.uuid4().hex,
+                          trigger="manual")
     if start.outcome != "started":
         raise EditpipeError(f"schedule {name}: not started: {start.reason}")
     click.echo(start.job_id)
     err.print(_changes_line(start), markup=False)
     if wait:
-        jobs = schedule_jobs(settings)
-        status = _progress_follow(jobs, start.job_id)
-        _print_summary(status)
-        _failures(jobs, start.job_id)
-        sys.exit(_exit_code(status))
+        sys.exit(finish(schedule_jobs(settings), start.job_id))
 
 
 def _changes_line(start: Start) -> str:

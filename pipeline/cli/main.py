@@ -1,4 +1,4 @@
-"""The ``editpipe`` command line.
+"""The ``editpipe`` command group and its job commands.
 
 Exit codes (manifest.md): 0 every run succeeded or was skipped; 1 some runs failed;
 2 the manifest or the settings are invalid (nothing was paid).
@@ -9,21 +9,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import EditpipeError, ManifestError, SettingsError
-from .jobs import JobStatus, JobStore
-from .ledger import usd
-from .settings import Settings
+from ..errors import EditpipeError, ManifestError, SettingsError
+from ..jobs import JobStore
+from ..ledger import LineKind, usd
+from ..settings import Settings
+from .output import (
+    EXIT_FAILED_RUNS,
+    EXIT_INVALID,
+    EXIT_OK,
+    console,
+    err,
+    finish,
+    print_skipped_rows,
+    print_summary,
+)
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_OK, EXIT_FAILED_RUNS, EXIT_INVALID = 0, 1, 2
+if TYPE_CHECKING:
+    from ..submission import Finalize
 
 
 class EditpipeGroup(click.Group):
@@ -55,10 +62,6 @@ def _jobs(settings: Settings) -> JobStore:
     return JobStore.from_url(settings.redis_url)
 
 
-def _exit_code(status: JobStatus) -> int:
-    return EXIT_OK if status.failed == 0 and status.status in ("succeeded",) else EXIT_FAILED_RUNS
-
-
 @click.group(cls=EditpipeGroup)
 @click.version_option(package_name="editpipe")
 def main() -> None:
@@ -69,7 +72,7 @@ def main() -> None:
 @click.argument("manifest", type=click.Path(path_type=Path))
 def validate(manifest: Path) -> None:
     """Check a manifest; print every error as file:line:col: field: message."""
-    from .submission import prepare
+    from ..submission import prepare
 
     prepared = prepare(manifest, _settings())
     console.print(f"{manifest}: ok, {len(prepared.plan.runs)} runs", markup=False)
@@ -78,7 +81,7 @@ def validate(manifest: Path) -> None:
 @main.command()
 def schema() -> None:
     """Print the manifest's JSON Schema (for editors)."""
-    from .manifest import manifest_json_schema
+    from ..manifest import manifest_json_schema
 
     click.echo(json.dumps(manifest_json_schema(), indent=2))
 
@@ -93,7 +96,7 @@ FORCE = click.option("--force", is_flag=True, help="Pay again for runs whose out
 def plan(manifest: Path, limit: int, force: bool) -> None:
     """Show the runs a manifest expands to, which are already done, and what the new ones
     would cost. Pays nothing."""
-    from .submission import prepare
+    from ..submission import prepare
 
     prepared = prepare(manifest, _settings(), force=force)
     runs = prepared.plan.runs
@@ -109,7 +112,7 @@ def plan(manifest: Path, limit: int, force: bool) -> None:
     if len(runs) > limit:
         console.print(f"… and {len(runs) - limit} more", markup=False)
     budget = prepared.manifest.budget_usd
-    _print_skipped_rows(prepared)
+    print_skipped_rows(prepared)
     changes = prepared.changes
     console.print(f"Runs: {len(runs)} planned: {changes.new} new, {changes.changed} changed, "
                   f"{changes.unchanged} already done (skipped at $0)", markup=False)
@@ -117,63 +120,6 @@ def plan(manifest: Path, limit: int, force: bool) -> None:
     if budget is not None:
         verdict = "within" if prepared.estimated_usd <= budget else "OVER"
         console.print(f"Budget: ${usd(budget)} ({verdict} budget)", markup=False)
-
-
-def _print_skipped_rows(prepared, limit: int = 5) -> None:
-    """Catalog rows left out under ``on_bad_row: skip``: a count and the first few."""
-    rows = prepared.plan.skipped_rows
-    if rows:
-        err.print(f"{len(rows)} catalog row(s) skipped:", markup=False)
-        for message in rows[:limit]:
-            err.print(f"  {message}", markup=False)
-
-
-def _progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
-    from .submission import follow
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ok {task.fields[ok]} · failed {task.fields[failed]} · ${task.fields[spent]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(job_id, total=None, ok=0, failed=0, spent="0.00")
-
-        def show(status: JobStatus) -> None:
-            progress.update(
-                task,
-                total=status.total,
-                completed=status.finished,
-                ok=status.succeeded + status.skipped,
-                failed=status.failed,
-                spent=usd(status.spent_usd),
-            )
-
-        return follow(jobs, job_id, show)
-
-
-def _print_summary(status: JobStatus) -> None:
-    console.print(
-        f"Job {status.id}: {status.status}\n"
-        f"  runs: {status.total} planned, {status.succeeded} succeeded, {status.skipped} skipped, {status.failed} failed\n"
-        f"  spent: ${usd(status.spent_usd)}"
-        + (f" of ${usd(status.budget_usd)} budget" if status.budget_usd is not None else "")
-        + f"\n  results: {status.output}/jobs/{status.id}/  (report.html, results.jsonl, ledger.jsonl)",
-        markup=False,
-    )
-    if status.error:
-        console.print(f"  error: {status.error}", markup=False)
-
-
-def _failures(jobs: JobStore, job_id: str, limit: int = 10) -> None:
-    failed = [r for r in jobs.results(job_id) if r["status"] == "failed"]
-    for r in failed[:limit]:
-        console.print(f"  failed {r['image_set']}/{r['prompt']}/v{r['variant']}: {r['error']}", markup=False)
-    if len(failed) > limit:
-        console.print(f"  … {len(failed) - limit} more in results.jsonl", markup=False)
 
 
 def _enqueuer(settings: Settings):
@@ -188,6 +134,12 @@ def _run_enqueuer(settings: Settings):
     return runs_enqueuer(settings)
 
 
+def _finalize() -> Finalize:
+    from ..report import finalize_job
+
+    return finalize_job
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--simulate", is_flag=True, help="Run against the built-in API simulator (nothing is paid).")
@@ -196,14 +148,14 @@ def _run_enqueuer(settings: Settings):
 @FORCE
 def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: bool) -> None:
     """Run a manifest start to finish on this machine (private Redis, workers, progress bar)."""
-    from .embedded import embedded
-    from .submission import prepare, submit
+    from ..embedded import embedded
+    from ..submission import prepare, submit
 
     settings = _settings()
     if not simulate:
         settings.require_api_key()
     prepared = prepare(manifest, settings, force=force)
-    _print_skipped_rows(prepared)
+    print_skipped_rows(prepared)
     console.print(
         f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs ({len(prepared.done)} already done), "
         f"estimated ${usd(prepared.estimated_usd)}"
@@ -212,11 +164,9 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: b
     )
     with embedded(settings, simulate=simulate, workers=workers, concurrency=concurrency) as live:
         jobs = _jobs(live)
-        job_id = submit(prepared, jobs, _enqueuer(live))
-        status = _progress_follow(jobs, job_id)
-        _print_summary(status)
-        _failures(jobs, job_id)
-    sys.exit(_exit_code(status))
+        job_id = submit(prepared, jobs, _enqueuer(live), finalize=_finalize())
+        code = finish(jobs, job_id)
+    sys.exit(code)
 
 
 @main.command("submit")
@@ -225,19 +175,16 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: b
 @FORCE
 def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
     """Submit a manifest to the workers (`celery -A workers worker`); prints the job id."""
-    from .submission import prepare, submit
+    from ..submission import prepare, submit
 
     settings = _settings()
     jobs = _jobs(settings)
     prepared = prepare(manifest, settings, force=force, jobs=jobs)
-    _print_skipped_rows(prepared)
-    job_id = submit(prepared, jobs, _enqueuer(settings))
+    print_skipped_rows(prepared)
+    job_id = submit(prepared, jobs, _enqueuer(settings), finalize=_finalize())
     click.echo(job_id)
     if wait:
-        status = _progress_follow(jobs, job_id)
-        _print_summary(status)
-        _failures(jobs, job_id)
-        sys.exit(_exit_code(status))
+        sys.exit(finish(jobs, job_id))
 
 
 @main.command()
@@ -249,7 +196,7 @@ def status(job_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:
-        _print_summary(st)
+        print_summary(st)
 
 
 @main.command()
@@ -283,7 +230,7 @@ def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
     budget-exhausted, lost); finished runs are not touched."""
     from decimal import Decimal, InvalidOperation
 
-    from .submission import resume as resume_job
+    from ..submission import resume as resume_job
 
     settings = _settings()
     jobs = _jobs(settings)
@@ -294,10 +241,7 @@ def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
     indices = resume_job(jobs, job_id, _run_enqueuer(settings), budget_usd=budget)
     console.print(f"{job_id}: {len(indices)} runs enqueued again", markup=False)
     if wait and indices:
-        status = _progress_follow(jobs, job_id)
-        _print_summary(status)
-        _failures(jobs, job_id)
-        sys.exit(_exit_code(status))
+        sys.exit(finish(jobs, job_id))
 
 
 def _output_roots(settings: Settings, outputs: tuple[str, ...]) -> list[str]:
@@ -318,8 +262,8 @@ def ledger(job_id: str | None, day: str | None, schedule: str | None, outputs: t
     """Totals from the ledger files in storage (the record), per job."""
     from decimal import Decimal
 
-    from .ledger import read_ledgers
-    from .storage import open_storage
+    from ..ledger import read_ledgers
+    from ..storage import open_storage
 
     settings = _settings()
     rows = []
@@ -327,14 +271,14 @@ def ledger(job_id: str | None, day: str | None, schedule: str | None, outputs: t
         for book in read_ledgers(open_storage(root, settings), job_id):
             if schedule and book.schedule != schedule:
                 continue
-            lines = [l for l in book.lines if day is None or l["charged_at"].startswith(day)]
+            lines = [line for line in book.lines if day is None or line.charged_at.startswith(day)]
             if not lines:
                 continue
             rows.append({
                 "job_id": book.job_id, "schedule": book.schedule or None, "output": root,
                 "lines": len(lines),
-                "completed_usd": usd(book.total(day, "completed")),
-                "unconfirmed_usd": usd(book.total(day, "unconfirmed_submit")),
+                "completed_usd": usd(book.total(day, LineKind.COMPLETED)),
+                "unconfirmed_usd": usd(book.total(day, LineKind.UNCONFIRMED_SUBMIT)),
                 "total_usd": usd(book.total(day)),
             })
     total = sum((Decimal(r["total_usd"]) for r in rows), Decimal("0"))
@@ -358,9 +302,9 @@ def ledger(job_id: str | None, day: str | None, schedule: str | None, outputs: t
 def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
     """Check a job's ledger against the provider and its results; list every difference.
     Exit 0 when none, 1 otherwise."""
-    from .provider import WaveSpeedClient
-    from .reconcile import reconcile as check
-    from .storage import open_storage
+    from ..provider import WaveSpeedClient
+    from ..reconcile import reconcile as check
+    from ..storage import open_storage
 
     settings = _settings()
     root = output or _jobs(settings).status(job_id).output
@@ -385,18 +329,15 @@ def webhook_server(host: str, port: int) -> None:
     public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike)."""
     from aiohttp import web
 
-    from .webhooks import make_app
+    from ..webhooks import make_app
 
-    settings = _settings()
-    if settings.webhook_secret is None or not settings.redis_url:
-        raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
-    web.run_app(make_app(settings), host=host, port=port, access_log=None)
+    web.run_app(make_app(_settings()), host=host, port=port, access_log=None)
 
 
 def _attach_commands() -> None:
+    from ..simulator.cli import simulate_api
     from .report import report_command
-    from .schedules_cli import schedules
-    from .simulator.cli import simulate_api
+    from .schedules import schedules
 
     main.add_command(simulate_api, "simulate-api")
     main.add_command(report_command, "report")

@@ -1,0 +1,86 @@
+"""What every command prints: the consoles, a job's progress bar, its summary, its failures,
+and the exit code a finished job gives (0 every run succeeded or was skipped, 1 otherwise)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..jobs import JobStatus, JobStore
+from ..ledger import usd
+from ..records import JobState, RunResult
+
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED_RUNS, EXIT_INVALID = 0, 1, 2
+
+
+def exit_code(status: JobStatus) -> int:
+    return EXIT_OK if status.failed == 0 and status.status == JobState.SUCCEEDED else EXIT_FAILED_RUNS
+
+
+def print_skipped_rows(prepared, limit: int = 5) -> None:
+    """Catalog rows left out under ``on_bad_row: skip``: a count and the first few."""
+    rows = prepared.plan.skipped_rows
+    if rows:
+        err.print(f"{len(rows)} catalog row(s) skipped:", markup=False)
+        for message in rows[:limit]:
+            err.print(f"  {message}", markup=False)
+
+
+def progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
+    """Follow a job with a progress bar (on stderr) until it is finalized."""
+    from ..submission import follow
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("ok {task.fields[ok]} · failed {task.fields[failed]} · ${task.fields[spent]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(job_id, total=None, ok=0, failed=0, spent="0.00")
+
+        def show(status: JobStatus) -> None:
+            progress.update(
+                task,
+                total=status.total,
+                completed=status.finished,
+                ok=status.succeeded + status.skipped,
+                failed=status.failed,
+                spent=usd(status.spent_usd),
+            )
+
+        return follow(jobs, job_id, show)
+
+
+def print_summary(status: JobStatus) -> None:
+    console.print(
+        f"Job {status.id}: {status.status}\n"
+        f"  runs: {status.total} planned, {status.succeeded} succeeded, {status.skipped} skipped, {status.failed} failed\n"
+        f"  spent: ${usd(status.spent_usd)}"
+        + (f" of ${usd(status.budget_usd)} budget" if status.budget_usd is not None else "")
+        + f"\n  results: {status.output}/jobs/{status.id}/  (report.html, results.jsonl, ledger.jsonl)",
+        markup=False,
+    )
+    if status.error:
+        console.print(f"  error: {status.error}", markup=False)
+
+
+def print_failures(jobs: JobStore, job_id: str, limit: int = 10) -> None:
+    failed = [r for r in map(RunResult.from_dict, jobs.results(job_id)) if r.failed]
+    for r in failed[:limit]:
+        console.print(f"  failed {r.image_set}/{r.prompt}/v{r.variant}: {r.error}", markup=False)
+    if len(failed) > limit:
+        console.print(f"  … {len(failed) - limit} more in results.jsonl", markup=False)
+
+
+def finish(jobs: JobStore, job_id: str) -> int:
+    """Follow a job to its end, print its summary and failures; the exit code it gives."""
+    status = progress_follow(jobs, job_id)
+    print_summary(status)
+    print_failures(jobs, job_id)
+    return exit_code(status)

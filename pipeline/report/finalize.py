@@ -1,0 +1,102 @@
+"""Finalize: a finished job's records, written to storage before its final status is set.
+
+``results.jsonl`` (one line per planned run), ``ledger.jsonl`` (one line per billed
+prediction), ``job.json`` and ``summary.json`` (counts, spend against budget, duration,
+failures), the job's run index, then the report pages. Finalizing is idempotent: running
+it twice writes the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
+from ..jobs import BUDGET_EXHAUSTED, JobStatus, JobStore
+from ..layout import job_file, job_prefix, page_key
+from ..ledger import LedgerEntry, parse_time, usd, utc_now
+from ..notify import notify
+from ..records import JobState, RunResult
+from ..run_index import write_job_index
+from ..storage import Storage
+from .pages import PAGE_SIZE, write_report
+
+log = logging.getLogger(__name__)
+
+
+def _jsonl(lines: Iterable[dict]) -> str:
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+
+
+def final_status(jobs: JobStore, status: JobStatus) -> JobState:
+    if jobs.field(status.id, "cancel_requested"):
+        return JobState.CANCELLED
+    if jobs.field(status.id, BUDGET_EXHAUSTED):
+        return JobState.BUDGET_EXHAUSTED
+    if jobs.stop_reason(status.id) or (status.succeeded + status.skipped == 0 and status.failed):
+        return JobState.FAILED
+    return JobState.SUCCEEDED if status.failed == 0 else JobState.PARTIAL
+
+
+def finalize_job(jobs: JobStore, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE) -> JobStatus:
+    """Write the job's records and report to storage, then set its final status (so that a
+    job seen as finished always has its files), then notify the job's webhook, if any."""
+    status = jobs.status(job_id)
+    stored = jobs.results(job_id)
+    results = [RunResult.from_dict(r) for r in stored]
+    ledger = [LedgerEntry.from_dict(line) for line in jobs.ledger(job_id)]
+    storage.put_text(job_file(job_id, "results.jsonl"), _jsonl(r.public() for r in results), "application/x-ndjson")
+    storage.put_text(job_file(job_id, "ledger.jsonl"), _jsonl(line.to_dict() for line in ledger),
+                     "application/x-ndjson")
+    write_job_index(jobs, storage, job_id, stored)
+    final = final_status(jobs, status)
+    finished_at = jobs.field(job_id, "finished_at") or utc_now()
+    summary = job_summary(jobs, status, results, final=final, finished_at=finished_at)
+    summary["pages"] = max(1, -(-len(results) // page_size))
+    summary["report"] = storage.location(page_key(job_prefix(job_id), 1))
+    text = json.dumps(summary, indent=2)
+    storage.put_text(job_file(job_id, "summary.json"), text, "application/json")
+    storage.put_text(job_file(job_id, "job.json"), text, "application/json")
+    try:
+        write_report(jobs, storage, job_id, summary, results, page_size=page_size)
+    except Exception:  # noqa: BLE001 - the page is for people; the job's records are written
+        log.exception("job %s: the report could not be written", job_id)
+    jobs.set_final(job_id, final, finished_at)
+    notify_url = jobs.field(job_id, "notify_url")
+    if notify_url:
+        notify(notify_url, summary)
+    return jobs.status(job_id)
+
+
+def job_summary(jobs: JobStore, status: JobStatus, results: list[RunResult], *, final: JobState,
+                finished_at: str) -> dict:
+    """The summary a machine reads (``summary.json``, the webhook's body)."""
+    summary = status.to_dict()
+    summary["status"] = final.value
+    summary["finished_at"] = finished_at
+    summary["started_at"] = jobs.field(status.id, "started_at")
+    start = parse_time(summary["started_at"]) or parse_time(status.created_at)
+    end = parse_time(finished_at)
+    summary["duration_s"] = round((end - start).total_seconds(), 1) if start and end else None
+    budget = status.budget_usd
+    summary["budget_remaining_usd"] = usd(budget - status.spent_usd) if budget is not None else None
+    summary["budget_used_pct"] = (
+        round(float(status.spent_usd / budget * 100), 1) if budget else None
+    )
+    failed = [r for r in results if r.failed]
+    summary["failure_reasons"] = [
+        {"reason": reason, "count": count}
+        for reason, count in Counter(r.error or "unknown" for r in failed).most_common()
+    ]
+    summary["failures"] = [
+        {"run_key": r.run_key, "image_set": r.image_set, "prompt": r.prompt, "variant": r.variant, "error": r.error}
+        for r in failed
+    ]
+    # Runs never sent (budget used up, cancelled, key rejected): `editpipe resume` runs them.
+    summary["not_started"] = [r.run_key for r in failed if r.not_started]
+    # Against what the output root already held when the job was planned (incremental runs).
+    summary["changes"] = {
+        name: int(jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
+    }
+    return summary
