@@ -29,7 +29,8 @@ LAYERS: dict[str, int] = {
     "pipeline.manifest": DOMAIN,
     "pipeline.plan": DOMAIN,
     "pipeline.ledger": DOMAIN,
-    "pipeline.layout": DOMAIN,  # where a job's files live under its output root
+    "pipeline.layout": DOMAIN,
+    "pipeline.records": DOMAIN,  # a run's result and a ledger line, as typed values  # where a job's files live under its output root
     # The provider client, storage, the state layer (the only holder of a Redis client),
     # and what reads outside sources for them.
     "pipeline.provider": ADAPTERS,
@@ -48,7 +49,6 @@ LAYERS: dict[str, int] = {
     "pipeline.reconcile": ENGINE,
     "pipeline.schedules": ENGINE,
     # Records, reports, notifications, metrics.
-    "pipeline.records": OUTPUTS,
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
@@ -86,10 +86,12 @@ def modules_under(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
 
 
 def imports_of(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The modules of ``known`` that ``module`` imports, anywhere in its body."""
+    """The modules of ``known`` that ``module`` imports, anywhere in its body except under
+    ``if TYPE_CHECKING:`` (names for annotations only: never executed, so they create no
+    dependency at run time and cannot close a cycle)."""
     is_package = path.name == "__init__.py"
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -107,6 +109,24 @@ def imports_of(module: str, path: Path, known: dict[str, Path]) -> set[str]:
         if name and name != module:
             targets.add(name)
     return targets
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those inside an ``if TYPE_CHECKING:`` block."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                todo.extend(child.orelse)
+            else:
+                todo.append(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def layer_of(module: str, layers: dict[str, int]) -> int | None:
@@ -199,13 +219,15 @@ def test_the_check_finds_a_cycle_an_upward_import_a_workers_import_a_long_module
         "pkg/sub/__init__.py": "",
         "pkg/sub/reader.py": "import workers.app\n" + "x = 1\n" * 20,
         "pkg/stray.py": "from . import low\n",
+        # Annotations only: not an upward import, and no cycle with pkg.high.
+        "pkg/typed.py": "import typing\nif typing.TYPE_CHECKING:\n    from .high import thing\n",
         "workers/__init__.py": "",
         "workers/app.py": "from pkg import low\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    layers = {"pkg.low": 1, "pkg.high": 2, "pkg.sub": 1, "workers": 5}  # "pkg" and "pkg.stray" in none
+    layers = {"pkg.low": 1, "pkg.high": 2, "pkg.sub": 1, "pkg.typed": 1, "workers": 5}  # "pkg" and "pkg.stray" in none
 
     found = check(tmp_path, ("pkg", "workers"), layers, library="pkg", max_lines=10)
 
