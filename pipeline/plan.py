@@ -49,6 +49,7 @@ from .modelspec import DEFAULT_MODEL, ModelSpec
 if TYPE_CHECKING:
     from .manifest import AnyImageSet, Defaults, Manifest, Prompt, RunSpec
 
+# A run's output_format → the extension of its output key.
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _CHUNK = 1 << 20
 

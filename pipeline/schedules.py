@@ -45,7 +45,7 @@ from .settings import Settings
 from .storage import parse_s3_uri, s3_client
 from .submission import Finalize, Prepared, RunChanges, prepare, submit
 
-# The schedules file's names, importable from here as they always were.
+# With the schedules file's names, importable from here as they always were.
 __all__ = [
     "HISTORY_LENGTH",
     "START_TTL_S",

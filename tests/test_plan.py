@@ -384,6 +384,7 @@ prompts:
   - {id: c, text: One.}
   - {id: b/c, text: Two.}
 """, False),
+    "a key unsafe as text": ("../{image_set}/{prompt}/{aspect_ratio}/{variant}", SETS + PROMPTS, False),
     "an unsafe var value": (
         "{image_set}/{shade}/{prompt}/{aspect_ratio}/{variant}",
         SETS.replace("shade: cool", 'shade: ".."') + PROMPTS,

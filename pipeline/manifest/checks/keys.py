@@ -34,7 +34,7 @@ def _is_segment(value: str) -> bool:
 def output_keys(ctx: Context) -> None:
     """Report each run whose key is unsafe or another run's (the first ``MAX_RUN_ISSUES``,
     then how many more)."""
-    if not ctx.issues and distinct_by_shape(ctx.manifest, ctx.specs):
+    if distinct_by_shape(ctx.manifest, ctx.specs):
         return
     path: DocPath = ("output_key",)
     first: dict[str, tuple[PairRuns, Mapping[str, str], int]] = {}
@@ -68,16 +68,20 @@ def distinct_by_shape(manifest: Manifest, specs: Mapping[str, ModelSpec]) -> boo
     """True only when every run's output key is safe and no two are equal, known without
     rendering them; False when that takes rendering (which may find them fine too).
 
-    For a manifest that passed every other check, whose ``output_key`` is safe as text:
-    when each placeholder fills whole ``/`` segments and every value put in holds no ``/``,
-    a key's segments give back each value it was rendered from, so keys are safe when each
-    value is a safe segment and distinct when the values are: ``image_set``, ``prompt`` and
-    ``variant`` tell pairs and variants apart (ids are unique, and so are the pairs of a
-    ``runs`` list here), and the template's option names tell a pair's option sets apart.
+    When the template is safe as text, each of its placeholders fills whole ``/`` segments
+    and no value put in holds a ``/``, a key's segments give back each value it was
+    rendered from. Its keys are then safe when each value is a safe segment, and distinct
+    when the values are: ``image_set``, ``prompt`` and ``variant`` tell pairs and variants
+    apart (given unique ids, and a ``runs`` list naming each pair once), and the template's
+    option names tell a pair's option sets apart.
     """
     template = manifest.output_template
     names = template.names
     if not template.fills_whole_segments or not set(RUN_FIELDS) <= set(names):
+        return False
+    if unsafe_key(template.render(dict.fromkeys(names, "x"))) is not None:
+        return False
+    if len(manifest.sets_by_id) != len(manifest.image_sets) or len(manifest.prompts_by_id) != len(manifest.prompts):
         return False
     if manifest.runs is not None and len({(e.image_set, e.prompt) for e in manifest.runs}) != len(manifest.runs):
         return False
