@@ -16,9 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import EditpipeError, ManifestError, SettingsError
-from .jobs import JobStatus, JobStore
 from .ledger import usd
 from .settings import Settings
+from .state import JobStatus, State
 
 console = Console(stderr=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -49,10 +49,10 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _jobs(settings: Settings) -> JobStore:
+def _jobs(settings: Settings) -> State:
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the distributed commands need the Redis the workers use")
-    return JobStore.from_url(settings.redis_url)
+    return State.from_url(settings.redis_url)
 
 
 def _exit_code(status: JobStatus) -> int:
@@ -128,7 +128,7 @@ def _print_skipped_rows(prepared, limit: int = 5) -> None:
             err.print(f"  {message}", markup=False)
 
 
-def _progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
+def _progress_follow(state: State, job_id: str) -> JobStatus:
     from .submission import follow
 
     with Progress(
@@ -152,7 +152,7 @@ def _progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
                 spent=usd(status.spent_usd),
             )
 
-        return follow(jobs, job_id, show)
+        return follow(state, job_id, show)
 
 
 def _print_summary(status: JobStatus) -> None:
@@ -168,8 +168,8 @@ def _print_summary(status: JobStatus) -> None:
         console.print(f"  error: {status.error}", markup=False)
 
 
-def _failures(jobs: JobStore, job_id: str, limit: int = 10) -> None:
-    failed = [r for r in jobs.results(job_id) if r["status"] == "failed"]
+def _failures(state: State, job_id: str, limit: int = 10) -> None:
+    failed = [r for r in state.runs.results(job_id) if r["status"] == "failed"]
     for r in failed[:limit]:
         console.print(f"  failed {r['image_set']}/{r['prompt']}/v{r['variant']}: {r['error']}", markup=False)
     if len(failed) > limit:
@@ -211,11 +211,11 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: b
         markup=False,
     )
     with embedded(settings, simulate=simulate, workers=workers, concurrency=concurrency) as live:
-        jobs = _jobs(live)
-        job_id = submit(prepared, jobs, _enqueuer(live))
-        status = _progress_follow(jobs, job_id)
+        state = _jobs(live)
+        job_id = submit(prepared, state, _enqueuer(live))
+        status = _progress_follow(state, job_id)
         _print_summary(status)
-        _failures(jobs, job_id)
+        _failures(state, job_id)
     sys.exit(_exit_code(status))
 
 
@@ -228,15 +228,15 @@ def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
     from .submission import prepare, submit
 
     settings = _settings()
-    jobs = _jobs(settings)
-    prepared = prepare(manifest, settings, force=force, jobs=jobs)
+    state = _jobs(settings)
+    prepared = prepare(manifest, settings, force=force, state=state)
     _print_skipped_rows(prepared)
-    job_id = submit(prepared, jobs, _enqueuer(settings))
+    job_id = submit(prepared, state, _enqueuer(settings))
     click.echo(job_id)
     if wait:
-        status = _progress_follow(jobs, job_id)
+        status = _progress_follow(state, job_id)
         _print_summary(status)
-        _failures(jobs, job_id)
+        _failures(state, job_id)
         sys.exit(_exit_code(status))
 
 
@@ -286,17 +286,17 @@ def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
     from .submission import resume as resume_job
 
     settings = _settings()
-    jobs = _jobs(settings)
+    state = _jobs(settings)
     try:
         budget = Decimal(budget_usd) if budget_usd is not None else None
     except InvalidOperation:
         raise SettingsError(f"--budget-usd must be a decimal amount, got {budget_usd!r}") from None
-    indices = resume_job(jobs, job_id, _run_enqueuer(settings), budget_usd=budget)
+    indices = resume_job(state, job_id, _run_enqueuer(settings), budget_usd=budget)
     console.print(f"{job_id}: {len(indices)} runs enqueued again", markup=False)
     if wait and indices:
-        status = _progress_follow(jobs, job_id)
+        status = _progress_follow(state, job_id)
         _print_summary(status)
-        _failures(jobs, job_id)
+        _failures(state, job_id)
         sys.exit(_exit_code(status))
 
 

@@ -44,12 +44,12 @@ import click
 from PIL import Image, ImageOps
 
 from .errors import EditpipeError, SettingsError
-from .jobs import BUDGET_EXHAUSTED, JobStatus, JobStore
 from .ledger import usd, utc_now
 from .notify import notify
 from .plan import InputRef, Run
 from .run_index import write_job_index
 from .settings import Settings
+from .state import BUDGET_EXHAUSTED, JobStatus, State
 from .storage import LocalStorage, S3Storage, Storage, open_storage, parse_s3_uri
 
 log = logging.getLogger(__name__)
@@ -77,42 +77,42 @@ def _jsonl(lines: Iterable[dict]) -> str:
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
 
 
-def final_status(jobs: JobStore, status: JobStatus) -> str:
-    if jobs.field(status.id, "cancel_requested"):
+def final_status(state: State, status: JobStatus) -> str:
+    if state.jobs.field(status.id, "cancel_requested"):
         return "cancelled"
-    if jobs.field(status.id, BUDGET_EXHAUSTED):
+    if state.jobs.field(status.id, BUDGET_EXHAUSTED):
         return BUDGET_EXHAUSTED
-    if jobs.stop_reason(status.id) or (status.succeeded + status.skipped == 0 and status.failed):
+    if state.jobs.stop_reason(status.id) or (status.succeeded + status.skipped == 0 and status.failed):
         return "failed"
     return "succeeded" if status.failed == 0 else "partial"
 
 
-def finalize_job(jobs: JobStore, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE) -> JobStatus:
+def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE) -> JobStatus:
     """Write the job's records and report to storage, then set its final status (so that a
     job seen as finished always has its files), then notify the job's webhook, if any."""
-    status = jobs.status(job_id)
-    results = jobs.results(job_id)
+    status = state.jobs.status(job_id)
+    results = state.runs.results(job_id)
     prefix = job_prefix(job_id)
     storage.put_text(f"{prefix}/results.jsonl", _jsonl(_public_result(r) for r in results), "application/x-ndjson")
-    storage.put_text(f"{prefix}/ledger.jsonl", _jsonl(jobs.ledger(job_id)), "application/x-ndjson")
-    write_job_index(jobs, storage, job_id, results)
-    final = final_status(jobs, status)
-    finished_at = jobs.field(job_id, "finished_at") or utc_now()
-    summary = job_summary(jobs, status, results, final=final, finished_at=finished_at)
+    storage.put_text(f"{prefix}/ledger.jsonl", _jsonl(state.runs.ledger(job_id)), "application/x-ndjson")
+    write_job_index(state.index, storage, job_id, results)
+    final = final_status(state, status)
+    finished_at = state.jobs.field(job_id, "finished_at") or utc_now()
+    summary = job_summary(state, status, results, final=final, finished_at=finished_at)
     summary["pages"] = max(1, -(-len(results) // page_size))
     summary["report"] = storage.location(page_key(prefix, 1))
     text = json.dumps(summary, indent=2)
     storage.put_text(f"{prefix}/summary.json", text, "application/json")
     storage.put_text(f"{prefix}/job.json", text, "application/json")
     try:
-        write_report(jobs, storage, job_id, summary, results, page_size=page_size)
+        write_report(state, storage, job_id, summary, results, page_size=page_size)
     except Exception:  # noqa: BLE001 - the page is for people; the job's records are written
         log.exception("job %s: the report could not be written", job_id)
-    jobs.set_final(job_id, final, finished_at)
-    notify_url = jobs.field(job_id, "notify_url")
+    state.jobs.set_final(job_id, final, finished_at)
+    notify_url = state.jobs.field(job_id, "notify_url")
     if notify_url:
         notify(notify_url, summary)
-    return jobs.status(job_id)
+    return state.jobs.status(job_id)
 
 
 def _public_result(result: dict) -> dict:
@@ -126,12 +126,12 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def job_summary(jobs: JobStore, status: JobStatus, results: list[dict], *, final: str, finished_at: str) -> dict:
+def job_summary(state: State, status: JobStatus, results: list[dict], *, final: str, finished_at: str) -> dict:
     """The summary a machine reads (``summary.json``, the webhook's body)."""
     summary = status.to_dict()
     summary["status"] = final
     summary["finished_at"] = finished_at
-    summary["started_at"] = jobs.field(status.id, "started_at")
+    summary["started_at"] = state.jobs.field(status.id, "started_at")
     start = _parse_time(summary["started_at"]) or _parse_time(status.created_at)
     end = _parse_time(finished_at)
     summary["duration_s"] = round((end - start).total_seconds(), 1) if start and end else None
@@ -154,7 +154,7 @@ def job_summary(jobs: JobStore, status: JobStatus, results: list[dict], *, final
     summary["not_started"] = [r["run_key"] for r in failed if r.get("not_started")]
     # Against what the output root already held when the job was planned (incremental runs).
     summary["changes"] = {
-        name: int(jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
+        name: int(state.jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
     }
     return summary
 
@@ -355,15 +355,15 @@ class _Sheet:
         return Picture(src or ref.uri, ref.uri, ref.uri)
 
 
-def _runs_by_index(jobs: JobStore, job_id: str) -> dict[int, Run]:
-    return {run.index: run for run in jobs.runs(job_id)}
+def _runs_by_index(state: State, job_id: str) -> dict[int, Run]:
+    return {run.index: run for run in state.runs.planned(job_id)}
 
 
-def write_report(jobs: JobStore, storage: Storage, job_id: str, summary: dict, results: list[dict], *,
+def write_report(state: State, storage: Storage, job_id: str, summary: dict, results: list[dict], *,
                  page_size: int = PAGE_SIZE, thumb_budget_s: float = THUMB_BUDGET_S) -> list[str]:
     """Make the missing thumbnails and write every page of the report; the pages' keys."""
     prefix = job_prefix(job_id)
-    sheet = _Sheet(storage, prefix, _runs_by_index(jobs, job_id), results)
+    sheet = _Sheet(storage, prefix, _runs_by_index(state, job_id), results)
     started = time.monotonic()
     tasks = sheet.tasks()
     sheet.thumbs |= make_thumbnails(storage, tasks, budget_s=thumb_budget_s)
@@ -678,8 +678,8 @@ def report_command(job_id: str, open_browser: bool, refresh: bool) -> None:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the report is found through the Redis the workers use")
-    jobs = JobStore.from_url(settings.redis_url)
-    status = jobs.status(job_id)
+    state = State.from_url(settings.redis_url)
+    status = state.jobs.status(job_id)
     if not status.done:
         raise EditpipeError(
             f"job {job_id} is still {status.status} ({status.finished}/{status.total} runs finished); "
@@ -689,7 +689,7 @@ def report_command(job_id: str, open_browser: bool, refresh: bool) -> None:
     prefix = job_prefix(job_id)
     if refresh:
         summary = json.loads(storage.get_text(f"{prefix}/summary.json"))
-        write_report(jobs, storage, job_id, summary, jobs.results(job_id))
+        write_report(state, storage, job_id, summary, state.runs.results(job_id))
     elif not storage.exists(page_key(prefix, 1)):
         raise EditpipeError(f"job {job_id} has no report at {storage.location(page_key(prefix, 1))}")
     location = report_location(storage, job_id)
