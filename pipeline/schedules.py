@@ -7,7 +7,7 @@
   manifest's issues read. A missing file is no schedules.
 - ``start_schedule`` starts one run: prepare (incremental: runs already done are skipped at
   $0) and submit with the schedule's budget, name and webhook. A schedule never starts while
-  its previous run is active: its lock in Redis (``ep:schedule:<name>:lock``) holds the job
+  its previous run is active: its lock in Redis (``ScheduleState``) holds the job
   id of the run in progress, so it outlives a restart of beat; a start that finds it held by
   an active job is skipped and recorded, and a lock left by a finished job is taken over.
 - Every start, skipped or failed one is recorded (``ScheduleState``): the last one for

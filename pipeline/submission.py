@@ -41,7 +41,7 @@ class RunChanges:
     unchanged: int
 
     def fields(self) -> dict[str, int]:
-        """As stored in the job's record (``ep:job:<id>``)."""
+        """As stored in the job's record (``state.Jobs``)."""
         return {"runs_new": self.new, "runs_changed": self.changed, "runs_unchanged": self.unchanged}
 
 

@@ -110,10 +110,6 @@ class FairQueue:
         """Whether some job has runs left to hand out (or had, until a pop finds it empty)."""
         return bool(self._r.llen(self.keys[0]))
 
-    def jobs_known(self) -> int:
-        """How many jobs the queue holds an entry for (finished jobs are removed)."""
-        return sum(1 for field in self._r.hkeys(self.keys[1]) if field.endswith("|count"))
-
 
 class DueIndex:
     """Predictions in flight, by next check time (a sorted set of ``Due`` members).
