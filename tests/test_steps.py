@@ -21,7 +21,7 @@ from pipeline.provider import Prediction
 from pipeline.report import finalize_job
 from pipeline.settings import Settings
 from pipeline.simulator import Simulator
-from pipeline.state import Connection, Due, DueIndex, FairQueue, State, flush, keys
+from pipeline.state import Connection, Due, DueIndex, FairQueue, State, TaskLeases, flush, keys
 from pipeline.submission import prepare, resume, submit
 
 
@@ -103,6 +103,20 @@ def test_the_start_check_the_pop_script_writes_parses_as_a_due_member(fresh):
     assert before - 1 < parsed.submitted_at < time.time() + 1
     assert parsed.member == member
     assert redis.Redis.from_url(fresh.redis_url or "", decode_responses=True).zrange("test:due", 0, -1) == [member]
+
+
+def test_a_task_lease_is_held_by_one_token_and_given_up_only_by_it(fresh):
+    leases = TaskLeases(Connection.from_url(fresh.redis_url or ""))
+
+    assert leases.lease("pump:0", "mine", 10) and leases.lease("pump:0", "mine", 20)  # taken, then extended
+    assert not leases.lease("pump:0", "theirs", 10)
+    leases.unlease("pump:0", "theirs")
+    assert 10 < leases.lease_left("pump:0") <= 20
+    leases.unlease("pump:0", "mine")
+    assert leases.lease_left("pump:0") == 0 and leases.lease("pump:0", "theirs", 10)
+    assert leases.kick("pump:0", 10) and not leases.kick("pump:0", 10)
+    leases.kicked("pump:0")
+    assert leases.kick("pump:0", 10)
 
 
 def test_a_redelivered_start_never_pays_twice(tmp_path, fresh, sim, bucket):
