@@ -240,8 +240,8 @@ def test_a_trigger_while_the_previous_run_is_active_is_skipped_and_recorded(
     assert wait_done(fast, first.job_id).status == "succeeded"
     after = start(fast, path, "nightly", token="after")  # the finished run's lock is taken over
     assert after.outcome == "started" and after.job_id != first.job_id
-    assert state.holder() == after.job_id
-    assert [h["outcome"] for h in state.history()] == ["started", "skipped_overlap", "started"]
+    assert records.holder() == after.job_id
+    assert [h["outcome"] for h in records.history()] == ["started", "skipped_overlap", "started"]
     wait_done(fast, after.job_id)
 
 

@@ -118,7 +118,7 @@ def test_once_the_latency_is_known_each_prediction_is_checked_once(tmp_path, set
     status = run_job(settings, many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=8))
 
     assert status.status == "succeeded" and status.succeeded == 16
-    ours = {r["run_key"] for r in State.from_url(settings.redis_url).results(status.id)}
+    ours = {r["run_key"] for r in State.from_url(settings.redis_url).runs.results(status.id)}
     polls = [p["polls"] for p in sim.predictions() if p["run_key"] in ours]
     # Checked just after the provider has it done: once each, but for the odd prediction the
     # simulator finishes late under load (the first check at 0.85 × the latency polled all twice).
