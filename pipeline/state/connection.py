@@ -8,6 +8,7 @@ script that calls it runs it inside its own atomic step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from importlib import resources
 
 import redis
@@ -39,7 +40,7 @@ class Connection:
         return script
 
 
-def wait_until_up(url: str, alive, attempts: int = 100) -> None:
+def wait_until_up(url: str, alive: Callable[[], bool], attempts: int = 100) -> None:
     """Wait for a Redis server just started at ``url`` to answer; ``alive()`` False means
     its process exited, which is an ``EditpipeError``."""
     client = redis.Redis.from_url(url)
