@@ -348,17 +348,17 @@ def submit_and_wait(settings: Settings, manifest: Path, *, timeout_s: float):
     """Plan ``manifest``, then submit it as ``editpipe submit --wait`` does and wait until the
     job is finalized. Returns ``(prepared, status, wall_s)``: the wall time runs from the
     submit (job recorded, first message sent) to the finalized job, planning excluded."""
-    from pipeline.jobs import JobStore
     from pipeline.report import finalize_job
+    from pipeline.state import State
     from pipeline.submission import follow, prepare, submit
     from workers.celery_app import job_enqueuer
 
     prepared = prepare(manifest, settings)
-    jobs = JobStore.from_url(settings.redis_url or "")
+    state = State.from_url(settings.redis_url or "")
     enqueue = job_enqueuer(settings)
     started = time.perf_counter()
-    job_id = submit(prepared, jobs, enqueue, finalize=finalize_job)
-    status = follow(jobs, job_id, lambda s: None, interval_s=0.1, timeout_s=timeout_s)
+    job_id = submit(prepared, state, enqueue, finalize=finalize_job)
+    status = follow(state, job_id, lambda s: None, interval_s=0.1, timeout_s=timeout_s)
     return prepared, status, time.perf_counter() - started
 
 

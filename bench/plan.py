@@ -8,7 +8,7 @@ stay apart (times: the median of the three, all printed; peak RSS: the largest):
   shared by every row, so no 100,000 files need hashing), one prompt using two vars.
 
 Plan time is load + validate + plan + price, as ``editpipe plan`` does it. Enqueue time is
-recording the job in a real (private) Redis with ``JobStore.create`` and sending its first
+recording the job in a real (private) Redis with ``Jobs.create`` and sending its first
 chunk through Celery, as ``submit`` does. Peak RSS is the process's ``ru_maxrss``.
 
     .venv/bin/python bench/plan.py
@@ -90,7 +90,7 @@ def write_feed(directory: Path) -> Path:
 
 def measure(manifest: Path, redis_url: str) -> dict:
     """One case, in this process: plan, then enqueue; the figures as a dict."""
-    from pipeline.jobs import JobStore, new_job_id
+    from pipeline.state import State, new_job_id
     from pipeline.ledger import utc_now
     from pipeline.manifest import load_manifest
     from pipeline.modelspec import load_model_specs
@@ -107,11 +107,11 @@ def measure(manifest: Path, redis_url: str) -> dict:
     plan_s = time.perf_counter() - started
     plan_rss = _max_rss_mb()
 
-    jobs = JobStore.from_url(redis_url)
+    state = State.from_url(redis_url)
     enqueue = job_enqueuer(settings)
     started = time.perf_counter()
     job_id = new_job_id(manifest_.name)
-    jobs.create(
+    state.jobs.create(
         job_id,
         name=manifest_.name,
         output=manifest_.output,
@@ -124,7 +124,7 @@ def measure(manifest: Path, redis_url: str) -> dict:
     # What `editpipe submit` sends: one message per job; the runs wait in Redis for the pumps.
     enqueue(job_id)
     enqueue_s = time.perf_counter() - started
-    stored = jobs.r.hlen(jobs.key(job_id, "runs"))
+    stored = state.runs.planned_count(job_id)
     return {
         "runs": len(plan.runs),
         "stored": stored,

@@ -1,7 +1,7 @@
 """Dispatch: how runs reach the provider under the account's limits, and how predictions in
 flight are watched without holding a worker each.
 
-The design, and why (measured on a 2-core machine, see issue 3):
+The design, and why (measured on a 2-core machine):
 - Runs wait in Redis, not as broker messages. A ``FairQueue`` hands them out in turn across
   jobs, so a small job submitted behind a huge one starts at once; a job costs a cursor,
   not a message per run.
@@ -22,26 +22,26 @@ The design, and why (measured on a 2-core machine, see issue 3):
   used 19.6-19.8 s of CPU for 2,000 runs; eight to a message, 14.9-16.0 s).
 Leases on pumps, pollers and taken due members expire by themselves, so a killed worker
 stops nothing for long: another delivery or another process picks the work up.
+
+What this needs from the task queue (send a step later, wake the pumps or the poller, hand
+completed predictions to collection, finalize a job) it gets as a ``Tasks`` object, which
+``workers.tasks`` implements over Celery; the steps can run without a worker.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
+from typing import Protocol
 
 from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_run
-from .limits import FairQueue
 from .provider import Prediction
+from .state import Due
 
-FAIR_KEY = "ep:fair"
-DUE_KEY = "ep:due"
-LATENCY_KEY = "ep:latency:"
 SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a new message
 DUE_LEASE_S = 30.0
 POLL_BATCH = 200
-START = -1  # the attempt number of a start check (see ``pump``)
+START = Due.START  # the attempt number of a start check (see ``pump``)
 ADMIT_WAIT_S = 0.25  # the longest a pump waits for the limits with a run's claim in hand
 ADMIT_EARLY_S = 0.0003
 # The first check comes this much after the expected latency, so that a prediction is found
@@ -50,82 +50,87 @@ ADMIT_EARLY_S = 0.0003
 # just after the provider's own timing. A completed prediction waits 5% longer for collection.
 FIRST_POLL_AFTER = 1.05
 
-
-def _script(client, name: str):
-    return client.register_script(resources.files("pipeline").joinpath("lua", name).read_text())
+Completed = list[tuple[str, int, Prediction]]
 
 
-@dataclass(frozen=True)
-class Due:
-    """One prediction in the due index: ``job|index|attempt|failures|submitted_at``."""
+class Tasks(Protocol):
+    """What the steps need from the task queue (``workers.tasks`` implements it over Celery)."""
 
-    job_id: str
-    index: int
-    attempt: int
-    failures: int
-    submitted_at: float
+    def submit_later(self, job_id: str, index: int, failures: int, delay_s: float) -> None:
+        """Send the run's start as a message of its own, to run after ``delay_s``."""
 
-    @property
-    def member(self) -> str:
-        return f"{self.job_id}|{self.index}|{self.attempt}|{self.failures}|{self.submitted_at:.3f}"
+    def wake_pumps(self) -> None:
+        """Make sure pumps are running (runs are waiting in the fair queue)."""
 
-    @classmethod
-    def parse(cls, member: str) -> "Due":
-        job_id, index, attempt, failures, submitted = member.rsplit("|", 4)
-        return cls(job_id, int(index), int(attempt), int(failures), float(submitted))
+    def wake_poller(self) -> None:
+        """Make sure the poller is running (a prediction joined the due index)."""
+
+    def collect(self, completed: Completed) -> None:
+        """Collect these completed predictions (store, charge, finish each run)."""
+
+    def finalize(self, job_id: str) -> None:
+        """Write the job's records: its last run has finished."""
 
 
 class Dispatch:
-    """The queue of runs, the due index and the leases of pumps and pollers."""
+    """The queue of runs and the due index, and what follows each step of a run."""
 
-    def __init__(self, ctx: Context, on_step: "Schedule", on_due: Callable[[], None],
-                 on_collect: "CollectMany"):
+    def __init__(self, ctx: Context, tasks: Tasks):
         self.ctx = ctx
-        # How a step that needs a message (a wait, a retry, a finalize) is sent, how the
-        # poller is woken when a prediction joins the due index, and how the completed
-        # predictions a poller's batch found are handed to collection (a few per message).
-        self.on_step = on_step
-        self.on_due = on_due
-        self.on_collect = on_collect
-        self.r = ctx.jobs.r
-        self.fair = FairQueue(self.r, FAIR_KEY)
-        self._take = _script(self.r, "due_take.lua")
-        self._put = _script(self.r, "due_put.lua")
+        self.tasks = tasks
+        self.state = ctx.state
         self._latency: dict[str, tuple[float | None, float]] = {}  # model -> (seconds, read at)
 
     # runs waiting to start
-    def add_job(self, job_id: str, total: int, priority: int = 1) -> None:
-        self.fair.push(job_id, total, priority)
+    def add_job(self, job_id: str) -> None:
+        """Hand a recorded job's runs to the pumps (one queue entry per job, not per run)."""
+        total, priority = self.state.jobs.fields(job_id, "total", "priority")
+        self.state.fair.push(job_id, int(total or 0), int(priority or 1))
+        self.tasks.wake_pumps()
 
-    def requeue(self, job_id: str, index: int) -> bool:
-        return self.fair.requeue(job_id, index)
+    def resume(self, job_id: str, indices: list[int]) -> None:
+        """Hand chosen runs of a job out again (``editpipe resume``). A finalized job left the
+        queue; it comes back with its runs handed out, so that only these are."""
+        total, priority = self.state.jobs.fields(job_id, "total", "priority")
+        self.state.fair.push(job_id, int(total or 0), int(priority or 1), handed_out=int(total or 0))
+        for index in indices:
+            if not self.state.fair.requeue(job_id, index):
+                self.tasks.submit_later(job_id, index, 0, 0.0)
+        self.tasks.wake_pumps()
 
-    def has_runs(self) -> bool:
-        return bool(self.r.llen(f"{FAIR_KEY}:ring"))
+    def follow(self, job_id: str, index: int, step: Next) -> None:
+        """Carry out what a step returned: a message, a due-index entry, or nothing."""
+        # A countdown longer than the broker's visibility timeout would have the message
+        # delivered twice; waking early is harmless (every step checks before it acts).
+        delay = min(step.delay_s, self.ctx.settings.visibility_timeout_s / 2)
+        if step.action == "submit":
+            self.tasks.submit_later(job_id, index, step.failures, delay)
+        elif step.action == "wait":
+            if not self.state.fair.requeue(job_id, index):
+                self.tasks.submit_later(job_id, index, step.failures, delay)
+            self.tasks.wake_pumps()
+        elif step.action == "poll":
+            self.state.due.schedule([], [(Due(job_id, index, 0, step.failures, time.time()).member, delay)])
+            self.tasks.wake_poller()
+        elif step.action == "collect" and step.prediction is not None:
+            self.tasks.collect([(job_id, index, step.prediction)])
+        elif step.action == "finalize":
+            self.tasks.finalize(job_id)
 
     # predictions in flight
-    def has_due(self) -> bool:
-        return bool(self.r.zcard(DUE_KEY))
-
     def schedule(self, removed: list[str], added: list[tuple[str, float]]) -> float | None:
         """Replace members of the due index; returns seconds until the earliest is due."""
-        args: list[str | float] = [len(removed), *removed]
-        for member, delay in added:
-            args += [member, max(0.0, delay)]
-        left = float(self._put(keys=[DUE_KEY], args=args))
-        return None if left < 0 else left
+        return self.state.due.schedule(removed, added)
 
     def take_due(self, n: int = POLL_BATCH) -> list[Due]:
-        return [Due.parse(m if isinstance(m, str) else m.decode()) for m in
-                self._take(keys=[DUE_KEY], args=[n, DUE_LEASE_S])]
+        return self.state.due.take(n, DUE_LEASE_S)
 
     def expected_latency(self, model: str) -> float | None:
         """The model's latency as seen so far (shared in Redis; read at most once a second)."""
         now = time.monotonic()
         cached = self._latency.get(model)
         if cached is None or now - cached[1] > 1.0:
-            raw = self.r.get(LATENCY_KEY + model)
-            cached = self._latency[model] = (float(raw) if raw else None, now)
+            cached = self._latency[model] = (self.state.latency.get(model), now)
         return cached[0]
 
     def observe_latency(self, model: str, samples: list[float]) -> None:
@@ -136,7 +141,7 @@ class Dispatch:
             new = seconds if new is None else 0.8 * new + 0.2 * seconds
         if new is None:
             return
-        self.r.set(LATENCY_KEY + model, f"{new:.3f}")
+        self.state.latency.set(model, new)
         self._latency[model] = (new, time.monotonic())
 
     def latency_sample(self, model: str, due: "Due", inference_s: float | None) -> float:
@@ -181,28 +186,6 @@ class Dispatch:
         base = max(settings.poll_initial_s, 0.15 * expected)
         return min(settings.poll_max_s, base * (1.5 ** attempt))
 
-    # leases of the long-running tasks
-    def lease(self, name: str, token: str, ttl_s: float) -> bool:
-        key = f"ep:lease:{name}"
-        if self.r.set(key, token, nx=True, px=int(ttl_s * 1000)):
-            return True
-        if self.r.get(key) == token:
-            self.r.pexpire(key, int(ttl_s * 1000))
-            return True
-        return False
-
-    def lease_left(self, name: str) -> float:
-        return max(0.0, self.r.pttl(f"ep:lease:{name}") / 1000)
-
-    def unlease(self, name: str, token: str) -> None:
-        key = f"ep:lease:{name}"
-        if self.r.get(key) == token:
-            self.r.delete(key)
-
-
-Schedule = Callable[[str, int, Next], None]
-CollectMany = Callable[[list[tuple[str, int, Prediction]]], None]
-
 
 def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     """Submit waiting runs for up to ``slice_s`` seconds, as fast as the limits admit.
@@ -217,7 +200,7 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
         # Until the run is settled, a start check waits in the due index (added by the pop
         # itself): if this pump dies holding the run, the poller starts it, or finds what
         # its submit left.
-        item = dispatch.fair.pop_marked(DUE_KEY, ctx.settings.request_timeout_s + 30)
+        item = ctx.state.fair.pop_marked(ctx.state.due, ctx.settings.request_timeout_s + 30)
         if item is None:
             return False
         job_id, index, check = item
@@ -247,15 +230,15 @@ def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: lis
     step = start_run(ctx, job_id, index, token=token, admit=admit)
     added: list[tuple[str, float]] = []
     if step.action == "poll":
-        run_model = ctx.jobs.run(job_id, index).model
+        run_model = ctx.state.runs.run(job_id, index).model
         added.append((Due(job_id, index, 0, 0, time.time()).member,
                       dispatch.first_poll_s(run_model) if step.delay_s else 0.0))
     dispatch.schedule(settled, added)
     if step.action == "poll":
         if wake_poller:
-            dispatch.on_due()
+            dispatch.tasks.wake_poller()
     else:
-        dispatch.on_step(job_id, index, step)
+        dispatch.follow(job_id, index, step)
     return step
 
 
@@ -296,13 +279,13 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     # state read here can only be behind by a collect finishing meanwhile, which the
     # collect's own check catches.
     checks = [due for due in taken if due.attempt != START]
-    ctx.jobs.load_runs((due.job_id, due.index) for due in checks)
-    states = dict(zip(checks, ctx.jobs.run_states([(due.job_id, due.index) for due in checks])))
+    ctx.state.runs.load((due.job_id, due.index) for due in checks)
+    states = dict(zip(checks, ctx.state.runs.states([(due.job_id, due.index) for due in checks])))
     for due in taken:
         if due.attempt == START:
             _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [])
             continue
-        run = ctx.jobs.run(due.job_id, due.index)
+        run = ctx.state.runs.run(due.job_id, due.index)
         step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
                         state=states[due])
         if step.action == "poll":
@@ -322,11 +305,11 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
                           COLLECT_CLAIM_S + 15))
             completed.append((due.job_id, due.index, step.prediction))
             continue
-        dispatch.on_step(due.job_id, due.index, step)
+        dispatch.follow(due.job_id, due.index, step)
     if running and ctx.limits is not None:
         ctx.limits.heartbeat_many(running)
     for model, samples in latencies.items():
         dispatch.observe_latency(model, samples)
     if completed:
-        dispatch.on_collect(completed)
+        dispatch.tasks.collect(completed)
     return dispatch.schedule([d.member for d in taken], added) if taken else dispatch.schedule([], [])

@@ -15,15 +15,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
 from .errors import EditpipeError
 from .settings import Settings
+from .state import wait_until_up
 
 SIMULATED_KEY = "simulated-key"
 # The simulated account's tier when none is set: bronze (10 a minute) would make a demo of
@@ -64,16 +62,7 @@ def private_redis(workdir: Path) -> Iterator[str]:
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None:
-                    raise EditpipeError("the private redis-server exited at start") from None
-                time.sleep(0.05)
-        client.close()
+        wait_until_up(url, alive=lambda: proc.poll() is None)
         yield url
     finally:
         proc.terminate()

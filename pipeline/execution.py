@@ -34,7 +34,6 @@ from .errors import (
     SubmitUnconfirmed,
     UploadInProgress,
 )
-from .jobs import BUDGET_EXHAUSTED, JobStore, RunState
 from .layout import sidecar_key
 from .ledger import LedgerEntry, LineKind, to_micros, usd, utc_now
 from .limits import AccountLimits
@@ -44,6 +43,7 @@ from .provider import Prediction, WaveSpeedClient
 from .records import RunResult, RunStatus, Sidecar
 from .run_index import index_line, write_batch_if_due
 from .settings import Settings
+from .state import BUDGET_EXHAUSTED, RunState, State
 from .storage import Storage, open_storage, presigned_get
 from .thumbnails import store_output_thumbnail
 
@@ -61,7 +61,7 @@ class Context:
     """What a worker process needs to execute runs; built once per process."""
 
     settings: Settings
-    jobs: JobStore
+    state: State
     client: WaveSpeedClient
     specs: dict[str, ModelSpec]
     limits: AccountLimits | None = None
@@ -71,11 +71,11 @@ class Context:
     def from_settings(cls, settings: Settings) -> "Context":
         if not settings.redis_url:
             raise EditpipeError("REDIS_URL is not set")
-        jobs = JobStore.from_url(settings.redis_url)
+        state = State.from_url(settings.redis_url)
         return cls(
             settings=settings,
-            jobs=jobs,
-            limits=AccountLimits.from_settings(jobs.r, settings),
+            state=state,
+            limits=AccountLimits.from_settings(state.limits, settings),
             client=WaveSpeedClient(
                 settings.base_url, settings.require_api_key(), timeout_s=settings.request_timeout_s
             ),
@@ -137,11 +137,11 @@ def request_payload(run: Run, images: list[str]) -> dict:
 def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None, *,
              retryable: bool = False, not_started: bool = False) -> Next:
     """Finish a run as failed; its budget reservation and slot (if any) go back first."""
-    ctx.jobs.release(job_id, run.index)
+    ctx.state.budget.release(job_id, run.index)
     ctx.free_slot(job_id, run.index)
     result = RunResult.of(run, RunStatus.FAILED, prediction_id=prediction_id, error=error, retryable=retryable,
                           not_started=not_started)
-    finished = ctx.jobs.finish_run(job_id, run.index, outcome=RunStatus.FAILED, result=result.to_dict())
+    finished = ctx.state.runs.finish_run(job_id, run.index, outcome=RunStatus.FAILED, result=result.to_dict())
     return Next("finalize") if finished.last else DONE
 
 
@@ -156,26 +156,24 @@ def charge_lost_answer(ctx: Context, job_id: str, run: Run, attempt: int, price:
         charged_at=utc_now(),
         kind=LineKind.UNCONFIRMED_SUBMIT,
     )
-    ctx.jobs.charge_unconfirmed(job_id, run.index, f"unconfirmed:{run.index}:{attempt}", entry.to_dict(),
+    ctx.state.budget.charge_unconfirmed(job_id, run.index, f"unconfirmed:{run.index}:{attempt}", entry.to_dict(),
                                 to_micros(price))
 
 
 def _uploaded_url(ctx: Context, path: str, identity: str) -> str:
     """The provider URL of a local file's content, uploading it once across all workers."""
-    r = ctx.jobs.r
-    cache_key = f"ep:upload:{identity}"
-    url = r.get(cache_key)
+    uploads = ctx.state.uploads
+    url = uploads.url(identity)
     if url is not None:
         return url
-    lock_key = f"ep:upload-lock:{identity}"
-    if not r.set(lock_key, "1", nx=True, ex=60):
+    if not uploads.lock(identity):
         raise UploadInProgress(path)
     try:
         url = ctx.client.upload(Path(path))
-        r.set(cache_key, url, ex=UPLOAD_TTL_S)
+        uploads.remember(identity, url, UPLOAD_TTL_S)
         return url
     finally:
-        r.delete(lock_key)
+        uploads.unlock(identity)
 
 
 def prepare_inputs(ctx: Context, run: Run) -> list[str]:
@@ -200,11 +198,11 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     ask ``admit`` (the account's limits: 0 = go, else seconds to wait), mark the submit as on
     the wire, submit, and store the prediction id at once.
     """
-    jobs = ctx.jobs
+    jobs, runs = ctx.state.jobs, ctx.state.runs
     # The claim outlives the longest submit; a delivery that finds it taken (another one is
     # submitting, or died doing so) looks again once it has expired.
     claim_ttl = int(ctx.settings.request_timeout_s) + 5
-    claim = jobs.claim_start(job_id, index, token, claim_ttl)
+    claim = runs.claim_start(job_id, index, token, claim_ttl)
     if claim.state == "finished":
         return DONE
     if claim.state == "submitted":
@@ -218,7 +216,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         # The delivery before this one died with the submit on the wire. Submitting again
         # could pay twice; record what it may have cost and let a person resume it.
         charge_lost_answer(ctx, job_id, run, claim.attempts, price)
-        jobs.end_submit(job_id, index)
+        runs.end_submit(job_id, index)
         return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), retryable=True)
     stop = claim.stop_reason
     # A run whose price was reserved before the budget ran out still goes: that money was
@@ -226,7 +224,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     if stop and not (stop.startswith(BUDGET_EXHAUSTED) and claim.reserved):
         return fail_run(ctx, job_id, run, f"not started: {stop}", retryable=True, not_started=True)
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    held = jobs.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)
+    held = ctx.state.budget.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)
     if held < 0:
         status = jobs.status(job_id)
         reason = (
@@ -243,10 +241,10 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     try:
         images = prepare_inputs(ctx, run)
     except UploadInProgress:
-        jobs.release_claim(job_id, index)
+        runs.release_claim(job_id, index)
         return Next("submit", random.uniform(0.5, 1.5), failures)
     except ProviderTransient as exc:
-        jobs.release_claim(job_id, index)
+        runs.release_claim(job_id, index)
         return _retry_submit(ctx, job_id, run, exc, failures)
     except AuthFailed as exc:
         return _stop_job(ctx, job_id, run, exc)
@@ -256,44 +254,44 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     if admit is not None:
         wait = admit(slot_holder(job_id, index))
         if wait > 0:
-            jobs.release_claim(job_id, index)
+            runs.release_claim(job_id, index)
             return Next("wait", wait, failures)
-    attempt = jobs.begin_submit(job_id, index)
+    attempt = runs.begin_submit(job_id, index)
     try:
         prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key,
                                        webhook=callback_url(ctx.settings, job_id, index))
     except RateLimited as exc:
         # Not a failure of the run: the whole fleet slows down, and the run waits its turn.
-        jobs.end_submit(job_id, index)
-        jobs.release_claim(job_id, index)
+        runs.end_submit(job_id, index)
+        runs.release_claim(job_id, index)
         ctx.free_slot(job_id, index)
         pause = ctx.limits.rate_limited(exc.retry_after) if ctx.limits else backoff_s(failures, exc.retry_after)
         return Next("wait", pause, failures)
     except SubmitUnconfirmed:
         charge_lost_answer(ctx, job_id, run, attempt, price)
-        jobs.end_submit(job_id, index)
-        if jobs.count_lost(job_id, index) >= 2:
+        runs.end_submit(job_id, index)
+        if runs.count_lost(job_id, index) >= 2:
             return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), retryable=True)
-        jobs.release_claim(job_id, index)
+        runs.release_claim(job_id, index)
         ctx.free_slot(job_id, index)
         return Next("submit", backoff_s(1), failures)  # at most once more
     except ProviderError as exc:
-        jobs.end_submit(job_id, index)
+        runs.end_submit(job_id, index)
         if isinstance(exc, ProviderTransient):
-            jobs.release_claim(job_id, index)
+            runs.release_claim(job_id, index)
             ctx.free_slot(job_id, index)
             return _retry_submit(ctx, job_id, run, exc, failures)
         if isinstance(exc, AuthFailed):
             return _stop_job(ctx, job_id, run, exc)
         return fail_run(ctx, job_id, run, str(exc))
-    jobs.record_prediction(job_id, index, prediction.id)
+    runs.record_prediction(job_id, index, prediction.id)
     return Next("poll", ctx.settings.poll_initial_s)
 
 
 def _stop_job(ctx: Context, job_id: str, run: Run, exc: AuthFailed) -> Next:
     """The key was rejected: no run of this job can be paid for; stop submitting them."""
-    ctx.jobs.stop(job_id, str(exc))
-    ctx.jobs.set_error(job_id, str(exc))
+    ctx.state.jobs.stop(job_id, str(exc))
+    ctx.state.jobs.set_error(job_id, str(exc))
     return fail_run(ctx, job_id, run, str(exc), retryable=True, not_started=True)
 
 
@@ -312,11 +310,11 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
              state: RunState | None = None) -> Next:
     """Check a submitted run's prediction once; collect it when it is done. ``state``: the
     run's state if the caller read it already (a poller reads a batch's in one go)."""
-    jobs = ctx.jobs
-    finished, prediction_id = state or jobs.run_states([(job_id, index)])[0]
+    jobs = ctx.state.jobs
+    finished, prediction_id = state or ctx.state.runs.states([(job_id, index)])[0]
     if finished:
         return DONE
-    run = jobs.run(job_id, index)
+    run = ctx.state.runs.run(job_id, index)
     if prediction_id is None:
         return fail_run(ctx, job_id, run, "internal: polled a run that was never submitted")
     try:
@@ -343,13 +341,13 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
 
 def collect(ctx: Context, job_id: str, index: int, prediction: Prediction) -> Next:
     """Store the output and its sidecar, then charge and finish the run in one atomic step."""
-    run = ctx.jobs.claim_collect(job_id, index, COLLECT_CLAIM_S)
+    run = ctx.state.runs.claim_collect(job_id, index, COLLECT_CLAIM_S)
     if run is None:
         return DONE  # collected already, or being collected (a webhook and a poll both saw it)
     try:
         return _store_and_charge(ctx, job_id, run, prediction)
     except BaseException:
-        ctx.jobs.release_collect(job_id, index)  # let the retry (or the next check) collect it
+        ctx.state.runs.release_collect(job_id, index)  # let the retry (or the next check) collect it
         raise
 
 
@@ -357,7 +355,7 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
     if not prediction.outputs:
         return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
     data = ctx.client.download(prediction.outputs[0])
-    output_root = ctx.jobs.output_root(job_id)
+    output_root = ctx.state.jobs.output_root(job_id)
     storage = ctx.storage(output_root)
     spec = ctx.specs[run.model]
     cost = spec.price_for(run.options)
@@ -379,7 +377,7 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
     )
     result = RunResult.of(run, RunStatus.SUCCEEDED, output=run.output_key, prediction_id=prediction.id, cost_usd=cost,
                           thumbnail=thumbnail)
-    finished = ctx.jobs.finish_run(
+    finished = ctx.state.runs.finish_run(
         job_id,
         run.index,
         outcome=RunStatus.SUCCEEDED,
@@ -388,5 +386,5 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         cost_micros=to_micros(cost),
         index_line=index_line(run.run_key, run.output_key),
     )
-    write_batch_if_due(ctx.jobs, storage, job_id, finished.index_pending)
+    write_batch_if_due(ctx.state.index, storage, job_id, finished.index_pending)
     return Next("finalize") if finished.last else DONE

@@ -2,16 +2,14 @@
 
 The provider counts images started per minute and predictions in flight per account (per API
 key), so a per-process limit (Celery's ``rate_limit``) overshoots by the number of workers.
-Here every limit is state in Redis, changed only by the Lua scripts in ``lua/limits_*.lua``,
-and every clock reading is the Redis server's ``TIME`` taken inside the script: workers whose
-own clocks disagree still share one schedule.
+Here every limit is state in Redis, changed only by the state layer's ``LimitsBackend`` (one
+Lua script per operation), and every clock reading is the Redis server's ``TIME`` taken
+inside the script: workers whose own clocks disagree still share one schedule.
 
 - ``RateLimiter``: starts per minute as a smooth rate (GCRA).
 - ``ConcurrencyLimiter``: slots as leases that expire per holder.
 - ``Throttle``: the fleet's answer to a 429, a pause for everyone and a reduced rate.
 - ``AccountLimits``: the three together, with one atomic ``try_start`` for the execution code.
-- ``FairQueue``: hands out runs of several jobs in turn, so a small job is not stuck behind
-  a large one.
 
 Waits are returned, never slept, so a caller can reschedule instead of holding a worker.
 """
@@ -20,30 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from importlib import resources
-
-import redis
 
 from .settings import Settings
+from .state import LimitsBackend, keys
 
 US = 1_000_000
 
 
-def _script(client: redis.Redis, name: str, *, with_lib: bool = True):
-    """Register a script once; the shared helpers of ``limits_lib.lua`` go first."""
-    lua = resources.files("pipeline").joinpath("lua")
-    source = lua.joinpath(name).read_text()
-    if with_lib:
-        source = lua.joinpath("limits_lib.lua").read_text() + "\n" + source
-    return client.register_script(source)
-
-
 def _us(seconds: float) -> int:
     return max(0, round(seconds * US))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Throttle:
@@ -63,7 +46,7 @@ class Throttle:
     therefore needs no call here.
 
     Parameters:
-      client: a Redis client.
+      backend: the state layer's ``LimitsBackend``.
       key: the throttle's hash, one per provider account.
       default_pause_s: pause for a 429 without ``Retry-After``.
       max_pause_s: the longest single pause, against a wild ``Retry-After``.
@@ -74,7 +57,7 @@ class Throttle:
 
     def __init__(
         self,
-        client: redis.Redis,
+        backend: LimitsBackend,
         key: str,
         *,
         default_pause_s: float = 10.0,
@@ -85,24 +68,19 @@ class Throttle:
     ):
         if not (0 < decrease <= 1 and 0 < floor <= 1 and recovery_s > 0):
             raise ValueError("Throttle needs 0 < decrease <= 1, 0 < floor <= 1, recovery_s > 0")
-        self.r = client
+        self.backend = backend
         self.key = key
         self.default_pause_s = default_pause_s
         self.max_pause_s = max_pause_s
         self.decrease = decrease
         self.floor = floor
         self.recovery_us = max(1, _us(recovery_s))
-        self._run = _script(client, "limits_throttle.lua")
 
     def on_rate_limited(self, retry_after_s: float | None = None) -> float:
         """Record a 429 for the whole fleet; returns the seconds of pause now in force."""
         pause = self.default_pause_s if retry_after_s is None else retry_after_s
         pause = min(max(0.0, pause), self.max_pause_s)
-        pause_us, _ = self._run(
-            keys=[self.key],
-            args=["cut", self.recovery_us, _us(pause), repr(self.decrease), repr(self.floor)],
-        )
-        return pause_us / US
+        return self.backend.throttle_cut(self.key, self.recovery_us, _us(pause), self.decrease, self.floor) / US
 
     def pause_remaining(self) -> float:
         """Seconds until the fleet may start again (0.0 when not paused)."""
@@ -113,7 +91,7 @@ class Throttle:
         return self._read()[1]
 
     def _read(self) -> tuple[float, float]:
-        pause_us, ppm = self._run(keys=[self.key], args=["read", self.recovery_us])
+        pause_us, ppm = self.backend.throttle_read(self.key, self.recovery_us)
         return pause_us / US, ppm / US
 
 
@@ -140,7 +118,7 @@ class RateLimiter:
     the starts evenly, which is also what the provider sees as the gentlest load.
 
     Parameters:
-      client: a Redis client.
+      backend: the state layer's ``LimitsBackend``.
       key: the string key of the schedule, one per provider account (and ``<key>:last``, the
         time of the last start).
       per_minute: the account's images started per minute (>= 1).
@@ -151,7 +129,7 @@ class RateLimiter:
 
     def __init__(
         self,
-        client: redis.Redis,
+        backend: LimitsBackend,
         key: str,
         per_minute: int,
         *,
@@ -161,24 +139,23 @@ class RateLimiter:
     ):
         if per_minute < 1 or not 0 <= catch_up < per_minute or not 0 <= headroom < 1:
             raise ValueError("RateLimiter needs per_minute >= 1, 0 <= catch_up < per_minute, 0 <= headroom < 1")
-        self.r = client
+        self.backend = backend
         self.key = key
-        self.last_key = f"{key}:last"
+        self.last_key = keys.limit_part(key, "last")
         self.per_minute = per_minute
         self.catch_up = catch_up
         self.throttle = throttle
         self.interval_us = 60 * US / ((per_minute - catch_up) * (1 - headroom))
         self.catch_up_us = catch_up * self.interval_us
-        self._take = _script(client, "limits_rate.lua")
 
     def try_acquire(self) -> float:
         """Take one start: 0.0 when granted now, else the seconds to wait before trying again."""
-        keys = [self.key, self.last_key]
-        recovery_us = 1
-        if self.throttle is not None:
-            keys.append(self.throttle.key)
-            recovery_us = self.throttle.recovery_us
-        wait_us = self._take(keys=keys, args=[repr(self.interval_us), repr(self.catch_up_us), recovery_us])
+        throttle = self.throttle
+        wait_us = self.backend.rate_take(
+            self.key, self.last_key, throttle.key if throttle is not None else None,
+            interval_us=self.interval_us, catch_up_us=self.catch_up_us,
+            recovery_us=throttle.recovery_us if throttle is not None else 1,
+        )
         return wait_us / US
 
     def acquire(self, timeout_s: float) -> bool:
@@ -207,25 +184,24 @@ class ConcurrencyLimiter:
     acquire again.
 
     Parameters:
-      client: a Redis client.
+      backend: the state layer's ``LimitsBackend``.
       key: the sorted set holder -> expiry, one per provider account.
       limit: the most leases at once (>= 1).
       lease_s: how long a lease lasts without renewal.
     """
 
-    def __init__(self, client: redis.Redis, key: str, limit: int, lease_s: float = 60.0):
+    def __init__(self, backend: LimitsBackend, key: str, limit: int, lease_s: float = 60.0):
         if limit < 1 or lease_s <= 0:
             raise ValueError("ConcurrencyLimiter needs limit >= 1 and lease_s > 0")
-        self.r = client
+        self.backend = backend
         self.key = key
         self.limit = limit
         self.lease_s = lease_s
         self.lease_us = _us(lease_s)
-        self._run = _script(client, "limits_lease.lua")
 
     def try_acquire(self, holder: str) -> bool:
         """Take a slot for ``holder`` (or renew the one it has); False when all are taken."""
-        return self._run(keys=[self.key], args=["acquire", holder, self.limit, self.lease_us]) == 1
+        return self.backend.lease_acquire(self.key, holder, self.limit, self.lease_us)
 
     def renew(self, holder: str) -> bool:
         """Extend ``holder``'s lease by ``lease_s`` from now; False if it had none left."""
@@ -236,15 +212,15 @@ class ConcurrencyLimiter:
         holders = list(holders)
         if not holders:
             return 0
-        return self._run(keys=[self.key], args=["renew", self.lease_us, *holders])
+        return self.backend.lease_renew(self.key, self.lease_us, holders)
 
     def release(self, holder: str) -> None:
         """Give ``holder``'s slot back at once (a no-op if it holds none)."""
-        self.r.zrem(self.key, holder)
+        self.backend.lease_release(self.key, holder)
 
     def in_use(self) -> int:
         """Live leases now (expired ones are not counted)."""
-        return self._run(keys=[self.key], args=["count"])
+        return self.backend.lease_count(self.key)
 
 
 class AccountLimits:
@@ -253,7 +229,7 @@ class AccountLimits:
     ``try_start(holder)`` takes a concurrency lease and a rate token in one Lua script: both
     or neither. A start refused for want of a slot burns no token, and one refused by the rate
     or a 429 pause takes no slot. The limits hold across every process sharing ``prefix``
-    (``ep:limits:<account>``): the keys are ``<prefix>:rate``, ``<prefix>:leases`` and
+    (``keys.limits(account)``): the keys are ``<prefix>:rate``, ``<prefix>:leases`` and
     ``<prefix>:throttle``.
 
     The protocol for one prediction, with ``holder`` unique to it (e.g. ``<job>:<index>``):
@@ -267,7 +243,7 @@ class AccountLimits:
     rate unused, about 1.2 s of slack per minute at every tier, against that jitter.
 
     Parameters:
-      client: a Redis client.
+      backend: the state layer's ``LimitsBackend``.
       prefix: the key prefix of the account.
       images_per_minute: the account's starts per minute.
       max_concurrent: the account's predictions in flight.
@@ -281,7 +257,7 @@ class AccountLimits:
 
     def __init__(
         self,
-        client: redis.Redis,
+        backend: LimitsBackend,
         prefix: str,
         *,
         images_per_minute: int,
@@ -293,17 +269,17 @@ class AccountLimits:
         **throttle: float,
     ):
         self.prefix = prefix
-        self.throttle = Throttle(client, f"{prefix}:throttle", **throttle)
+        self.backend = backend
+        self.throttle = Throttle(backend, keys.limit_part(prefix, "throttle"), **throttle)
         self.rate = RateLimiter(
-            client, f"{prefix}:rate", images_per_minute, catch_up=catch_up, throttle=self.throttle, headroom=headroom
+            backend, keys.limit_part(prefix, "rate"), images_per_minute, catch_up=catch_up, throttle=self.throttle, headroom=headroom
         )
-        self.concurrency = ConcurrencyLimiter(client, f"{prefix}:leases", max_concurrent, lease_s)
+        self.concurrency = ConcurrencyLimiter(backend, keys.limit_part(prefix, "leases"), max_concurrent, lease_s)
         self.busy_retry_us = max(1, _us(busy_retry_s))
-        self._start = _script(client, "limits_start.lua")
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: Settings, account: str = "default", **options) -> "AccountLimits":
-        """The limits of ``settings``' tier (or explicit numbers), under ``ep:limits:<account>``.
+    def from_settings(cls, backend: LimitsBackend, settings: Settings, account: str = "default", **options) -> "AccountLimits":
+        """The limits of ``settings``' tier (or explicit numbers), under ``keys.limits(account)``.
 
         At a thousand starts a minute or more, starts are milliseconds apart and a pump can
         come late by a few of them whenever the CPU is busy; a start not taken on time is then
@@ -313,8 +289,8 @@ class AccountLimits:
         """
         options.setdefault("catch_up", settings.images_per_minute // 1000)
         return cls(
-            client,
-            f"ep:limits:{account}",
+            backend,
+            keys.limits(account),
             images_per_minute=settings.images_per_minute,
             max_concurrent=settings.max_concurrent,
             **options,
@@ -326,17 +302,18 @@ class AccountLimits:
         A holder that has a lease already keeps it (renewed) but still needs a token: every
         submit is a start for the provider.
         """
-        wait_us = self._start(
-            keys=[self.rate.key, self.concurrency.key, self.throttle.key, self.rate.last_key],
-            args=[
-                holder,
-                self.concurrency.limit,
-                self.concurrency.lease_us,
-                repr(self.rate.interval_us),
-                repr(self.rate.catch_up_us),
-                self.throttle.recovery_us,
-                self.busy_retry_us,
-            ],
+        wait_us = self.backend.start(
+            rate_key=self.rate.key,
+            last_key=self.rate.last_key,
+            lease_key=self.concurrency.key,
+            throttle_key=self.throttle.key,
+            holder=holder,
+            limit=self.concurrency.limit,
+            lease_us=self.concurrency.lease_us,
+            interval_us=self.rate.interval_us,
+            catch_up_us=self.rate.catch_up_us,
+            recovery_us=self.throttle.recovery_us,
+            busy_retry_us=self.busy_retry_us,
         )
         return wait_us / US
 
@@ -365,63 +342,3 @@ class AccountLimits:
     def factor(self) -> float:
         return self.throttle.factor()
 
-
-class FairQueue:
-    """Runs of several jobs, handed out in turn so that every job progresses.
-
-    A job is registered with its number of runs; nothing is stored per run (a cursor per job),
-    so a 100,000-run job costs a few hash fields. ``pop`` goes round the jobs that have runs
-    left: the job whose turn it is gets ``priority`` runs in a row, then the next job; a
-    100-run job pushed behind a 100,000-run job therefore gets every other run. Each index is
-    handed out once, in order, unless ``requeue`` hands it out again (before the job's cursor).
-    Every operation is one Lua script: concurrent poppers never get the same run.
-
-    Keys: ``<key>:ring`` (job ids in turn order), ``<key>:jobs`` (cursor, count, priority of
-    each job) and ``<key>:requeued``. A job stays known until ``remove`` (cancelled or done),
-    so that a late ``requeue`` for a cancelled job is refused.
-
-    Parameters:
-      client: a Redis client.
-      key: the queue's key prefix.
-    """
-
-    def __init__(self, client: redis.Redis, key: str):
-        self.r = client
-        self.key = key
-        self.keys = [f"{key}:ring", f"{key}:jobs", f"{key}:requeued"]
-        self._push = _script(client, "limits_fair_push.lua", with_lib=False)
-        self._pop = _script(client, "limits_fair_pop.lua", with_lib=False)
-        self._requeue = _script(client, "limits_fair_requeue.lua", with_lib=False)
-        self._remove = _script(client, "limits_fair_remove.lua", with_lib=False)
-
-    def push(self, job_id: str, count: int, priority: int = 1) -> bool:
-        """Register runs ``0..count-1`` of ``job_id``; False (no change) if already known."""
-        if count < 0 or priority < 1:
-            raise ValueError("FairQueue.push needs count >= 0 and priority >= 1")
-        return self._push(keys=self.keys, args=[job_id, count, priority]) == 1
-
-    def pop(self) -> tuple[str, int] | None:
-        """The next run as ``(job_id, index)``, or None when no job has runs left."""
-        got = self._pop(keys=self.keys)
-        if got is None:
-            return None
-        job_id, index = got
-        return _text(job_id), int(index)
-
-    def pop_marked(self, marks_key: str, due_in_s: float) -> tuple[str, int, str] | None:
-        """Like ``pop``, and in the same atomic step add ``job|index|-1|0|<now>`` to the sorted
-        set ``marks_key``, due in ``due_in_s``: a popper that dies leaves the run findable.
-        Returns ``(job_id, index, member)``."""
-        got = self._pop(keys=[*self.keys, marks_key], args=[due_in_s])
-        if got is None:
-            return None
-        job_id, index, member = got
-        return _text(job_id), int(index), _text(member)
-
-    def requeue(self, job_id: str, index: int) -> bool:
-        """Hand run ``index`` out again; False if the job is gone, or the run is already queued."""
-        return self._requeue(keys=self.keys, args=[job_id, index]) == 1
-
-    def remove(self, job_id: str) -> bool:
-        """Hand out no more runs of ``job_id``; False if it was not known."""
-        return self._remove(keys=self.keys, args=[job_id]) == 1

@@ -200,14 +200,6 @@ class WaveSpeedClient:
         except (binascii.Error, ValueError):
             raise ProviderError("download: the output is neither a URL nor base64") from None
 
-    def fetch_public(self, url: str) -> bytes:
-        try:
-            response = self._public.get(url)
-        except httpx.TransportError as exc:
-            raise ProviderTransient(f"fetch {url}: {type(exc).__name__}") from None
-        raise_for_status(response, f"fetch {url}")
-        return response.content
-
     def upload(self, path: Path) -> str:
         """Upload a local reference image; returns the URL to pass in ``images``.
 

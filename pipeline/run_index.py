@@ -12,7 +12,8 @@ one line ``{"run_key": ..., "output": ...}`` per output:
 A run's line goes to its job's pending list in Redis in the same Lua step that charges it
 (``finish_run.lua``), so a charged output is never missing from the index: until its batch
 is written the line is in Redis with the rest of the job's state, and finalize (which every
-job reaches, see ``jobs.TO_FINALIZE``) writes the job's whole index from its results.
+job reaches: the last run's finish puts it on the to-finalize list) writes the job's whole
+index from its results. The Redis side is ``state.IndexPending``.
 
 Why batches and not one marker object per output (the layout before this one, still read
 under ``_index/runs/``): an object store charges per request, and a marker per run was a
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from .errors import StorageError
-from .jobs import JobStore
+from .state import IndexPending
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,12 @@ def job_key(job_id: str) -> str:
     return f"{SEGMENTS}{job_id}.jsonl"
 
 
-def write_batch_if_due(jobs: JobStore, storage: Storage, job_id: str, pending: int) -> None:
+def write_batch_if_due(pending_lines: IndexPending, storage: Storage, job_id: str, pending: int) -> None:
     """Write the job's pending lines as a batch once ``BATCH`` of them are waiting. A batch
     that cannot be written stays in Redis; finalize covers it."""
     if pending < BATCH:
         return
-    taken = jobs.take_index_batch(job_id, BATCH)
+    taken = pending_lines.take_batch(job_id, BATCH)
     if taken is None:
         return  # another worker took them first
     batch, text = taken
@@ -64,17 +65,17 @@ def write_batch_if_due(jobs: JobStore, storage: Storage, job_id: str, pending: i
     except StorageError as exc:
         log.warning("run index of %s: batch %d not written yet (finalize writes it): %s", job_id, batch, exc)
         return
-    jobs.index_batch_written(job_id, batch)
+    pending_lines.batch_written(job_id, batch)
 
 
-def write_job_index(jobs: JobStore, storage: Storage, job_id: str, results: Iterable[dict]) -> None:
+def write_job_index(pending_lines: IndexPending, storage: Storage, job_id: str, results: Iterable[dict]) -> None:
     """Write the job's whole index from its results, then drop its batches."""
     lines = [index_line(r["run_key"], r["output"]) for r in results if r["status"] == "succeeded" and r["output"]]
     if lines:
         storage.put_text(job_key(job_id), "\n".join(lines) + "\n", "application/x-ndjson")
     batches = [key for key in storage.list_keys(f"{SEGMENTS}{job_id}.") if key != job_key(job_id)]
     storage.delete_keys(batches)
-    jobs.forget_index_batches(job_id)
+    pending_lines.forget(job_id)
 
 
 def _parse_segment(text: str) -> Iterator[tuple[str, str]]:
@@ -84,10 +85,10 @@ def _parse_segment(text: str) -> Iterator[tuple[str, str]]:
             yield entry["run_key"], entry["output"]
 
 
-def read_unwritten(jobs: JobStore, output_root: str) -> Iterator[tuple[str, str]]:
+def read_unwritten(pending_lines: IndexPending, output_root: str) -> Iterator[tuple[str, str]]:
     """``(run_key, output_key)`` of outputs that jobs still running under ``output_root`` have
     made but not yet written to the index in storage (at most a batch each)."""
-    for text in jobs.unwritten_index(output_root):
+    for text in pending_lines.unwritten(output_root):
         yield from _parse_segment(text)
 
 

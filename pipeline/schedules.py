@@ -5,7 +5,7 @@
   by ``pipeline.schedules_file``; its names are importable from here too.
 - ``start_schedule`` starts one run: prepare (incremental: runs already done are skipped at
   $0) and submit with the schedule's budget, name and webhook. A schedule never starts while
-  its previous run is active: its lock in Redis (``ep:schedule:<name>:lock``) holds the job
+  its previous run is active: its lock in Redis (``ScheduleState``) holds the job
   id of the run in progress, so it outlives a restart of beat; a start that finds it held by
   an active job is skipped and recorded, and a lock left by a finished job is taken over.
 - Every start, skipped or failed one is recorded (``ScheduleState``): the last one for
@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import posixpath
 import tempfile
@@ -26,11 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import EditpipeError, ManifestError, ManifestIssue, SettingsError
-from .jobs import PREFIX, JobStore, _load_script
 from .ledger import utc_now
 from .schedules_file import (
     Schedule,
@@ -42,6 +39,8 @@ from .schedules_file import (
     parse_schedules,
 )
 from .settings import Settings
+from .state import ScheduleState as ScheduleState, State
+from .state.schedules import HISTORY_LENGTH, START_TTL_S, STARTING
 from .storage import parse_s3_uri, s3_client
 from .submission import Finalize, Prepared, RunChanges, prepare, submit
 
@@ -68,16 +67,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# A start that dies between taking the lock and submitting (a killed process) blocks its
-# schedule this long at most; preparing a very large catalog takes minutes, not an hour.
-START_TTL_S = 3600
-HISTORY_LENGTH = 100
-STARTING = "starting:"
-
 Outcome = Literal["started", "skipped_overlap", "failed"]
 
 
-# --- State in Redis ------------------------------------------------------------------------
+# --- Starting a schedule -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -102,76 +95,10 @@ class Start:
         return out
 
 
-class ScheduleState:
-    """A schedule's lock and records in Redis.
-
-    ``ep:schedule:<name>:lock`` holds the job id of the run in progress, or
-    ``starting:<token>`` while a start prepares (expiring after ``START_TTL_S``, in case the
-    starter dies); every change to it is one compare-and-set script call, so two triggers
-    racing for it cannot both win. ``:last`` is the last trigger's record (JSON) and
-    ``:history`` the last ``HISTORY_LENGTH`` of them, newest first.
-    """
-
-    def __init__(self, client: redis.Redis, name: str):
-        self.r = client
-        self.name = name
-        self._cas = _load_script(client, "schedule_lock.lua")
-
-    def key(self, part: str) -> str:
-        return f"{PREFIX}:schedule:{self.name}:{part}"
-
-    def holder(self) -> str | None:
-        return self.r.get(self.key("lock"))
-
-    def acquire(self, token: str, is_active: Callable[[str], bool]) -> str | None:
-        """Take the lock for a start identified by ``token``. Returns None when taken, or
-        the job id (or ``starting:…``) that holds it. A lock held by a job that is no longer
-        active is taken over; the same ``token`` (a redelivered task) takes its own back."""
-        mine = STARTING + token
-        for _ in range(5):
-            seen = self.holder() or ""
-            if seen == mine:
-                return None
-            if seen.startswith(STARTING) or (seen and is_active(seen)):
-                return seen
-            if self._set(seen, mine, START_TTL_S * 1000):
-                return None
-        return self.holder() or STARTING  # lost every race: another start holds it
-
-    def hand_over(self, token: str, job_id: str) -> None:
-        """The start submitted ``job_id``: the lock now holds it until another start finds it
-        finished."""
-        if not self._set(STARTING + token, job_id, 0):
-            log.warning("schedule %s: the lock of start %s had expired before job %s was submitted",
-                        self.name, token, job_id)
-
-    def release(self, token: str) -> None:
-        """The start submitted nothing: free the lock (if it is still this start's)."""
-        self._set(STARTING + token, "", 0)
-
-    def _set(self, seen: str, value: str, ttl_ms: int) -> bool:
-        return bool(self._cas(keys=[self.key("lock")], args=[seen, value, ttl_ms]))
-
-    def record(self, start: Start) -> None:
-        line = json.dumps(start.to_dict(), separators=(",", ":"))
-        pipe = self.r.pipeline(transaction=True)
-        pipe.set(self.key("last"), line)
-        pipe.lpush(self.key("history"), line)
-        pipe.ltrim(self.key("history"), 0, HISTORY_LENGTH - 1)
-        pipe.execute()
-
-    def last(self) -> dict[str, Any] | None:
-        raw = self.r.get(self.key("last"))
-        return json.loads(raw) if raw else None
-
-    def history(self, limit: int = HISTORY_LENGTH) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.r.lrange(self.key("history"), 0, limit - 1)]
-
-
-def job_is_active(jobs: JobStore, job_id: str) -> bool:
+def job_is_active(state: State, job_id: str) -> bool:
     """Still queued or running; a job Redis no longer knows is over."""
     try:
-        return not jobs.status(job_id).done
+        return not state.jobs.status(job_id).done
     except EditpipeError:
         return False
 
@@ -179,20 +106,20 @@ def job_is_active(jobs: JobStore, job_id: str) -> bool:
 # --- Starting a run ------------------------------------------------------------------------
 
 
-def prepare_schedule(schedule: Schedule, settings: Settings, jobs: JobStore | None = None) -> Prepared:
+def prepare_schedule(schedule: Schedule, settings: Settings, state: State | None = None) -> Prepared:
     """``submission.prepare`` for a schedule's manifest, a local path or an ``s3://`` URI
     (read with the S3 settings; its issues name the URI; local paths in it mean nothing)."""
     if not schedule.manifest.startswith("s3://"):
         path = Path(schedule.manifest)
         if not path.is_file():
             raise SchedulesFileError([schedule.issue(f"schedule {schedule.name!r}: no manifest at {path}")])
-        return prepare(path, settings, jobs=jobs)
+        return prepare(path, settings, state=state)
     body = _read_s3_manifest(schedule, settings)
     with tempfile.TemporaryDirectory(prefix="editpipe-schedule-") as tmp:
         path = Path(tmp) / (posixpath.basename(schedule.manifest) or "manifest.yaml")
         path.write_bytes(body)
         try:
-            prepared = prepare(path, settings, jobs=jobs)
+            prepared = prepare(path, settings, state=state)
         except ManifestError as exc:
             raise ManifestError(
                 [dataclasses.replace(i, file=schedule.manifest) if i.file == str(path) else i for i in exc.issues]
@@ -226,7 +153,7 @@ def _line_of(body: bytes, key: str) -> int | None:
 def start_schedule(
     schedule: Schedule,
     settings: Settings,
-    jobs: JobStore,
+    state: State,
     enqueue: Callable[[str], None],
     *,
     finalize: Finalize,
@@ -239,34 +166,34 @@ def start_schedule(
     ``trigger`` says who asked (``beat``, ``manual``) in the records. A skipped start is
     returned (and recorded); a start that fails raises, once recorded as ``failed``.
     """
-    state = ScheduleState(jobs.r, schedule.name)
-    holder = state.acquire(token, lambda job_id: job_is_active(jobs, job_id))
+    records = state.schedule(schedule.name)
+    holder = records.acquire(token, lambda job_id: job_is_active(state, job_id))
     if holder is not None:
-        start = _skipped(schedule, holder, trigger, jobs)
-        state.record(start)
+        start = _skipped(schedule, holder, trigger, state)
+        records.record(start)
         return start
     try:
-        prepared = prepare_schedule(schedule, settings, jobs)
+        prepared = prepare_schedule(schedule, settings, state)
         changes = prepared.changes
-        job_id = submit(prepared, jobs, enqueue, finalize=finalize, budget_usd=schedule.budget_usd,
+        job_id = submit(prepared, state, enqueue, finalize=finalize, budget_usd=schedule.budget_usd,
                         schedule=schedule.name, notify_url=schedule.notify)
     except BaseException as exc:
-        state.release(token)
+        records.release(token)
         if isinstance(exc, Exception):
-            state.record(Start(schedule.name, "failed", utc_now(), trigger, reason=_reason(exc)))
+            records.record(Start(schedule.name, "failed", utc_now(), trigger, reason=_reason(exc)))
         raise
-    state.hand_over(token, job_id)
+    records.hand_over(token, job_id)
     start = Start(schedule.name, "started", utc_now(), trigger, job_id=job_id, changes=changes)
-    state.record(start)
+    records.record(start)
     return start
 
 
-def _skipped(schedule: Schedule, holder: str, trigger: str, jobs: JobStore) -> Start:
+def _skipped(schedule: Schedule, holder: str, trigger: str, state: State) -> Start:
     if holder.startswith(STARTING) or not holder:
         return Start(schedule.name, "skipped_overlap", utc_now(), trigger,
                      reason="another start of this schedule is preparing its run")
     try:
-        status = jobs.status(holder).status
+        status = state.jobs.status(holder).status
     except EditpipeError:
         status = "active"
     return Start(schedule.name, "skipped_overlap", utc_now(), trigger, job_id=holder,
@@ -281,16 +208,16 @@ def _reason(exc: Exception, limit: int = 5) -> str:
     return str(exc) or type(exc).__name__
 
 
-def schedule_jobs(settings: Settings) -> JobStore:
+def schedule_jobs(settings: Settings) -> State:
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: schedules keep their locks and records in the workers' Redis")
-    return JobStore.from_url(settings.redis_url)
+    return State.from_url(settings.redis_url)
 
 
 def start_by_name(
     settings: Settings, name: str, enqueue: Callable[[str], None], *, finalize: Finalize, token: str, trigger: str
 ) -> Start:
     """Load the schedules file and start the schedule called ``name`` (``start_schedule``)."""
-    jobs = schedule_jobs(settings)
+    state = schedule_jobs(settings)
     schedule = find_schedule(load_schedules(settings.schedules_file), name, settings.schedules_file)
-    return start_schedule(schedule, settings, jobs, enqueue, finalize=finalize, token=token, trigger=trigger)
+    return start_schedule(schedule, settings, state, enqueue, finalize=finalize, token=token, trigger=trigger)

@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 
 from .errors import EditpipeError
-from .jobs import JobStatus, JobStore, new_job_id
 from .layout import job_file
 from .ledger import utc_now
 from .manifest import Manifest, load_manifest
@@ -24,11 +23,12 @@ from .plan import Plan, plan_runs
 from .records import RunResult, RunStatus, skipped_result
 from .run_index import read_index, read_unwritten
 from .settings import Settings
+from .state import JobStatus, State, new_job_id
 from .storage import Storage, open_storage, s3_object_etag
 
 
 # Writes a job's records and report and sets its final status (``report.finalize_job``).
-Finalize = Callable[[JobStore, Storage, str], object]
+Finalize = Callable[[State, Storage, str], object]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RunChanges:
     unchanged: int
 
     def fields(self) -> dict[str, int]:
-        """As stored in the job's record (``ep:job:<id>``)."""
+        """As stored in the job's record (``state.Jobs``)."""
         return {"runs_new": self.new, "runs_changed": self.changed, "runs_unchanged": self.unchanged}
 
 
@@ -88,11 +88,11 @@ def look_up_done(
     return done, RunChanges(new=len(plan.runs) - unchanged - changed, changed=changed, unchanged=unchanged)
 
 
-def prepare(path: Path, settings: Settings, *, force: bool = False, jobs: JobStore | None = None) -> Prepared:
+def prepare(path: Path, settings: Settings, *, force: bool = False, state: State | None = None) -> Prepared:
     """Load, validate and plan a manifest; raises ``ManifestError`` with every issue.
 
     Unless ``force``, runs already done under the same output root are found, and only the
-    others are priced. With the workers' ``jobs``, that includes the outputs of jobs still
+    others are priced. With the workers' ``state``, that includes the outputs of jobs still
     running there whose index lines are not in storage yet (up to a batch each).
     """
     specs = load_model_specs(settings.models_dir)
@@ -100,7 +100,7 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, jobs: JobSto
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
     storage = open_storage(manifest.output, settings)
     # Redis before storage: a line that leaves Redis in between was written to storage first.
-    unwritten = list(read_unwritten(jobs, storage.root)) if jobs is not None and not force else []
+    unwritten = list(read_unwritten(state.index, storage.root)) if state is not None and not force else []
     done, changes = look_up_done(storage, plan, force=force, unwritten=unwritten)
     return Prepared(
         manifest=manifest,
@@ -115,7 +115,7 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, jobs: JobSto
 
 def submit(
     prepared: Prepared,
-    jobs: JobStore,
+    state: State,
     enqueue: Callable[[str], None],
     *,
     finalize: Finalize,
@@ -134,7 +134,7 @@ def submit(
     caps = [b for b in (manifest.budget_usd, budget_usd) if b is not None]
     job_id = new_job_id(manifest.name)
     prepared.storage.put_text(job_file(job_id, "manifest.yaml"), manifest.source_text, "application/yaml")
-    jobs.create(
+    state.jobs.create(
         job_id,
         name=manifest.name,
         output=prepared.storage.root,
@@ -154,17 +154,17 @@ def submit(
         existing = prepared.done.get(run.run_key)
         if existing is not None:
             result = skipped_result(run, existing).to_dict()
-            last = jobs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last
+            last = state.runs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last
     if last or not prepared.plan.runs:
-        finalize(jobs, prepared.storage, job_id)
-        jobs.finalized(job_id)
+        finalize(state, prepared.storage, job_id)
+        state.finalized(job_id)
     else:
         enqueue(job_id)
     return job_id
 
 
 def follow(
-    jobs: JobStore,
+    state: State,
     job_id: str,
     on_progress: Callable[[JobStatus], None],
     interval_s: float = 0.5,
@@ -173,7 +173,7 @@ def follow(
     """Report a job's progress until it is finalized (or ``timeout_s`` passes)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        status = jobs.status(job_id)
+        status = state.jobs.status(job_id)
         on_progress(status)
         if status.done or (deadline is not None and time.monotonic() > deadline):
             return status
@@ -181,7 +181,7 @@ def follow(
 
 
 def resume(
-    jobs: JobStore,
+    state: State,
     job_id: str,
     enqueue_runs: Callable[[str, list[int]], None],
     *,
@@ -192,22 +192,22 @@ def resume(
     (transient errors, cancel, budget, a rejected key, a lost submit answer) and runs that
     never got a result. Succeeded and skipped runs, and runs the provider refused or failed,
     are left as they are. Returns the run indices enqueued."""
-    status = jobs.status(job_id)
+    status = state.jobs.status(job_id)
     if not status.done:
         raise EditpipeError(f"job {job_id} is still {status.status}: wait for it, or cancel it, then resume")
     indices = []
     finished = set()
-    for result in map(RunResult.from_dict, jobs.results(job_id)):
+    for result in map(RunResult.from_dict, state.runs.results(job_id)):
         finished.add(result.index)
         if result.failed and result.retryable:
-            if jobs.reopen(job_id, result.index):
-                jobs.forget_attempts(job_id, result.index)
+            if state.runs.reopen(job_id, result.index):
+                state.runs.forget_attempts(job_id, result.index)
                 indices.append(result.index)
     indices += [i for i in range(status.total) if i not in finished]
     indices.sort()
     if not indices:
         return []
-    jobs.reopen_job(job_id, budget_usd)
+    state.jobs.reopen(job_id, budget_usd)
     for start in range(0, len(indices), chunk):
         enqueue_runs(job_id, indices[start : start + chunk])
     return indices

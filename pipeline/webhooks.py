@@ -20,12 +20,13 @@ import threading
 from aiohttp import web
 
 from workers.celery_app import make_app as celery_app
+from workers.names import COLLECT
 
 from .callbacks import checked_run
 from .errors import SettingsError
-from .jobs import JobStore
 from .provider import TERMINAL_OK
 from .settings import Settings
+from .state import State
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def make_app(settings: Settings) -> web.Application:
     if settings.webhook_secret is None or not settings.redis_url:
         raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
     secret = settings.webhook_secret.get_secret_value()
-    jobs = JobStore.from_url(settings.redis_url)
+    runs = State.from_url(settings.redis_url).runs
     celery = celery_app(settings)
     counts = {"received": 0, "collected": 0, "rejected": 0}
 
@@ -52,13 +53,13 @@ def make_app(settings: Settings) -> web.Application:
         data = body.get("data", body) if isinstance(body, dict) else {}
         prediction_id, status = str(data.get("id") or ""), data.get("status")
         # Blocking Redis and broker calls, off the event loop.
-        known = await asyncio.to_thread(jobs.prediction_of, job_id, index)
+        known = await asyncio.to_thread(runs.prediction_of, job_id, index)
         if known != prediction_id:
             # Not (yet) recorded as this run's prediction: the poll will settle it.
             return web.json_response({"accepted": False})
         if status == TERMINAL_OK:
             outputs = [str(o) for o in data.get("outputs") or []]
-            await asyncio.to_thread(celery.send_task, "editpipe.collect", (job_id, index, prediction_id, outputs))
+            await asyncio.to_thread(celery.send_task, COLLECT, (job_id, index, prediction_id, outputs))
             counts["collected"] += 1
         return web.json_response({"accepted": True})
 

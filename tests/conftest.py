@@ -32,9 +32,9 @@ from PIL import Image
 from pydantic import SecretStr
 
 from pipeline.embedded import free_port, private_redis, worker_env
-from pipeline.jobs import JobStatus, JobStore
 from pipeline.modelspec import load_model_specs
 from pipeline.report import finalize_job
+from pipeline.state import JobStatus, State
 from pipeline.settings import Settings
 from pipeline.simulator import SimConfig, Simulator
 from pipeline.submission import follow, prepare, submit
@@ -182,13 +182,19 @@ def workers(settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[Work
 
 
 @pytest.fixture
-def jobs(settings: Settings) -> JobStore:
-    return JobStore.from_url(settings.redis_url or "")
+def state(settings: Settings) -> State:
+    return State.from_url(settings.redis_url or "")
+
+
+@pytest.fixture
+def r(settings: Settings) -> redis.Redis:
+    """A Redis client of the test's own, to look at what the state layer wrote."""
+    return redis.Redis.from_url(settings.redis_url or "", decode_responses=True)
 
 
 def run_job(settings: Settings, manifest: Path, timeout_s: float = 120) -> JobStatus:
     """Submit a manifest the way `editpipe submit --wait` does and wait for the job to end."""
-    store = JobStore.from_url(settings.redis_url or "")
+    store = State.from_url(settings.redis_url or "")
     job_id = submit(prepare(manifest, settings), store, job_enqueuer(settings), finalize=finalize_job)
     status = follow(store, job_id, lambda s: None, interval_s=0.2, timeout_s=timeout_s)
     assert status.done, f"job {job_id} did not finish in {timeout_s}s: {status}"

@@ -41,7 +41,6 @@ LAYERS: dict[str, int] = {
     "pipeline.catalog": ADAPTERS,  # feeds and folders, read over http, S3 or the file system
     "pipeline.run_index": ADAPTERS,
     "pipeline.state": ADAPTERS,
-    "pipeline.jobs": ADAPTERS,
     "pipeline.thumbnails": ADAPTERS,  # made while a run is collected, and shown by the report
     # Limits, dispatch, the steps of a run, recovery.
     "pipeline.limits": ENGINE,
@@ -64,7 +63,6 @@ LAYERS: dict[str, int] = {
 ALLOWED: dict[str, str] = {
     "pipeline.manifest.catalog_rows -> pipeline.catalog": "catalog feeds are read by the manifest; being split into pure rows and sources",
     "pipeline.manifest.load -> pipeline.catalog": "catalog feeds are read by the manifest; being split into pure rows and sources",
-    "size: pipeline.jobs": "the state package, on branch state",
 }
 
 

@@ -18,7 +18,8 @@ from collections import Counter
 import pytest
 import redis
 
-from pipeline.limits import AccountLimits, ConcurrencyLimiter, FairQueue, RateLimiter, Throttle
+from pipeline.limits import AccountLimits, ConcurrencyLimiter, RateLimiter, Throttle
+from pipeline.state import Connection, FairQueue, LimitsBackend
 from pipeline.settings import Settings
 
 ctx = multiprocessing.get_context("fork")
@@ -29,6 +30,16 @@ def r(redis_url: str):
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def conn(redis_url: str) -> Connection:
+    return Connection.from_url(redis_url)
+
+
+@pytest.fixture
+def backend(conn: Connection) -> LimitsBackend:
+    return LimitsBackend(conn)
 
 
 @pytest.fixture
@@ -50,7 +61,7 @@ def busiest(times: list[float], window_s: float) -> int:
 # --- worker processes -------------------------------------------------------------------
 
 def _hammer_rate(url: str, key: str, per_minute: int, catch_up: int, start_at: float, run_s: float, out) -> None:
-    limiter = RateLimiter(redis.Redis.from_url(url), key, per_minute, catch_up=catch_up)
+    limiter = RateLimiter(LimitsBackend.from_url(url), key, per_minute, catch_up=catch_up)
     grants = []
     while time.time() < start_at:
         time.sleep(0.001)
@@ -65,7 +76,7 @@ def _hammer_rate(url: str, key: str, per_minute: int, catch_up: int, start_at: f
 
 def _hammer_slots(url: str, key: str, limit: int, counter: str, start_at: float, run_s: float, out) -> None:
     client = redis.Redis.from_url(url)
-    limiter = ConcurrencyLimiter(client, key, limit, lease_s=10)
+    limiter = ConcurrencyLimiter(LimitsBackend.from_url(url), key, limit, lease_s=10)
     peaks = {"held": 0, "in_use": 0, "grants": 0}
     lock = threading.Lock()
 
@@ -95,18 +106,18 @@ def _hammer_slots(url: str, key: str, limit: int, counter: str, start_at: float,
 
 
 def _hold_forever(url: str, key: str, ready) -> None:
-    ConcurrencyLimiter(redis.Redis.from_url(url), key, 1, lease_s=1).try_acquire("doomed")
+    ConcurrencyLimiter(LimitsBackend.from_url(url), key, 1, lease_s=1).try_acquire("doomed")
     ready.set()
     time.sleep(60)
 
 
 def _try_start(url: str, prefix: str, holder: str) -> float:
-    limits = AccountLimits(redis.Redis.from_url(url), prefix, images_per_minute=600, max_concurrent=10, recovery_s=2)
+    limits = AccountLimits(LimitsBackend.from_url(url), prefix, images_per_minute=600, max_concurrent=10, recovery_s=2)
     return limits.try_start(holder)
 
 
 def _drain(url: str, key: str, out) -> None:
-    queue = FairQueue(redis.Redis.from_url(url), key)
+    queue = FairQueue(Connection.from_url(url), key)
     got = []
     while (run := queue.pop()) is not None:
         got.append(run)
@@ -140,8 +151,8 @@ def test_rate_never_exceeds_per_minute_in_any_window_across_processes(redis_url,
     assert len(grants) >= 0.8 * run_s * per_minute / 60
 
 
-def test_starts_made_up_never_come_at_once_and_are_paid_for_out_of_the_rate(r, key):
-    limiter = RateLimiter(r, key, per_minute=600, catch_up=2)
+def test_starts_made_up_never_come_at_once_and_are_paid_for_out_of_the_rate(r, key, backend):
+    limiter = RateLimiter(backend, key, per_minute=600, catch_up=2)
     interval_s = 60 / (600 - 2)  # the spacing, paid for the two that may be made up
     granted = []  # the Redis server's time of each start, as the script stored it
     while len(granted) < 8:
@@ -160,14 +171,14 @@ def test_starts_made_up_never_come_at_once_and_are_paid_for_out_of_the_rate(r, k
     assert granted[-1] - granted[0] >= 5 * interval_s - 1e-6
 
 
-def test_account_limits_make_up_one_start_per_thousand_a_minute(r, key):
+def test_account_limits_make_up_one_start_per_thousand_a_minute(r, key, backend):
     for tier, catch_up in (("bronze", 0), ("silver", 0), ("gold", 3), ("ultra", 5)):
-        limits = AccountLimits.from_settings(r, Settings.from_env({"WAVESPEED_TIER": tier}), account=f"{key}-{tier}")
+        limits = AccountLimits.from_settings(backend, Settings.from_env({"WAVESPEED_TIER": tier}), account=f"{key}-{tier}")
         assert limits.rate.catch_up == catch_up
 
 
-def test_try_acquire_reports_the_wait_and_grants_after_it(r, key):
-    limiter = RateLimiter(r, key, per_minute=600)
+def test_try_acquire_reports_the_wait_and_grants_after_it(r, key, backend):
+    limiter = RateLimiter(backend, key, per_minute=600)
 
     assert limiter.try_acquire() == 0.0
     wait = limiter.try_acquire()
@@ -175,8 +186,8 @@ def test_try_acquire_reports_the_wait_and_grants_after_it(r, key):
     assert limiter.acquire(timeout_s=1.0)
 
 
-def test_account_limits_leave_headroom_for_arrival_jitter(r, key):
-    limits = AccountLimits.from_settings(r, Settings.from_env({"WAVESPEED_TIER": "silver"}), account=key)
+def test_account_limits_leave_headroom_for_arrival_jitter(r, key, backend):
+    limits = AccountLimits.from_settings(backend, Settings.from_env({"WAVESPEED_TIER": "silver"}), account=key)
 
     assert (limits.rate.per_minute, limits.concurrency.limit) == (500, 100)
     assert limits.rate.key == f"ep:limits:{key}:rate"
@@ -187,7 +198,7 @@ def test_account_limits_leave_headroom_for_arrival_jitter(r, key):
 
 # --- concurrency ----------------------------------------------------------------------
 
-def test_concurrency_never_above_limit_across_processes(redis_url, r, key):
+def test_concurrency_never_above_limit_across_processes(redis_url, r, key, backend):
     limit, counter = 2, f"{key}:held"
     start_at = time.time() + 0.3
     results = _gather(_hammer_slots, lambda i: (redis_url, key, limit, counter, start_at, 1.5), 3)
@@ -196,10 +207,10 @@ def test_concurrency_never_above_limit_across_processes(redis_url, r, key):
     assert max(p["in_use"] for p in results) <= limit
     assert max(p["held"] for p in results) == limit, "the limit was reached, so it was tested"
     assert sum(p["grants"] for p in results) > 20
-    assert ConcurrencyLimiter(r, key, limit).in_use() == 0
+    assert ConcurrencyLimiter(backend, key, limit).in_use() == 0
 
 
-def test_killed_holders_slot_comes_back_within_its_lease(redis_url, r, key):
+def test_killed_holders_slot_comes_back_within_its_lease(redis_url, r, key, backend):
     ready = ctx.Event()
     holder = ctx.Process(target=_hold_forever, args=(redis_url, key, ready))
     holder.start()
@@ -207,7 +218,7 @@ def test_killed_holders_slot_comes_back_within_its_lease(redis_url, r, key):
     os.kill(holder.pid, signal.SIGKILL)
     holder.join()
     killed_at = time.monotonic()
-    limiter = ConcurrencyLimiter(r, key, 1, lease_s=1)
+    limiter = ConcurrencyLimiter(backend, key, 1, lease_s=1)
 
     assert not limiter.try_acquire("next")
     while not limiter.try_acquire("next"):
@@ -216,8 +227,8 @@ def test_killed_holders_slot_comes_back_within_its_lease(redis_url, r, key):
     assert limiter.in_use() == 1
 
 
-def test_release_frees_the_slot_at_once(r, key):
-    limiter = ConcurrencyLimiter(r, key, 1, lease_s=60)
+def test_release_frees_the_slot_at_once(r, key, backend):
+    limiter = ConcurrencyLimiter(backend, key, 1, lease_s=60)
 
     assert limiter.try_acquire("a")
     assert limiter.try_acquire("a"), "a holder asking again keeps its own slot"
@@ -227,8 +238,8 @@ def test_release_frees_the_slot_at_once(r, key):
     assert limiter.in_use() == 1
 
 
-def test_renewed_lease_is_kept_and_expired_one_is_not_renewed(r, key):
-    limiter = ConcurrencyLimiter(r, key, 1, lease_s=0.5)
+def test_renewed_lease_is_kept_and_expired_one_is_not_renewed(r, key, backend):
+    limiter = ConcurrencyLimiter(backend, key, 1, lease_s=0.5)
 
     assert limiter.try_acquire("a")
     time.sleep(0.3)
@@ -244,8 +255,8 @@ def test_renewed_lease_is_kept_and_expired_one_is_not_renewed(r, key):
 
 # --- throttle -------------------------------------------------------------------------
 
-def test_a_429_pauses_every_process_then_the_rate_recovers(redis_url, r, key):
-    limits = AccountLimits(r, key, images_per_minute=600, max_concurrent=10, recovery_s=2)
+def test_a_429_pauses_every_process_then_the_rate_recovers(redis_url, r, key, backend):
+    limits = AccountLimits(backend, key, images_per_minute=600, max_concurrent=10, recovery_s=2)
     with ctx.Pool(1) as other:
         other.apply(time.sleep, (0,))  # started before the 429, like a running worker
 
@@ -267,8 +278,8 @@ def test_a_429_pauses_every_process_then_the_rate_recovers(redis_url, r, key):
     assert limits.factor() == 1.0
 
 
-def test_429s_during_a_pause_extend_it_but_cut_the_rate_once(r, key):
-    throttle = Throttle(r, key, decrease=0.5, floor=0.1)
+def test_429s_during_a_pause_extend_it_but_cut_the_rate_once(r, key, backend):
+    throttle = Throttle(backend, key, decrease=0.5, floor=0.1)
 
     assert throttle.on_rate_limited(2.0) == pytest.approx(2.0, abs=0.01)
     assert throttle.on_rate_limited(1.0) > 1.9, "a pause in force is never shortened"
@@ -276,8 +287,8 @@ def test_429s_during_a_pause_extend_it_but_cut_the_rate_once(r, key):
     assert throttle.factor() == 0.5
 
 
-def test_throttle_uses_a_default_pause_and_never_goes_below_its_floor(r, key):
-    throttle = Throttle(r, key, default_pause_s=4.0, decrease=0.5, floor=0.1)
+def test_throttle_uses_a_default_pause_and_never_goes_below_its_floor(r, key, backend):
+    throttle = Throttle(backend, key, default_pause_s=4.0, decrease=0.5, floor=0.1)
 
     assert throttle.on_rate_limited(None) == pytest.approx(4.0, abs=0.01)
     r.delete(key)
@@ -289,8 +300,8 @@ def test_throttle_uses_a_default_pause_and_never_goes_below_its_floor(r, key):
 
 # --- atomic start ---------------------------------------------------------------------
 
-def test_start_refused_for_a_slot_burns_no_rate_token(r, key):
-    limits = AccountLimits(r, key, images_per_minute=60, max_concurrent=1, busy_retry_s=0.2, headroom=0.0)
+def test_start_refused_for_a_slot_burns_no_rate_token(r, key, backend):
+    limits = AccountLimits(backend, key, images_per_minute=60, max_concurrent=1, busy_retry_s=0.2, headroom=0.0)
 
     assert limits.try_start("a") == 0.0
     time.sleep(1.05)  # the rate allows the next start now; only the slot is missing
@@ -300,8 +311,8 @@ def test_start_refused_for_a_slot_burns_no_rate_token(r, key):
     assert limits.try_start("b") == 0.0, "the refused tries took no tokens"
 
 
-def test_start_refused_by_the_rate_takes_no_slot(r, key):
-    limits = AccountLimits(r, key, images_per_minute=60, max_concurrent=5, headroom=0.0)
+def test_start_refused_by_the_rate_takes_no_slot(r, key, backend):
+    limits = AccountLimits(backend, key, images_per_minute=60, max_concurrent=5, headroom=0.0)
 
     assert limits.try_start("a") == 0.0
     assert 0.9 < limits.try_start("b") <= 1.0
@@ -311,8 +322,8 @@ def test_start_refused_by_the_rate_takes_no_slot(r, key):
 
 # --- fair queue -----------------------------------------------------------------------
 
-def test_small_job_behind_a_100000_run_job_gets_its_runs_within_200_pops(r, key):
-    queue = FairQueue(r, key)
+def test_small_job_behind_a_100000_run_job_gets_its_runs_within_200_pops(r, key, conn):
+    queue = FairQueue(conn, key)
     assert queue.push("big", 100_000)
     assert queue.push("small", 100)
 
@@ -324,16 +335,16 @@ def test_small_job_behind_a_100000_run_job_gets_its_runs_within_200_pops(r, key)
     assert r.hlen(f"{key}:jobs") == 10 and r.llen(f"{key}:ring") <= 2
 
 
-def test_priority_gives_a_job_that_many_turns_in_a_row(r, key):
-    queue = FairQueue(r, key)
+def test_priority_gives_a_job_that_many_turns_in_a_row(r, key, conn):
+    queue = FairQueue(conn, key)
     queue.push("urgent", 100, priority=3)
     queue.push("normal", 100)
 
     assert [queue.pop()[0] for _ in range(8)] == ["urgent"] * 3 + ["normal"] + ["urgent"] * 3 + ["normal"]
 
 
-def test_requeued_run_comes_back_before_the_cursor_and_removed_job_stops(r, key):
-    queue = FairQueue(r, key)
+def test_requeued_run_comes_back_before_the_cursor_and_removed_job_stops(r, key, conn):
+    queue = FairQueue(conn, key)
     queue.push("a", 3)
     assert not queue.push("a", 50), "pushing a known job again changes nothing"
     assert [queue.pop() for _ in range(4)] == [("a", 0), ("a", 1), ("a", 2), None]
@@ -351,8 +362,8 @@ def test_requeued_run_comes_back_before_the_cursor_and_removed_job_stops(r, key)
     assert queue.pop() is None
 
 
-def test_concurrent_pops_hand_out_every_run_exactly_once(redis_url, r, key):
-    queue = FairQueue(r, key)
+def test_concurrent_pops_hand_out_every_run_exactly_once(redis_url, r, key, conn):
+    queue = FairQueue(conn, key)
     sizes = {"j1": 500, "j2": 300, "j3": 1}
     for job, count in sizes.items():
         queue.push(job, count)

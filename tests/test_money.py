@@ -10,12 +10,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import redis
 
 from conftest import many_runs_manifest, read_jsonl, run_job, write_manifest
-from pipeline.jobs import JobStore
 from pipeline.provider import WaveSpeedClient
 from pipeline.reconcile import reconcile
 from pipeline.report import finalize_job
+from pipeline.state import State, keys
 from pipeline.storage import open_storage
 from pipeline.submission import follow, prepare, resume, submit
 from workers.celery_app import job_enqueuer, runs_enqueuer
@@ -28,30 +29,30 @@ def ledger_total(lines: list[dict]) -> Decimal:
 
 
 def submit_job(settings, manifest: Path) -> str:
-    jobs = JobStore.from_url(settings.redis_url)
-    return submit(prepare(manifest, settings), jobs, job_enqueuer(settings), finalize=finalize_job)
+    state = State.from_url(settings.redis_url)
+    return submit(prepare(manifest, settings), state, job_enqueuer(settings), finalize=finalize_job)
 
 
-def dispatch_state(jobs: JobStore, job_id: str) -> dict:
+def dispatch_state(url: str, job_id: str) -> dict:
     """What the dispatcher holds, for a failure message."""
-    r = jobs.r
+    r = redis.Redis.from_url(url, decode_responses=True)
     return {
-        "runs_waiting_jobs": r.lrange("ep:fair:ring", 0, -1),
-        "due": r.zrange("ep:due", 0, 5, withscores=True),
-        "due_count": r.zcard("ep:due"),
-        "leases": {k: r.pttl(k) for k in r.keys("ep:lease:*")},
-        "kicks": r.keys("ep:kick:*"),
-        "results": r.hlen(jobs.key(job_id, "results")),
-        "predictions": r.hlen(jobs.key(job_id, "pred")),
-        "submitting_open": r.hgetall(jobs.key(job_id, "submitting_open")),
+        "runs_waiting_jobs": r.lrange(keys.fair_queue()[0], 0, -1),
+        "due": r.zrange(keys.DUE, 0, 5, withscores=True),
+        "due_count": r.zcard(keys.DUE),
+        "leases": {k: r.pttl(k) for k in r.keys(keys.task_lease("*"))},
+        "kicks": r.keys(keys.task_kick("*")),
+        "results": r.hlen(keys.job(job_id, "results")),
+        "predictions": r.hlen(keys.job(job_id, "pred")),
+        "submitting_open": r.hgetall(keys.job(job_id, "submitting_open")),
         "queue_len": r.llen("editpipe"),
     }
 
 
 def wait(settings, job_id: str, timeout_s: float = 200):
-    jobs = JobStore.from_url(settings.redis_url)
-    status = follow(jobs, job_id, lambda s: None, 0.2, timeout_s)
-    assert status.done, f"{job_id} still {status.status} after {timeout_s}s: {dispatch_state(jobs, job_id)}"
+    state = State.from_url(settings.redis_url)
+    status = follow(state, job_id, lambda s: None, 0.2, timeout_s)
+    assert status.done, f"{job_id} still {status.status} after {timeout_s}s: {dispatch_state(settings.redis_url, job_id)}"
     return status
 
 
@@ -126,12 +127,12 @@ def test_workers_killed_three_times_never_pay_twice_and_the_ledger_matches_the_b
     manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=100)
     workers.start(count=2, concurrency=4)
     job_id = submit_job(settings, manifest)
-    jobs = JobStore.from_url(settings.redis_url)
+    state = State.from_url(settings.redis_url)
 
     kills = 0
     while kills < 3:
         time.sleep(2.5)
-        if jobs.status(job_id).done:
+        if state.jobs.status(job_id).done:
             break
         workers.kill_all(signal.SIGKILL)
         kills += 1
@@ -201,17 +202,17 @@ def test_resume_after_cancel_finishes_the_rest_and_pays_only_for_it(tmp_path, se
     manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=15)
     workers.start(count=1, concurrency=3)
     job_id = submit_job(settings, manifest)
-    jobs = JobStore.from_url(settings.redis_url)
+    state = State.from_url(settings.redis_url)
     deadline = time.monotonic() + 60
-    while jobs.status(job_id).succeeded < 5 and time.monotonic() < deadline:
+    while state.jobs.status(job_id).succeeded < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
-    jobs.cancel(job_id)
+    state.jobs.cancel(job_id)
     cancelled = wait(settings, job_id)
     assert cancelled.status == "cancelled" and 0 < cancelled.succeeded < 30
     billed_before = sim.stats()["billed_count"]
     assert billed_before == cancelled.succeeded
 
-    indices = resume(jobs, job_id, runs_enqueuer(settings))
+    indices = resume(state, job_id, runs_enqueuer(settings))
     assert len(indices) == 30 - cancelled.succeeded
     done = wait(settings, job_id)
 

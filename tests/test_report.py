@@ -23,8 +23,8 @@ from chromium import ARTIFACTS, Chromium, ChromiumUnavailable, body_data, find_o
 from conftest import API_KEY, make_image, run_job, write_manifest
 from pipeline.embedded import free_port
 from pipeline.errors import EditpipeError
-from pipeline.jobs import JobStore
 from pipeline.ledger import LedgerEntry, LineKind, utc_now
+from pipeline.state import State
 from pipeline.notify import notify
 from pipeline.plan import InputRef, Run
 from pipeline.records import RunResult, RunStatus
@@ -54,7 +54,7 @@ def assert_every_image_loaded(dom: str, expected: int) -> None:
 
 
 def test_s3_report_renders_in_chromium_with_every_thumbnail_loaded_from_presigned_urls(
-    tmp_path, settings, sim, workers, bucket, s3, chromium, jobs
+    tmp_path, settings, sim, workers, bucket, s3, chromium, state
 ):
     # One set from a local file, one from S3, one from an http URL plus a local file.
     make_image(tmp_path / "products" / "a.png", (200, 160, 40))
@@ -94,7 +94,7 @@ def test_s3_report_renders_in_chromium_with_every_thumbnail_loaded_from_presigne
     assert len([k for k in thumbs if not k.rsplit("/", 1)[1].startswith("in-")]) == 6
     results = [json.loads(line) for line in storage.get_text(f"{prefix}/results.jsonl").splitlines()]
     assert {r["thumbnail"] for r in results if r["status"] == "succeeded"} == {
-        f"{prefix}/thumbs/{r['index']}.jpg" for r in jobs.results(status.id) if r["status"] == "succeeded"}
+        f"{prefix}/thumbs/{r['index']}.jpg" for r in state.runs.results(status.id) if r["status"] == "succeeded"}
     assert len([k for k in thumbs if k.rsplit("/", 1)[1].startswith("in-")]) == 2
     url = report_location(storage, status.id)
     assert url.startswith(settings.s3_endpoint_url) and "X-Amz-Signature=" in url
@@ -135,7 +135,7 @@ def test_s3_report_renders_in_chromium_with_every_thumbnail_loaded_from_presigne
 
 
 def test_a_local_report_is_paged_and_every_page_loads_even_after_the_folder_moves(
-    tmp_path, settings, sim, workers, jobs, chromium
+    tmp_path, settings, sim, workers, state, chromium
 ):
     for name, color in (("a", (200, 160, 40)), ("b", (120, 140, 170)), ("c", (170, 20, 40))):
         make_image(tmp_path / "products" / f"{name}.png", color)
@@ -154,7 +154,7 @@ def test_a_local_report_is_paged_and_every_page_loads_even_after_the_folder_move
     assert status.status == "succeeded", workers.logs()[-3000:]
     storage = LocalStorage(tmp_path / "out")
 
-    finalize_job(jobs, storage, status.id, page_size=5)
+    finalize_job(state, storage, status.id, page_size=5)
 
     job_dir = tmp_path / "out" / "jobs" / status.id
     assert [p.name for p in (job_dir / "thumbs").iterdir() if not p.name.startswith("in-")] == []
@@ -184,14 +184,14 @@ def test_a_local_report_is_paged_and_every_page_loads_even_after_the_folder_move
                         window=(1280, 1200))
 
 
-def new_job(jobs: JobStore, root: Path, runs: list[Run], *, budget: Decimal | None = None) -> str:
+def new_job(state: State, root: Path, runs: list[Run], *, budget: Decimal | None = None) -> str:
     job_id = f"synthetic-{time.time_ns()}"
-    jobs.create(job_id, name="synthetic", output=str(root), runs=runs, total=len(runs),
+    state.jobs.create(job_id, name="synthetic", output=str(root), runs=runs, total=len(runs),
                 estimated_usd=Decimal("0.10") * len(runs), budget_usd=budget, created_at=utc_now())
     return job_id
 
 
-def test_a_thousand_run_job_finalizes_quickly_and_a_second_finalize_reuses_the_thumbnails(tmp_path, jobs):
+def test_a_thousand_run_job_finalizes_quickly_and_a_second_finalize_reuses_the_thumbnails(tmp_path, state):
     storage = LocalStorage(tmp_path / "out")
     source = make_image(tmp_path / "in.png", (90, 90, 90))
     ref = InputRef(str(source), "local", "sha256:" + "ab" * 32)
@@ -199,19 +199,19 @@ def test_a_thousand_run_job_finalizes_quickly_and_a_second_finalize_reuses_the_t
     output = (tmp_path / "o.png").read_bytes()
     runs = [Run(i, f"{i:064x}", f"set-{i}", "p", 1, "m", "prompt", {"aspect_ratio": "2:3"}, (ref,),
                 f"set-{i}/p.png", {}) for i in range(1000)]
-    job_id = new_job(jobs, tmp_path / "out", runs)
+    job_id = new_job(state, tmp_path / "out", runs)
     for run in runs:
         storage.put_bytes(run.output_key, output)
-        jobs.finish_run(job_id, run.index, outcome="succeeded", result={
+        state.runs.finish_run(job_id, run.index, outcome="succeeded", result={
             "index": run.index, "run_key": run.run_key, "image_set": run.image_set, "prompt": "p",
             "variant": 1, "options": run.options, "status": "succeeded", "output": run.output_key,
             "prediction_id": f"pred-{run.index}", "cost_usd": "0.10", "error": None})
 
     started = time.monotonic()
-    finalize_job(jobs, storage, job_id)
+    finalize_job(state, storage, job_id)
     first = time.monotonic() - started
     started = time.monotonic()
-    finalize_job(jobs, storage, job_id)
+    finalize_job(state, storage, job_id)
     second = time.monotonic() - started
 
     thumbs = list(storage.list_keys(f"jobs/{job_id}/thumbs/"))
@@ -308,12 +308,12 @@ def test_notify_does_not_retry_a_refusal(hook_factory):
     assert len(hook.bodies) == 1
 
 
-def test_finalize_posts_the_summary_to_the_jobs_notify_url_after_writing_its_files(tmp_path, jobs, hook_factory):
+def test_finalize_posts_the_summary_to_the_jobs_notify_url_after_writing_its_files(tmp_path, state, hook_factory):
     hook = hook_factory([503])
-    job_id = new_job(jobs, tmp_path / "out", [], budget=Decimal("2"))
-    jobs.r.hset(jobs.key(job_id), "notify_url", hook.url)
+    job_id = new_job(state, tmp_path / "out", [], budget=Decimal("2"))
+    state.jobs.set_fields(job_id, {"notify_url": hook.url})
 
-    status = finalize_job(jobs, LocalStorage(tmp_path / "out"), job_id)
+    status = finalize_job(state, LocalStorage(tmp_path / "out"), job_id)
 
     assert status.status == "succeeded"
     posted = json.loads(hook.bodies[-1])
@@ -322,11 +322,11 @@ def test_finalize_posts_the_summary_to_the_jobs_notify_url_after_writing_its_fil
     assert "no runs" in (tmp_path / "out" / "jobs" / job_id / "report.html").read_text()
 
 
-def test_finalize_succeeds_when_the_webhook_is_down(tmp_path, jobs):
-    job_id = new_job(jobs, tmp_path / "out", [])
-    jobs.r.hset(jobs.key(job_id), "notify_url", f"http://127.0.0.1:{free_port()}/")
+def test_finalize_succeeds_when_the_webhook_is_down(tmp_path, state):
+    job_id = new_job(state, tmp_path / "out", [])
+    state.jobs.set_fields(job_id, {"notify_url": f"http://127.0.0.1:{free_port()}/"})
 
-    status = finalize_job(jobs, LocalStorage(tmp_path / "out"), job_id)
+    status = finalize_job(state, LocalStorage(tmp_path / "out"), job_id)
 
     assert status.status == "succeeded"
 
@@ -334,9 +334,9 @@ def test_finalize_succeeds_when_the_webhook_is_down(tmp_path, jobs):
 # The command
 
 
-def test_report_command_prints_the_report_and_opens_it(tmp_path, jobs, settings):
-    job_id = new_job(jobs, tmp_path / "out", [])
-    finalize_job(jobs, LocalStorage(tmp_path / "out"), job_id)
+def test_report_command_prints_the_report_and_opens_it(tmp_path, state, settings):
+    job_id = new_job(state, tmp_path / "out", [])
+    finalize_job(state, LocalStorage(tmp_path / "out"), job_id)
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser.sh"
     browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
@@ -355,8 +355,8 @@ def test_report_command_prints_the_report_and_opens_it(tmp_path, jobs, settings)
     assert opened.read_text().strip() == report.resolve().as_uri()
 
 
-def test_report_command_refuses_a_job_still_running(tmp_path, jobs, settings):
-    job_id = new_job(jobs, tmp_path / "out", [Run(0, "0" * 64, "s", "p", 1, "m", "t", {}, (), "s/p.png", {})])
+def test_report_command_refuses_a_job_still_running(tmp_path, state, settings):
+    job_id = new_job(state, tmp_path / "out", [Run(0, "0" * 64, "s", "p", 1, "m", "t", {}, (), "s/p.png", {})])
 
     done = CliRunner().invoke(report_command, [job_id], env={"REDIS_URL": settings.redis_url})
 

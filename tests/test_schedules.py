@@ -25,9 +25,9 @@ from pipeline.cli import EditpipeGroup
 from pipeline.cli.schedules import schedules
 from pipeline.embedded import worker_env
 from pipeline.errors import ManifestError
-from pipeline.jobs import JobStatus, JobStore
 from pipeline.report import finalize_job
-from pipeline.schedules import ScheduleState, Start, load_schedules, start_schedule
+from pipeline.schedules import Start, load_schedules, start_schedule
+from pipeline.state import JobStatus, State
 from pipeline.settings import Settings
 from pipeline.submission import follow
 from workers.beat import CronSchedule, Scheduler
@@ -73,13 +73,13 @@ def entry(name: str, manifest: str, cron: str = "0 2 * * *", tz: str = "Europe/P
 
 def start(settings: Settings, path: Path, name: str, token: str) -> Start:
     schedule = {s.name: s for s in load_schedules(path)}[name]
-    jobs = JobStore.from_url(settings.redis_url or "")
-    return start_schedule(schedule, settings.with_overrides(schedules_file=path), jobs, job_enqueuer(settings),
+    state = State.from_url(settings.redis_url or "")
+    return start_schedule(schedule, settings.with_overrides(schedules_file=path), state, job_enqueuer(settings),
                           finalize=finalize_job, token=token, trigger="beat")
 
 
 def wait_done(settings: Settings, job_id: str, timeout_s: float = 90) -> JobStatus:
-    status = follow(JobStore.from_url(settings.redis_url or ""), job_id, lambda s: None, 0.2, timeout_s)
+    status = follow(State.from_url(settings.redis_url or ""), job_id, lambda s: None, 0.2, timeout_s)
     assert status.done, f"{job_id} still {status.status} after {timeout_s}s"
     return status
 
@@ -142,7 +142,7 @@ def test_a_missing_manifest_is_reported_at_the_schedule_line_and_an_s3_one_by_it
     assert f"s3://{bucket}/m.yaml:1:10: version: version 2 is not supported; this editpipe reads version 1" in issues(
         "invalid"
     )
-    state = ScheduleState(JobStore.from_url(settings.redis_url or "").r, "invalid")
+    state = State.from_url(settings.redis_url or "").schedule("invalid")
     assert state.last()["outcome"] == "failed" and state.holder() is None
 
 
@@ -201,8 +201,8 @@ def test_beat_fires_a_due_schedule_and_its_job_runs_to_completion(tmp_path, fast
         env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        jobs = JobStore.from_url(fast.redis_url or "")
-        job = wait_for(lambda: next((j for j in jobs.recent() if j.schedule == "every-minute"), None), 90,
+        state = State.from_url(fast.redis_url or "")
+        job = wait_for(lambda: next((j for j in state.jobs.recent() if j.schedule == "every-minute"), None), 90,
                        "beat to start the schedule", lambda: log.read_text() + workers.logs())
         status = wait_done(fast, job.id)
     finally:
@@ -211,7 +211,7 @@ def test_beat_fires_a_due_schedule_and_its_job_runs_to_completion(tmp_path, fast
 
     assert (status.status, status.succeeded, status.budget_usd) == ("succeeded", 2, Decimal("0.50"))
     assert sim.stats()["billed_count"] == 2
-    first = ScheduleState(jobs.r, "every-minute").history()[-1]
+    first = state.schedule("every-minute").history()[-1]
     assert (first["outcome"], first["trigger"], first["job_id"]) == ("started", "beat", job.id)
     assert "Sending due task every-minute (editpipe.run_schedule)" in log.read_text()
 
@@ -222,26 +222,26 @@ def test_a_trigger_while_the_previous_run_is_active_is_skipped_and_recorded(
     sim.configure(latency_s=4.0, jitter_s=0.0)
     path = schedules_file(tmp_path, monkeypatch, entry("nightly", str(small_manifest(tmp_path, f"s3://{bucket}/out"))))
     workers.start()
-    jobs = JobStore.from_url(fast.redis_url or "")
-    state = ScheduleState(jobs.r, "nightly")
+    state = State.from_url(fast.redis_url or "")
+    records = state.schedule("nightly")
 
     first = start(fast, path, "nightly", token="first")
     # The next trigger comes the way beat sends it, to a worker process: the lock is in Redis.
     make_app(fast).send_task("editpipe.run_schedule", ("nightly",))
-    skipped = wait_for(lambda: len(state.history()) == 2 and state.history()[0], 30, "the second trigger",
+    skipped = wait_for(lambda: len(records.history()) == 2 and records.history()[0], 30, "the second trigger",
                        workers.logs)
 
     assert first.outcome == "started"
     assert (skipped["outcome"], skipped["job_id"]) == ("skipped_overlap", first.job_id)
     assert f"the previous run {first.job_id} is still" in skipped["reason"]
-    assert [j.id for j in jobs.recent() if j.schedule == "nightly"] == [first.job_id]
-    assert state.last() == skipped
+    assert [j.id for j in state.jobs.recent() if j.schedule == "nightly"] == [first.job_id]
+    assert records.last() == skipped
 
     assert wait_done(fast, first.job_id).status == "succeeded"
     after = start(fast, path, "nightly", token="after")  # the finished run's lock is taken over
     assert after.outcome == "started" and after.job_id != first.job_id
-    assert state.holder() == after.job_id
-    assert [h["outcome"] for h in state.history()] == ["started", "skipped_overlap", "started"]
+    assert records.holder() == after.job_id
+    assert [h["outcome"] for h in records.history()] == ["started", "skipped_overlap", "started"]
     wait_done(fast, after.job_id)
 
 
@@ -271,7 +271,7 @@ def test_a_second_nightly_run_over_an_unchanged_feed_bills_nothing_and_two_edite
         'output_key: "{image_set}/{prompt}/{variant}"\n').encode())
     path = schedules_file(tmp_path, monkeypatch, entry("nightly", f"s3://{bucket}/manifests/nightly.yaml"))
     workers.start(concurrency=8)
-    jobs = JobStore.from_url(fast.redis_url or "")
+    state = State.from_url(fast.redis_url or "")
 
     def night(token: str) -> tuple[Start, JobStatus]:
         started = start(fast, path, "nightly", token)
@@ -285,7 +285,7 @@ def test_a_second_nightly_run_over_an_unchanged_feed_bills_nothing_and_two_edite
     assert sim.stats()["billed_count"] == 50  # nothing more billed
     assert (second_status.status, second_status.skipped, second_status.spent_usd) == ("succeeded", 50, Decimal("0"))
     assert read_jsonl(s3, bucket, f"out/jobs/{second.job_id}/ledger.jsonl") == []
-    assert jobs.r.hmget(jobs.key(second.job_id), ["runs_new", "runs_changed", "runs_unchanged"]) == ["0", "0", "50"]
+    assert state.jobs.fields(second.job_id, "runs_new", "runs_changed", "runs_unchanged") == ["0", "0", "50"]
 
     rows[7][2] = "item 7, now in rose gold"  # a var the prompt uses
     rows[31][1] = f"s3://{bucket}/img/new.png"  # another image
@@ -295,7 +295,7 @@ def test_a_second_nightly_run_over_an_unchanged_feed_bills_nothing_and_two_edite
     stats = sim.stats()
     assert (stats["billed_count"], stats["billed_usd"]) == (52, "5.20")
     assert (third_status.succeeded, third_status.skipped, third_status.spent_usd) == (2, 48, Decimal("0.20"))
-    assert jobs.r.hmget(jobs.key(third.job_id), ["runs_new", "runs_changed", "runs_unchanged"]) == ["0", "2", "48"]
+    assert state.jobs.fields(third.job_id, "runs_new", "runs_changed", "runs_unchanged") == ["0", "2", "48"]
     billed = {r["image_set"] for r in read_jsonl(s3, bucket, f"out/jobs/{third.job_id}/results.jsonl")
               if r["status"] == "succeeded"}
     assert billed == {"sku-007", "sku-031"}
@@ -337,4 +337,4 @@ def test_schedules_lists_next_run_and_last_outcome_and_run_wait_exits_like_run(
     broken = runner.invoke(cli, ["schedules", "run", "broken"], env=env)
     assert broken.exit_code == 2
     assert f"{path}:17:15: manifest: schedule 'broken': no manifest at {tmp_path / 'nowhere.yaml'}" in broken.output
-    assert ScheduleState(JobStore.from_url(fast.redis_url or "").r, "broken").last()["outcome"] == "failed"
+    assert State.from_url(fast.redis_url or "").schedule("broken").last()["outcome"] == "failed"

@@ -23,10 +23,11 @@ from pipeline.errors import ManifestError
 from pipeline.schedules import Schedule, load_schedules, next_run
 from pipeline.settings import Settings
 
+from . import names
 from .celery_app import app
 
 log = logging.getLogger(__name__)
-TASK = "editpipe.run_schedule"
+TASK = names.RUN_SCHEDULE
 
 
 class CronSchedule(BaseSchedule):

@@ -12,6 +12,8 @@ from celery import Celery
 
 from pipeline.settings import Settings
 
+from . import names
+
 QUEUE = "editpipe"
 
 
@@ -53,7 +55,7 @@ def job_enqueuer(settings: Settings) -> Callable[[str], None]:
     app = make_app(settings)
 
     def enqueue(job_id: str) -> None:
-        app.send_task("editpipe.enqueue_job", (job_id,))
+        app.send_task(names.ENQUEUE_JOB, (job_id,))
 
     return enqueue
 
@@ -63,6 +65,6 @@ def runs_enqueuer(settings: Settings) -> Callable[[str, list[int]], None]:
     app = make_app(settings)
 
     def enqueue(job_id: str, indices: list[int]) -> None:
-        app.send_task("editpipe.enqueue_runs", (job_id, indices))
+        app.send_task(names.ENQUEUE_RUNS, (job_id, indices))
 
     return enqueue

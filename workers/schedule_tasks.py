@@ -11,12 +11,13 @@ from pipeline.report import finalize_job
 from pipeline.schedules import start_by_name
 from pipeline.settings import Settings
 
+from . import names
 from .celery_app import app, job_enqueuer
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="editpipe.run_schedule", bind=True)
+@app.task(name=names.RUN_SCHEDULE, bind=True)
 def run_schedule(self: Task, name: str) -> None:
     """Start schedule ``name`` unless its previous run is active. A start that cannot be made
     (a bad manifest, say) is logged and recorded, never retried: the next trigger tries again."""

@@ -15,7 +15,7 @@ import click
 from rich.table import Table
 
 from ..errors import EditpipeError, ManifestError, SettingsError
-from ..jobs import JobStore
+from ..state import State
 from ..ledger import LineKind, usd
 from ..settings import Settings
 from .output import (
@@ -56,10 +56,10 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _jobs(settings: Settings) -> JobStore:
+def _state(settings: Settings) -> State:
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the distributed commands need the Redis the workers use")
-    return JobStore.from_url(settings.redis_url)
+    return State.from_url(settings.redis_url)
 
 
 @click.group(cls=EditpipeGroup)
@@ -163,9 +163,9 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: b
         markup=False,
     )
     with embedded(settings, simulate=simulate, workers=workers, concurrency=concurrency) as live:
-        jobs = _jobs(live)
-        job_id = submit(prepared, jobs, _enqueuer(live), finalize=_finalize())
-        code = finish(jobs, job_id)
+        state = _state(live)
+        job_id = submit(prepared, state, _enqueuer(live), finalize=_finalize())
+        code = finish(state, job_id)
     sys.exit(code)
 
 
@@ -178,13 +178,13 @@ def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
     from ..submission import prepare, submit
 
     settings = _settings()
-    jobs = _jobs(settings)
-    prepared = prepare(manifest, settings, force=force, jobs=jobs)
+    state = _state(settings)
+    prepared = prepare(manifest, settings, force=force, state=state)
     print_skipped_rows(prepared)
-    job_id = submit(prepared, jobs, _enqueuer(settings), finalize=_finalize())
+    job_id = submit(prepared, state, _enqueuer(settings), finalize=_finalize())
     click.echo(job_id)
     if wait:
-        sys.exit(finish(jobs, job_id))
+        sys.exit(finish(state, job_id))
 
 
 @main.command()
@@ -192,7 +192,7 @@ def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(job_id: str, as_json: bool) -> None:
     """Show one job's progress, counts and spend."""
-    st = _jobs(_settings()).status(job_id)
+    st = _state(_settings()).jobs.status(job_id)
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:
@@ -206,7 +206,7 @@ def jobs(limit: int) -> None:
     table = Table()
     for col in ("job", "status", "planned", "ok", "failed", "spent", "created"):
         table.add_column(col)
-    for st in _jobs(_settings()).recent(limit):
+    for st in _state(_settings()).jobs.recent(limit):
         table.add_row(st.id, st.status, str(st.total), str(st.succeeded + st.skipped), str(st.failed),
                       f"${usd(st.spent_usd)}", st.created_at)
     console.print(table)
@@ -216,7 +216,7 @@ def jobs(limit: int) -> None:
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Stop submitting a job's runs; predictions already running still finish and are collected."""
-    st = _jobs(_settings()).cancel(job_id)
+    st = _state(_settings()).jobs.cancel(job_id)
     console.print(f"{job_id}: cancel requested ({st.finished}/{st.total} runs finished)", markup=False)
 
 
@@ -233,15 +233,15 @@ def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
     from ..submission import resume as resume_job
 
     settings = _settings()
-    jobs = _jobs(settings)
+    state = _state(settings)
     try:
         budget = Decimal(budget_usd) if budget_usd is not None else None
     except InvalidOperation:
         raise SettingsError(f"--budget-usd must be a decimal amount, got {budget_usd!r}") from None
-    indices = resume_job(jobs, job_id, _run_enqueuer(settings), budget_usd=budget)
+    indices = resume_job(state, job_id, _run_enqueuer(settings), budget_usd=budget)
     console.print(f"{job_id}: {len(indices)} runs enqueued again", markup=False)
     if wait and indices:
-        sys.exit(finish(jobs, job_id))
+        sys.exit(finish(state, job_id))
 
 
 def _output_roots(settings: Settings, outputs: tuple[str, ...]) -> list[str]:
@@ -249,7 +249,7 @@ def _output_roots(settings: Settings, outputs: tuple[str, ...]) -> list[str]:
         return list(outputs)
     if not settings.redis_url:
         raise SettingsError("name an output root with --output (or set REDIS_URL to use those of known jobs)")
-    return sorted({st.output for st in _jobs(settings).recent(10_000)})
+    return sorted({st.output for st in _state(settings).jobs.recent(10_000)})
 
 
 @main.command()
@@ -307,7 +307,7 @@ def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
     from ..storage import open_storage
 
     settings = _settings()
-    root = output or _jobs(settings).status(job_id).output
+    root = output or _state(settings).jobs.status(job_id).output
     with WaveSpeedClient(settings.base_url, settings.require_api_key()) as client:
         checked, diffs = check(open_storage(root, settings), job_id, client)
     if as_json:

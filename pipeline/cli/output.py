@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..jobs import JobStatus, JobStore
+from ..state import JobStatus, State
 from ..ledger import usd
 from ..records import JobState, RunResult
 
@@ -29,7 +29,7 @@ def print_skipped_rows(prepared, limit: int = 5) -> None:
             err.print(f"  {message}", markup=False)
 
 
-def progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
+def progress_follow(state: State, job_id: str) -> JobStatus:
     """Follow a job with a progress bar (on stderr) until it is finalized."""
     from ..submission import follow
 
@@ -54,7 +54,7 @@ def progress_follow(jobs: JobStore, job_id: str) -> JobStatus:
                 spent=usd(status.spent_usd),
             )
 
-        return follow(jobs, job_id, show)
+        return follow(state, job_id, show)
 
 
 def print_summary(status: JobStatus) -> None:
@@ -70,17 +70,17 @@ def print_summary(status: JobStatus) -> None:
         console.print(f"  error: {status.error}", markup=False)
 
 
-def print_failures(jobs: JobStore, job_id: str, limit: int = 10) -> None:
-    failed = [r for r in map(RunResult.from_dict, jobs.results(job_id)) if r.failed]
+def print_failures(state: State, job_id: str, limit: int = 10) -> None:
+    failed = [r for r in map(RunResult.from_dict, state.runs.results(job_id)) if r.failed]
     for r in failed[:limit]:
         console.print(f"  failed {r.image_set}/{r.prompt}/v{r.variant}: {r.error}", markup=False)
     if len(failed) > limit:
         console.print(f"  … {len(failed) - limit} more in results.jsonl", markup=False)
 
 
-def finish(jobs: JobStore, job_id: str) -> int:
+def finish(state: State, job_id: str) -> int:
     """Follow a job to its end, print its summary and failures; the exit code it gives."""
-    status = progress_follow(jobs, job_id)
+    status = progress_follow(state, job_id)
     print_summary(status)
-    print_failures(jobs, job_id)
+    print_failures(state, job_id)
     return exit_code(status)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import EditpipeError, SettingsError
-from ..jobs import JobStore
+from ..state import State
 from ..layout import job_file, job_prefix, page_key
 from ..records import RunResult
 from ..report import report_location, write_report
@@ -27,8 +27,8 @@ def report_command(job_id: str, open_browser: bool, refresh: bool) -> None:
     settings = Settings.from_env()
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the report is found through the Redis the workers use")
-    jobs = JobStore.from_url(settings.redis_url)
-    status = jobs.status(job_id)
+    state = State.from_url(settings.redis_url)
+    status = state.jobs.status(job_id)
     if not status.done:
         raise EditpipeError(
             f"job {job_id} is still {status.status} ({status.finished}/{status.total} runs finished); "
@@ -38,7 +38,7 @@ def report_command(job_id: str, open_browser: bool, refresh: bool) -> None:
     first_page = page_key(job_prefix(job_id), 1)
     if refresh:
         summary = json.loads(storage.get_text(job_file(job_id, "summary.json")))
-        write_report(jobs, storage, job_id, summary, [RunResult.from_dict(r) for r in jobs.results(job_id)])
+        write_report(state, storage, job_id, summary, [RunResult.from_dict(r) for r in state.runs.results(job_id)])
     elif not storage.exists(first_page):
         raise EditpipeError(f"job {job_id} has no report at {storage.location(first_page)}")
     location = report_location(storage, job_id)

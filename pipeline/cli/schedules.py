@@ -19,8 +19,8 @@ import click
 from rich.table import Table
 
 from ..errors import EditpipeError
-from ..jobs import JobStore
-from ..schedules import Schedule, ScheduleState, Start, load_schedules, schedule_jobs, start_by_name
+from ..state import State
+from ..schedules import Schedule, Start, load_schedules, schedule_jobs, start_by_name
 from ..settings import Settings
 from .output import console, err, finish
 
@@ -36,9 +36,9 @@ def schedules(ctx: click.Context, as_json: bool) -> None:
     settings = Settings.from_env()
     path = settings.schedules_file
     listed = load_schedules(path)
-    jobs = schedule_jobs(settings) if settings.redis_url else None
+    state = schedule_jobs(settings) if settings.redis_url else None
     now = datetime.now(timezone.utc)
-    rows = [_row(s, jobs, now) for s in listed]
+    rows = [_row(s, state, now) for s in listed]
     if as_json:
         click.echo(json.dumps({"file": str(path), "schedules": rows}, indent=2))
         return
@@ -62,15 +62,15 @@ def schedules(ctx: click.Context, as_json: bool) -> None:
     for row in rows:
         if row["manifest_missing"]:
             console.print(f"{row['name']}: no manifest at {row['manifest']}", markup=False)
-    if jobs is None:
+    if state is None:
         console.print("(REDIS_URL is not set: last starts are not shown)", markup=False)
 
 
-def _row(schedule: Schedule, jobs: JobStore | None, now: datetime) -> dict[str, Any]:
-    last = ScheduleState(jobs.r, schedule.name).last() if jobs is not None else None
+def _row(schedule: Schedule, state: State | None, now: datetime) -> dict[str, Any]:
+    last = state.schedule(schedule.name).last() if state is not None else None
     if last and last.get("job_id"):
         try:
-            last["job_status"] = jobs.status(last["job_id"]).status
+            last["job_status"] = state.jobs.status(last["job_id"]).status
         except EditpipeError:
             last["job_status"] = None
     manifest_missing = not schedule.manifest.startswith("s3://") and not Path(schedule.manifest).is_file()

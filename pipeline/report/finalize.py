@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 
-from ..jobs import BUDGET_EXHAUSTED, JobStatus, JobStore
+from ..state import BUDGET_EXHAUSTED, JobStatus, State
 from ..layout import job_file, job_prefix, page_key
 from ..ledger import LedgerEntry, parse_time, usd, utc_now
 from ..notify import notify
@@ -29,53 +29,53 @@ def _jsonl(lines: Iterable[dict]) -> str:
     return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
 
 
-def final_status(jobs: JobStore, status: JobStatus) -> JobState:
-    if jobs.field(status.id, "cancel_requested"):
+def final_status(state: State, status: JobStatus) -> JobState:
+    if state.jobs.field(status.id, "cancel_requested"):
         return JobState.CANCELLED
-    if jobs.field(status.id, BUDGET_EXHAUSTED):
+    if state.jobs.field(status.id, BUDGET_EXHAUSTED):
         return JobState.BUDGET_EXHAUSTED
-    if jobs.stop_reason(status.id) or (status.succeeded + status.skipped == 0 and status.failed):
+    if state.jobs.stop_reason(status.id) or (status.succeeded + status.skipped == 0 and status.failed):
         return JobState.FAILED
     return JobState.SUCCEEDED if status.failed == 0 else JobState.PARTIAL
 
 
-def finalize_job(jobs: JobStore, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE) -> JobStatus:
+def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE) -> JobStatus:
     """Write the job's records and report to storage, then set its final status (so that a
     job seen as finished always has its files), then notify the job's webhook, if any."""
-    status = jobs.status(job_id)
-    stored = jobs.results(job_id)
+    status = state.jobs.status(job_id)
+    stored = state.runs.results(job_id)
     results = [RunResult.from_dict(r) for r in stored]
-    ledger = [LedgerEntry.from_dict(line) for line in jobs.ledger(job_id)]
+    ledger = [LedgerEntry.from_dict(line) for line in state.runs.ledger(job_id)]
     storage.put_text(job_file(job_id, "results.jsonl"), _jsonl(r.public() for r in results), "application/x-ndjson")
     storage.put_text(job_file(job_id, "ledger.jsonl"), _jsonl(line.to_dict() for line in ledger),
                      "application/x-ndjson")
-    write_job_index(jobs, storage, job_id, stored)
-    final = final_status(jobs, status)
-    finished_at = jobs.field(job_id, "finished_at") or utc_now()
-    summary = job_summary(jobs, status, results, final=final, finished_at=finished_at)
+    write_job_index(state.index, storage, job_id, stored)
+    final = final_status(state, status)
+    finished_at = state.jobs.field(job_id, "finished_at") or utc_now()
+    summary = job_summary(state, status, results, final=final, finished_at=finished_at)
     summary["pages"] = max(1, -(-len(results) // page_size))
     summary["report"] = storage.location(page_key(job_prefix(job_id), 1))
     text = json.dumps(summary, indent=2)
     storage.put_text(job_file(job_id, "summary.json"), text, "application/json")
     storage.put_text(job_file(job_id, "job.json"), text, "application/json")
     try:
-        write_report(jobs, storage, job_id, summary, results, page_size=page_size)
+        write_report(state, storage, job_id, summary, results, page_size=page_size)
     except Exception:  # noqa: BLE001 - the page is for people; the job's records are written
         log.exception("job %s: the report could not be written", job_id)
-    jobs.set_final(job_id, final, finished_at)
-    notify_url = jobs.field(job_id, "notify_url")
+    state.jobs.set_final(job_id, final, finished_at)
+    notify_url = state.jobs.field(job_id, "notify_url")
     if notify_url:
         notify(notify_url, summary)
-    return jobs.status(job_id)
+    return state.jobs.status(job_id)
 
 
-def job_summary(jobs: JobStore, status: JobStatus, results: list[RunResult], *, final: JobState,
+def job_summary(state: State, status: JobStatus, results: list[RunResult], *, final: JobState,
                 finished_at: str) -> dict:
     """The summary a machine reads (``summary.json``, the webhook's body)."""
     summary = status.to_dict()
     summary["status"] = final.value
     summary["finished_at"] = finished_at
-    summary["started_at"] = jobs.field(status.id, "started_at")
+    summary["started_at"] = state.jobs.field(status.id, "started_at")
     start = parse_time(summary["started_at"]) or parse_time(status.created_at)
     end = parse_time(finished_at)
     summary["duration_s"] = round((end - start).total_seconds(), 1) if start and end else None
@@ -97,6 +97,6 @@ def job_summary(jobs: JobStore, status: JobStatus, results: list[RunResult], *, 
     summary["not_started"] = [r.run_key for r in failed if r.not_started]
     # Against what the output root already held when the job was planned (incremental runs).
     summary["changes"] = {
-        name: int(jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
+        name: int(state.jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
     }
     return summary

@@ -14,7 +14,7 @@ import logging
 import time
 from decimal import Decimal
 
-from ..jobs import JobStore
+from ..state import State
 from ..layout import job_prefix, page_key, sidecar_key
 from ..ledger import parse_time, usd, utc_now
 from ..plan import Run
@@ -30,11 +30,11 @@ MAX_FAILURE_ROWS = 500
 MAX_INPUTS_SHOWN = 3
 
 
-def write_report(jobs: JobStore, storage: Storage, job_id: str, summary: dict, results: list[RunResult], *,
+def write_report(state: State, storage: Storage, job_id: str, summary: dict, results: list[RunResult], *,
                  page_size: int = PAGE_SIZE, thumb_budget_s: float = THUMB_BUDGET_S) -> list[str]:
     """Make the missing thumbnails and write every page of the report; the pages' keys."""
     prefix = job_prefix(job_id)
-    sheet = Sheet(storage, prefix, {run.index: run for run in jobs.runs(job_id)}, results)
+    sheet = Sheet(storage, prefix, {run.index: run for run in state.runs.planned(job_id)}, results)
     started = time.monotonic()
     tasks = sheet.tasks()
     sheet.thumbs |= make_thumbnails(storage, tasks, budget_s=thumb_budget_s)

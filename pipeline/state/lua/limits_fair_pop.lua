@@ -2,16 +2,18 @@
 -- `weight` runs in a row, then goes to the back. A job's requeued runs come before its cursor.
 -- A job with nothing left leaves the ring (a requeue brings it back).
 -- KEYS as in limits_fair_push.lua. Returns {job id, index}, or nil when no job has runs left.
--- Optional KEYS[4] and ARGV[1]: a sorted set and a number of seconds. The run handed out is
--- added to it as the member "job|index|-1|0|<now>", due ARGV[1] seconds from now, in the same
--- step: whoever pops a run and dies before settling it leaves a mark that brings it back.
+-- Optional KEYS[4] (a sorted set) and ARGV: [1] seconds, [2] the member's format (Python's
+-- ``Due``: job, index, attempt, failures, submitted time), [3] attempt, [4] failures. The run
+-- handed out is added to the set as that member, submitted now, due ARGV[1] seconds from now,
+-- in the same step: whoever pops a run and dies before settling it leaves a mark that brings
+-- it back.
 local ring, jobs, requeued = KEYS[1], KEYS[2], KEYS[3]
 
 local function mark(job, index)
   if KEYS[4] then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-    local member = string.format('%s|%d|-1|0|%.3f', job, index, now)
+    local member = string.format(ARGV[2], job, index, tonumber(ARGV[3]), tonumber(ARGV[4]), now)
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[1]), member)
     return member
   end

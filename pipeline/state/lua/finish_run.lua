@@ -10,6 +10,7 @@
 -- in the same step as the charge, so every charged output is indexed
 -- A charged run's reservation turns into spend (held_micros is corrected to the real cost);
 -- any other run's reservation must have been released before (budget_release.lua).
+-- Loaded after budget_lib.lua.
 -- Returns {code, index lines pending}: code -1 when the run was already finished (a
 -- redelivery), 1 when this call finished the job's last run (the caller then finalizes the
 -- job), 0 otherwise.
@@ -21,15 +22,7 @@ if ARGV[7] ~= '' then
   pending = redis.call('RPUSH', KEYS[6], ARGV[7])
 end
 if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
-  local cost = tonumber(ARGV[6])
-  redis.call('HINCRBY', KEYS[1], 'spent_micros', cost)
-  local held = redis.call('HGET', KEYS[4], ARGV[1])
-  local reserved = 0
-  if held then
-    reserved = tonumber(string.sub(held, 1, string.find(held, '|', 1, true) - 1))
-    redis.call('HDEL', KEYS[4], ARGV[1])
-  end
-  redis.call('HINCRBY', KEYS[1], 'held_micros', cost - reserved)
+  reservation_to_spend(KEYS[1], KEYS[4], ARGV[1], tonumber(ARGV[6]))
 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)

@@ -3,18 +3,12 @@
 -- reservation becomes spend (never released: the budget must not be passed).
 -- KEYS[1] job hash, KEYS[2] ledger hash, KEYS[3] reservations hash
 -- ARGV[1] run index, ARGV[2] ledger entry id, ARGV[3] ledger line, ARGV[4] cost in micro-USD
+-- Loaded after budget_lib.lua.
 -- Returns 1 when charged, 0 when this entry was charged before.
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
   return 0
 end
 local cost = tonumber(ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'spent_micros', cost)
 redis.call('HINCRBY', KEYS[1], 'unconfirmed_micros', cost)
-local held = redis.call('HGET', KEYS[3], ARGV[1])
-local reserved = 0
-if held then
-  reserved = tonumber(string.sub(held, 1, string.find(held, '|', 1, true) - 1))
-  redis.call('HDEL', KEYS[3], ARGV[1])
-end
-redis.call('HINCRBY', KEYS[1], 'held_micros', cost - reserved)
+reservation_to_spend(KEYS[1], KEYS[3], ARGV[1], cost)
 return 1

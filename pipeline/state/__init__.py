@@ -1,0 +1,62 @@
+"""The state layer: the only code that holds a Redis client, knows a key name or loads a
+Lua script.
+
+It owns ``keys`` (every key name), ``connection`` (the client and the script loader, each
+script once per client, shared helpers from ``lua/*_lib.lua``) and one small store per noun,
+each saying what it guarantees: ``Jobs`` (job records), ``Runs`` (a run's claims, marks,
+results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLeases``,
+``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState`` and the limits'
+``LimitsBackend``. It may import the domain (plan, ledger, errors) and nothing above it.
+
+``State.from_url(url)`` opens one connection and exposes the stores on it.
+"""
+
+from __future__ import annotations
+
+from .budget import Budget
+from .connection import Connection, flush, wait_until_up
+from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
+from .latency import Latency
+from .limits import LimitsBackend
+from .queue import Due, DueIndex, FairQueue
+from .run_index import IndexPending
+from .runs import Finished, Runs, RunState, StartClaim
+from .schedules import ScheduleState
+from .tasks import TaskLeases
+from .uploads import Uploads
+
+__all__ = [
+    "ACTIVE", "BUDGET_EXHAUSTED", "Budget", "Connection", "Due", "DueIndex", "FairQueue", "Finished",
+    "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "RunState", "Runs", "ScheduleState",
+    "StartClaim", "State", "TaskLeases", "Uploads", "flush", "new_job_id", "wait_until_up",
+]
+
+
+class State:
+    """Every store on one Redis connection (one per process: scripts are loaded once)."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+        self.jobs = Jobs(conn)
+        self.runs = Runs(conn)
+        self.budget = Budget(conn)
+        self.fair = FairQueue(conn)
+        self.due = DueIndex(conn)
+        self.tasks = TaskLeases(conn)
+        self.uploads = Uploads(conn)
+        self.latency = Latency(conn)
+        self.index = IndexPending(conn)
+        self.limits = LimitsBackend(conn)
+
+    @classmethod
+    def from_url(cls, url: str) -> "State":
+        return cls(Connection.from_url(url))
+
+    def schedule(self, name: str) -> ScheduleState:
+        return ScheduleState(self._conn, name)
+
+    def finalized(self, job_id: str) -> None:
+        """The job's records are written: it leaves the to-finalize list and the fair queue
+        (whose entry only refused late requeues; a resume registers the job again)."""
+        self.jobs.finalized(job_id)
+        self.fair.remove(job_id)

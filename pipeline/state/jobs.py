@@ -1,0 +1,255 @@
+"""Job records: one hash per job (``ep:job:<id>``) of counters and facts, and the jobs index.
+
+Guaranteed: a job's counters change only inside the scripts of ``runs`` and ``budget`` (so
+concurrent workers and redelivered tasks never count twice); a job never goes back to
+queued once running; a stop reason, once set, is kept (the first one wins) until ``reopen``;
+a job whose last run has finished is on the to-finalize list until ``finalized``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from functools import lru_cache
+
+from ..errors import JobNotFound
+from ..ledger import from_micros, to_micros, usd
+from ..plan import Run
+from . import keys
+from .connection import Connection
+
+ACTIVE = ("queued", "running")
+BUDGET_EXHAUSTED = "budget_exhausted"
+MARKED_RUNNING = 1024  # jobs a process remembers having marked running
+
+
+def new_job_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one job, read from Redis."""
+
+    id: str
+    name: str
+    status: str
+    output: str
+    total: int
+    succeeded: int
+    skipped: int
+    failed: int
+    finished: int
+    spent_usd: Decimal
+    unconfirmed_usd: Decimal
+    estimated_usd: Decimal
+    budget_usd: Decimal | None
+    created_at: str
+    finished_at: str
+    error: str
+    schedule: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status not in ACTIVE
+
+    @property
+    def in_progress(self) -> int:
+        return self.total - self.finished
+
+    def to_dict(self) -> dict:
+        return {
+            "job_id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "output": self.output,
+            "counts": {
+                "planned": self.total,
+                "succeeded": self.succeeded,
+                "skipped": self.skipped,
+                "failed": self.failed,
+                "unfinished": self.in_progress,
+            },
+            "spent_usd": usd(self.spent_usd),
+            "unconfirmed_usd": usd(self.unconfirmed_usd),
+            "estimated_usd": usd(self.estimated_usd),
+            "budget_usd": usd(self.budget_usd) if self.budget_usd is not None else None,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at or None,
+            "error": self.error or None,
+            "schedule": self.schedule or None,
+        }
+
+
+class Jobs:
+    """Job records: create, read, stop, cancel, and the job's final status."""
+
+    def __init__(self, conn: Connection):
+        self._r = conn.redis
+        self._mark_running = conn.script("mark_running.lua")
+        self._marked_running: set[str] = set()
+        self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
+
+    def create(
+        self,
+        job_id: str,
+        *,
+        name: str,
+        output: str,
+        runs: Iterable[Run],
+        total: int,
+        estimated_usd: Decimal,
+        budget_usd: Decimal | None,
+        created_at: str,
+        schedule: str = "",
+        notify_url: str = "",
+        priority: int = 1,
+        extra: dict[str, int | str] | None = None,
+        batch: int = 2000,
+    ) -> None:
+        """Record a job and its planned runs (written ``batch`` at a time), queued."""
+        runs_key = keys.job(job_id, "runs")
+        pipe = self._r.pipeline(transaction=False)
+        pending = 0
+        for run in runs:
+            pipe.hset(runs_key, str(run.index), json.dumps(run.to_dict(), separators=(",", ":")))
+            pending += 1
+            if pending >= batch:
+                pipe.execute()
+                pending = 0
+        pipe.hset(
+            keys.job(job_id),
+            mapping={
+                "id": job_id,
+                "name": name,
+                "status": "queued",
+                "output": output,
+                "total": total,
+                "succeeded": 0,
+                "skipped": 0,
+                "failed": 0,
+                "finished": 0,
+                "spent_micros": 0,
+                "estimated_usd": str(estimated_usd),
+                "budget_usd": "" if budget_usd is None else str(budget_usd),
+                "budget_micros": "" if budget_usd is None else to_micros(budget_usd),
+                "held_micros": 0,
+                "unconfirmed_micros": 0,
+                "schedule": schedule,
+                "notify_url": notify_url,
+                "priority": priority,
+                **(extra or {}),
+                "created_at": created_at,
+                "finished_at": "",
+                "error": "",
+            },
+        )
+        pipe.zadd(keys.JOBS, {job_id: datetime.now(timezone.utc).timestamp()})
+        pipe.execute()
+
+    def status(self, job_id: str) -> JobStatus:
+        h = self._r.hgetall(keys.job(job_id))
+        if not h:
+            raise JobNotFound(f"no job {job_id!r} (see `editpipe jobs`)")
+        budget = h.get("budget_usd") or ""
+        return JobStatus(
+            id=h["id"],
+            name=h["name"],
+            status=h["status"],
+            output=h["output"],
+            total=int(h["total"]),
+            succeeded=int(h["succeeded"]),
+            skipped=int(h["skipped"]),
+            failed=int(h["failed"]),
+            finished=int(h["finished"]),
+            spent_usd=from_micros(h["spent_micros"]),
+            unconfirmed_usd=from_micros(h.get("unconfirmed_micros", 0)),
+            estimated_usd=Decimal(h["estimated_usd"]),
+            budget_usd=Decimal(budget) if budget else None,
+            created_at=h["created_at"],
+            finished_at=h.get("finished_at", ""),
+            error=h.get("error", ""),
+            schedule=h.get("schedule", ""),
+        )
+
+    def recent(self, limit: int = 20) -> list[JobStatus]:
+        """The ``limit`` newest jobs; an index entry whose record is gone is dropped."""
+        out = []
+        for job_id in self._r.zrevrange(keys.JOBS, 0, limit - 1):
+            try:
+                out.append(self.status(job_id))
+            except JobNotFound:
+                self._r.zrem(keys.JOBS, job_id)
+        return out
+
+    def field(self, job_id: str, name: str) -> str | None:
+        return self._r.hget(keys.job(job_id), name)
+
+    def fields(self, job_id: str, *names: str) -> list[str | None]:
+        """Several fields of the job's record in one round trip."""
+        return self._r.hmget(keys.job(job_id), list(names))
+
+    def set_fields(self, job_id: str, mapping: dict[str, str | int]) -> None:
+        self._r.hset(keys.job(job_id), mapping=mapping)
+
+    def output_root(self, job_id: str) -> str:
+        """Where the job's outputs go (set when the job is created, never changed)."""
+        return self._output_cached(job_id)
+
+    def mark_running(self, job_id: str) -> None:
+        """Note that the job's first submit is on its way (``mark_running.lua``). A job never
+        goes back to queued, so each process does this once per job."""
+        if job_id in self._marked_running:
+            return
+        self._mark_running(keys=[keys.job(job_id)], args=[datetime.now(timezone.utc).isoformat()])
+        if len(self._marked_running) >= MARKED_RUNNING:
+            self._marked_running.clear()
+        self._marked_running.add(job_id)
+
+    def stop(self, job_id: str, reason: str) -> None:
+        """Stop submitting for this job (a 401, say); runs in flight still finish."""
+        self._r.hsetnx(keys.job(job_id), "stop_reason", reason)
+
+    def stop_reason(self, job_id: str) -> str | None:
+        return self._r.hget(keys.job(job_id), "stop_reason")
+
+    def cancel(self, job_id: str) -> JobStatus:
+        status = self.status(job_id)
+        if not status.done:
+            self.stop(job_id, "cancelled")
+            self._r.hset(keys.job(job_id), "cancel_requested", "1")
+        return self.status(job_id)
+
+    def flag(self, job_id: str, name: str) -> None:
+        self._r.hset(keys.job(job_id), name, "1")
+
+    def reopen(self, job_id: str, budget_usd: Decimal | None = None) -> None:
+        """Make a finished job runnable again (``resume``): lift its stop, optionally with a
+        new budget (a cap on the job's whole spend, what it spent before included)."""
+        key = keys.job(job_id)
+        self._r.hdel(key, "stop_reason", "cancel_requested", BUDGET_EXHAUSTED)
+        fields: dict[str, str | int] = {"status": "running", "finished_at": "", "error": ""}
+        if budget_usd is not None:
+            fields.update(budget_usd=str(budget_usd), budget_micros=to_micros(budget_usd))
+        self._r.hset(key, mapping=fields)
+
+    def set_final(self, job_id: str, status: str, finished_at: str) -> None:
+        self._r.hset(keys.job(job_id), mapping={"status": status, "finished_at": finished_at})
+
+    def set_error(self, job_id: str, message: str) -> None:
+        self._r.hset(keys.job(job_id), "error", message)
+
+    def finalized(self, job_id: str) -> None:
+        """The job's records are written: take it off the to-finalize list."""
+        self._r.zrem(keys.TO_FINALIZE, job_id)
+
+    def stale_finalizations(self, older_than_s: float) -> list[str]:
+        """Jobs whose last run finished over ``older_than_s`` ago and are still not finalized
+        (their finalize task was lost)."""
+        now = float(self._r.time()[0])
+        return list(self._r.zrangebyscore(keys.TO_FINALIZE, "-inf", now - older_than_s))

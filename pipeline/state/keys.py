@@ -1,0 +1,72 @@
+"""Every Redis key editpipe uses, in one place: nothing outside this module spells ``ep:``.
+
+A job is ``ep:job:<id>`` (a hash of counters and facts) plus ``ep:job:<id>:<part>`` for its
+per-run hashes and lists; the rest are fleet-wide: the jobs index, the queue of runs waiting
+to start, the due index of predictions in flight, budgets, limits, leases and caches.
+"""
+
+from __future__ import annotations
+
+PREFIX = "ep"
+JOBS = f"{PREFIX}:jobs"  # sorted set: job id -> created (Unix time)
+TO_FINALIZE = f"{PREFIX}:to-finalize"  # sorted set: job id -> when its last run finished
+DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"  # + YYYY-MM-DD: micro-USD held that UTC day
+FAIR = f"{PREFIX}:fair"  # the fair queue's prefix (``fair_queue``)
+DUE = f"{PREFIX}:due"  # sorted set: due member -> when its next check is due
+
+
+def job(job_id: str, part: str = "") -> str:
+    """The job's hash, or one of its parts (``runs``, ``results``, ``ledger``, ``pred``, ...)."""
+    return f"{PREFIX}:job:{job_id}" + (f":{part}" if part else "")
+
+
+def run_claim(job_id: str, index: int) -> str:
+    return job(job_id, f"claim:{index}")
+
+
+def collect_claim(job_id: str, index: int) -> str:
+    return job(job_id, f"collecting:{index}")
+
+
+def day_budget(day: str) -> str:
+    return DAY_BUDGET_PREFIX + day
+
+
+def fair_queue(prefix: str = FAIR) -> list[str]:
+    """The fair queue's ring, jobs hash and requeued hash, in the order its scripts take them."""
+    return [f"{prefix}:ring", f"{prefix}:jobs", f"{prefix}:requeued"]
+
+
+def latency(model: str) -> str:
+    return f"{PREFIX}:latency:{model}"
+
+
+def upload(identity: str) -> str:
+    return f"{PREFIX}:upload:{identity}"
+
+
+def upload_lock(identity: str) -> str:
+    return f"{PREFIX}:upload-lock:{identity}"
+
+
+def task_lease(name: str) -> str:
+    return f"{PREFIX}:lease:{name}"
+
+
+def task_kick(name: str) -> str:
+    return f"{PREFIX}:kick:{name}"
+
+
+def schedule(name: str, part: str) -> str:
+    """A schedule's ``lock``, ``last`` record or ``history``."""
+    return f"{PREFIX}:schedule:{name}:{part}"
+
+
+def limits(account: str) -> str:
+    """The prefix of a provider account's limits (``limit_part`` names what is under it)."""
+    return f"{PREFIX}:limits:{account}"
+
+
+def limit_part(prefix: str, part: str) -> str:
+    """``rate``, ``leases`` or ``throttle`` of an account's limits; ``last`` of a rate."""
+    return f"{prefix}:{part}"

@@ -1,0 +1,22 @@
+-- Shared helpers of the budget scripts, prepended to finish_run.lua, charge_unconfirmed.lua
+-- and budget_release.lua when they are loaded.
+-- A reservation is the field <run index> of the job's reservations hash: "micros|day".
+
+-- The micro-USD and the UTC day of a reservation's value.
+local function parse_reservation(held)
+  local sep = string.find(held, '|', 1, true)
+  return tonumber(string.sub(held, 1, sep - 1)), string.sub(held, sep + 1)
+end
+
+-- A charged run's reservation becomes spend: `cost` is added to the job's spent_micros and
+-- held_micros (spent + reserved) is corrected from the reserved price to the real cost.
+local function reservation_to_spend(job, reservations, index, cost)
+  redis.call('HINCRBY', job, 'spent_micros', cost)
+  local held = redis.call('HGET', reservations, index)
+  local reserved = 0
+  if held then
+    reserved = parse_reservation(held)
+    redis.call('HDEL', reservations, index)
+  end
+  redis.call('HINCRBY', job, 'held_micros', cost - reserved)
+end

@@ -1,0 +1,266 @@
+"""Runs: the planned runs of each job and everything that happens to one run in Redis.
+
+Per job, hashes keyed by run index: ``runs`` (planned, JSON), ``pred`` (prediction id),
+``results`` (result line), ``submitting``/``submitting_open``/``lost`` (submit marks),
+``reserved`` (see ``budget``), and ``ledger`` (entry id -> ledger line); per run, a start
+claim and a collect claim that expire by themselves.
+
+Guaranteed: a run is finished once (``finish_run``: a second call changes nothing), its
+ledger line is charged once per entry id, and a start or a collect is claimed by one
+execution at a time, each claim and its checks one atomic script call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from ..errors import JobNotFound
+from ..plan import Run
+from . import keys
+from .connection import Connection
+
+RUNS_CACHED = 8192  # planned runs a process keeps in memory (about 1 KB each)
+
+
+class StartClaim(NamedTuple):
+    """What ``Runs.claim_start`` found, and whether the claim is this execution's.
+
+    ``state``: ``finished`` (the run has a result), ``submitted`` (it has a prediction, whose
+    id is ``prediction_id``), ``taken`` (another execution holds the claim for ``taken_s``
+    more seconds) or ``claimed``. Only a claimed run has the rest: ``submit_open`` (an earlier
+    submit's answer was lost with its worker), ``attempts`` (submits made so far),
+    ``stop_reason`` (the job's, or ''), ``reserved`` (its price is held already) and ``run``.
+    """
+
+    state: str
+    prediction_id: str | None = None
+    taken_s: float = 0.0
+    submit_open: bool = False
+    attempts: int = 0
+    stop_reason: str = ""
+    reserved: bool = False
+    run: Run | None = None
+
+
+class RunState(NamedTuple):
+    """Whether a run has a result, and its prediction id once submitted."""
+
+    finished: bool
+    prediction_id: str | None
+
+
+class Finished(NamedTuple):
+    """What ``Runs.finish_run`` did."""
+
+    code: int  # -1: the run had already finished (nothing changed); 1: it was the job's last; 0: other
+    index_pending: int  # run-index lines of the job waiting to be written to storage
+
+    @property
+    def last(self) -> bool:
+        return self.code == 1
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class Runs:
+    """The runs of every job: planned runs (cached), claims, submit marks, prediction ids,
+    results and ledger lines."""
+
+    def __init__(self, conn: Connection):
+        self._r = conn.redis
+        self._finish = conn.script("finish_run.lua", "budget_lib.lua")
+        self._reopen = conn.script("reopen_run.lua")
+        self._start_claim = conn.script("start_claim.lua")
+        self._collect_claim = conn.script("collect_claim.lua")
+        self._cache: OrderedDict[tuple[str, int], Run] = OrderedDict()
+
+    # planned runs
+    def run(self, job_id: str, index: int) -> Run:
+        """A planned run. Runs never change once planned, so each process keeps the
+        ``RUNS_CACHED`` it read last (a run is read by its start, its checks and its collect)."""
+        cached = self._cache.get((job_id, index))
+        if cached is not None:
+            self._cache.move_to_end((job_id, index))
+            return cached
+        return self._remember(job_id, index, self._r.hget(keys.job(job_id, "runs"), str(index)))
+
+    def load(self, wanted: Iterable[tuple[str, int]]) -> None:
+        """Read the planned runs of ``wanted`` (job id, index) that this process does not
+        hold yet, in one round trip (a poller's batch, say)."""
+        missing = list(dict.fromkeys(key for key in wanted if key not in self._cache))
+        if not missing:
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for job_id, index in missing:
+            pipe.hget(keys.job(job_id, "runs"), str(index))
+        for (job_id, index), raw in zip(missing, pipe.execute()):
+            self._remember(job_id, index, raw)
+
+    def _remember(self, job_id: str, index: int, raw: str | None) -> Run:
+        if not raw:
+            raise JobNotFound(f"job {job_id!r} has no run {index}")
+        run = self._cache[(job_id, index)] = Run.from_dict(json.loads(raw))
+        if len(self._cache) > RUNS_CACHED:
+            self._cache.popitem(last=False)
+        return run
+
+    def planned(self, job_id: str) -> Iterator[Run]:
+        for _, raw in self._r.hscan_iter(keys.job(job_id, "runs"), count=1000):
+            yield Run.from_dict(json.loads(raw))
+
+    def planned_count(self, job_id: str) -> int:
+        return int(self._r.hlen(keys.job(job_id, "runs")))
+
+    # results and ledger
+    def results(self, job_id: str) -> list[dict]:
+        lines = [json.loads(v) for _, v in self._r.hscan_iter(keys.job(job_id, "results"), count=1000)]
+        return sorted(lines, key=lambda line: line["index"])
+
+    def ledger(self, job_id: str) -> list[dict]:
+        lines = [json.loads(v) for _, v in self._r.hscan_iter(keys.job(job_id, "ledger"), count=1000)]
+        return sorted(lines, key=lambda line: (line["charged_at"], line["prediction_id"] or ""))
+
+    def unfinished(self, job_id: str, indices: Iterable[int]) -> list[int]:
+        """Those of ``indices`` that have no result yet (one round trip)."""
+        wanted = list(indices)
+        if not wanted:
+            return []
+        found = self._r.hmget(keys.job(job_id, "results"), [str(i) for i in wanted])
+        return [i for i, result in zip(wanted, found) if result is None]
+
+    def states(self, wanted: list[tuple[str, int]]) -> list[RunState]:
+        """The state of each (job id, index) of ``wanted``, in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for job_id, index in wanted:
+            pipe.hexists(keys.job(job_id, "results"), str(index))
+            pipe.hget(keys.job(job_id, "pred"), str(index))
+        replies = pipe.execute()
+        return [RunState(bool(finished), prediction_id)
+                for finished, prediction_id in zip(replies[::2], replies[1::2])]
+
+    # starting
+    def claim_start(self, job_id: str, index: int, token: str, ttl_s: int) -> StartClaim:
+        """Claim a run for a submit unless it is finished or submitted already, and read what
+        the submit must know, in one atomic step (``start_claim.lua``).
+
+        Only one execution of a run may be submitting it at a time. ``token`` is unique per
+        execution, so a task delivered twice cannot hold the claim twice.
+        """
+        with_run = (job_id, index) not in self._cache
+        reply = self._start_claim(
+            keys=[keys.job(job_id, "results"), keys.job(job_id, "pred"), keys.run_claim(job_id, index),
+                  keys.job(job_id, "submitting_open"), keys.job(job_id, "submitting"), keys.job(job_id),
+                  keys.job(job_id, "reserved"), keys.job(job_id, "runs")],
+            args=[index, token, ttl_s, "1" if with_run else "0"],
+        )
+        state = reply[0]
+        if state == "submitted":
+            return StartClaim(state, prediction_id=reply[1])
+        if state == "taken":
+            return StartClaim(state, taken_s=max(0.0, int(reply[1]) / 1000))
+        if state != "claimed":
+            return StartClaim(state)
+        _, submit_open, attempts, stop_reason, reserved, raw_run = reply
+        return StartClaim(
+            state,
+            submit_open=bool(submit_open),
+            attempts=int(attempts),
+            stop_reason=stop_reason,
+            reserved=bool(reserved),
+            run=self._remember(job_id, index, raw_run) if with_run else self.run(job_id, index),
+        )
+
+    def release_claim(self, job_id: str, index: int) -> None:
+        self._r.delete(keys.run_claim(job_id, index))
+
+    def begin_submit(self, job_id: str, index: int) -> int:
+        """Mark a submit as on the wire, just before it is sent; returns its attempt number.
+        A later delivery that finds the mark without a prediction id knows the answer was
+        lost with its worker."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hincrby(keys.job(job_id, "submitting"), str(index), 1)
+        pipe.hset(keys.job(job_id, "submitting_open"), str(index), 1)
+        return int(pipe.execute()[0])
+
+    def end_submit(self, job_id: str, index: int) -> None:
+        """The submit is settled (answered, or known not sent): forget the on-the-wire mark."""
+        self._r.hdel(keys.job(job_id, "submitting_open"), str(index))
+
+    def count_lost(self, job_id: str, index: int) -> int:
+        """Count one more lost submit answer for a run; returns how many it has had."""
+        return int(self._r.hincrby(keys.job(job_id, "lost"), str(index), 1))
+
+    def record_prediction(self, job_id: str, index: int, prediction_id: str) -> None:
+        """Stored the moment the submit answers: a redelivered task polls this one instead
+        of submitting again."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(keys.job(job_id, "pred"), str(index), prediction_id)
+        pipe.hdel(keys.job(job_id, "submitting_open"), str(index))
+        pipe.execute()
+
+    def prediction_of(self, job_id: str, index: int) -> str | None:
+        return self._r.hget(keys.job(job_id, "pred"), str(index))
+
+    # collecting and finishing
+    def claim_collect(self, job_id: str, index: int, ttl_s: int) -> Run | None:
+        """Claim the collection of a run's output (``collect_claim.lua``); the planned run,
+        or None when the run has finished or another collector holds the claim."""
+        with_run = (job_id, index) not in self._cache
+        reply = self._collect_claim(
+            keys=[keys.job(job_id, "results"), keys.collect_claim(job_id, index), keys.job(job_id, "runs")],
+            args=[index, ttl_s, "1" if with_run else "0"],
+        )
+        if reply[0] != "claimed":
+            return None
+        return self._remember(job_id, index, reply[1]) if with_run else self.run(job_id, index)
+
+    def release_collect(self, job_id: str, index: int) -> None:
+        self._r.delete(keys.collect_claim(job_id, index))
+
+    def finish_run(
+        self,
+        job_id: str,
+        index: int,
+        *,
+        outcome: str,
+        result: dict,
+        ledger_line: dict | None = None,
+        cost_micros: int = 0,
+        index_line: str = "",
+    ) -> Finished:
+        """Record a run's end once, with its ledger line and its run-index line if given; the
+        last run's end puts its job on the to-finalize list in the same step."""
+        code, pending = self._finish(
+            keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
+                  keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending")],
+            args=[
+                index,
+                outcome,
+                _json(result),
+                ledger_line["prediction_id"] if ledger_line else "",
+                _json(ledger_line) if ledger_line else "",
+                cost_micros,
+                index_line,
+            ],
+        )
+        return Finished(int(code), int(pending))
+
+    # resuming
+    def reopen(self, job_id: str, index: int, counter: str = "failed") -> bool:
+        """Take a finished run back so it can run again (``resume``)."""
+        return bool(
+            self._reopen(
+                keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "submitting")],
+                args=[index, counter],
+            )
+        )
+
+    def forget_attempts(self, job_id: str, index: int) -> None:
+        """Clear a run's claim and lost-answer count so a resumed run starts afresh."""
+        self._r.delete(keys.run_claim(job_id, index))
+        self._r.hdel(keys.job(job_id, "lost"), str(index))

@@ -1,0 +1,242 @@
+"""The steps of a run (``start_run``, ``collect``, ``pump``, ``poll_due``) called directly,
+without Celery, against the session's real Redis, moto's S3 and the simulator.
+
+What the engine would ask Celery for is recorded by ``RecordingTasks`` (the
+``dispatch.Tasks`` protocol); what the provider saw is the simulator's own count.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from PIL import Image
+
+from pipeline.dispatch import Dispatch, poll_due, pump
+from pipeline.execution import Context, Next, collect, poll_run, start_run
+from pipeline.provider import Prediction
+from pipeline.report import finalize_job
+from pipeline.settings import Settings
+from pipeline.simulator import Simulator
+from pipeline.state import Connection, Due, DueIndex, FairQueue, State, TaskLeases, flush, keys
+from pipeline.submission import prepare, resume, submit
+
+
+class RecordingTasks:
+    """The engine's ``Tasks``, noted down instead of sent."""
+
+    def __init__(self) -> None:
+        self.submits: list[tuple[str, int, int, float]] = []
+        self.pump_wakes = 0
+        self.poller_wakes = 0
+        self.collected: list[tuple[str, int, Prediction]] = []
+        self.finalized: list[str] = []
+
+    def submit_later(self, job_id: str, index: int, failures: int, delay_s: float) -> None:
+        self.submits.append((job_id, index, failures, delay_s))
+
+    def wake_pumps(self) -> None:
+        self.pump_wakes += 1
+
+    def wake_poller(self) -> None:
+        self.poller_wakes += 1
+
+    def collect(self, completed: list[tuple[str, int, Prediction]]) -> None:
+        self.collected.extend(completed)
+
+    def finalize(self, job_id: str) -> None:
+        self.finalized.append(job_id)
+
+
+@pytest.fixture
+def fresh(settings: Settings) -> Settings:
+    """An emptied Redis: the fair queue, the due index and the limits hold nothing."""
+    flush(settings.redis_url or "")
+    return settings
+
+
+def steps(settings: Settings) -> tuple[Context, Dispatch, RecordingTasks]:
+    ctx = Context.from_settings(settings)
+    tasks = RecordingTasks()
+    return ctx, Dispatch(ctx, tasks), tasks
+
+
+def new_job(tmp_path: Path, settings: Settings, dispatch: Dispatch, bucket: str, *, sets: int = 1,
+            name: str = "steps") -> str:
+    """A recorded job of ``sets`` runs (one local image each), handed to the fair queue."""
+    lines = []
+    for n in range(sets):
+        image = tmp_path / "img" / f"{n}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (10 * n % 255, 120, 40)).save(image)
+        lines.append(f"  - id: set-{n}\n    images: [img/{n}.png]")
+    manifest = tmp_path / f"{name}.yaml"
+    manifest.write_text(
+        f"version: 1\nname: {name}\noutput: s3://{bucket}/{name}\nimage_sets:\n" + "\n".join(lines)
+        + "\nprompts:\n  - id: p\n    text: A plain studio shot.\n"
+    )
+    return submit(prepare(manifest, settings), dispatch.state, dispatch.add_job)
+
+
+def wait_completed(sim: Simulator, count: int, timeout_s: float = 10) -> None:
+    """Until the simulator has completed ``count`` predictions (its latency is 0 here)."""
+    deadline = time.monotonic() + timeout_s
+    while sim.stats()["completed"] < count:
+        assert time.monotonic() < deadline, f"the simulator completed {sim.stats()['completed']} of {count}"
+        time.sleep(0.02)
+
+
+def test_the_start_check_the_pop_script_writes_parses_as_a_due_member(fresh):
+    conn = Connection.from_url(fresh.redis_url or "")
+    queue, due = FairQueue(conn, "test:fair"), DueIndex(conn, "test:due")
+    queue.push("job-a", 1)
+    before = time.time()
+
+    job_id, index, member = queue.pop_marked(due, 30)
+
+    parsed = Due.parse(member)
+    assert (job_id, index) == ("job-a", 0)
+    assert (parsed.job_id, parsed.index, parsed.attempt, parsed.failures) == ("job-a", 0, Due.START, 0)
+    assert before - 1 < parsed.submitted_at < time.time() + 1
+    assert parsed.member == member
+    assert redis.Redis.from_url(fresh.redis_url or "", decode_responses=True).zrange("test:due", 0, -1) == [member]
+
+
+def test_a_task_lease_is_held_by_one_token_and_given_up_only_by_it(fresh):
+    leases = TaskLeases(Connection.from_url(fresh.redis_url or ""))
+
+    assert leases.lease("pump:0", "mine", 10) and leases.lease("pump:0", "mine", 20)  # taken, then extended
+    assert not leases.lease("pump:0", "theirs", 10)
+    leases.unlease("pump:0", "theirs")
+    assert 10 < leases.lease_left("pump:0") <= 20
+    leases.unlease("pump:0", "mine")
+    assert leases.lease_left("pump:0") == 0 and leases.lease("pump:0", "theirs", 10)
+    assert leases.kick("pump:0", 10) and not leases.kick("pump:0", 10)
+    leases.kicked("pump:0")
+    assert leases.kick("pump:0", 10)
+
+
+def test_a_redelivered_start_never_pays_twice(tmp_path, fresh, sim, bucket):
+    sim.configure(latency_s=0.0, jitter_s=0.0)
+    ctx, dispatch, _ = steps(fresh)
+    job_id = new_job(tmp_path, fresh, dispatch, bucket)
+
+    first = start_run(ctx, job_id, 0, token="delivery-1")
+    again = start_run(ctx, job_id, 0, token="delivery-2")  # the same message, delivered again
+
+    assert (first.action, again.action) == ("poll", "poll")
+    assert sim.stats()["submits"] == 1 and sim.stats()["duplicate_submissions"] == 0
+    assert ctx.state.runs.prediction_of(job_id, 0) is not None
+
+
+def test_collecting_the_same_prediction_twice_charges_once(tmp_path, fresh, sim, bucket, s3):
+    sim.configure(latency_s=0.0, jitter_s=0.0)
+    ctx, dispatch, _ = steps(fresh)
+    job_id = new_job(tmp_path, fresh, dispatch, bucket)
+    assert start_run(ctx, job_id, 0, token="t").action == "poll"
+    wait_completed(sim, 1)
+    found = poll_run(ctx, job_id, 0)
+    assert found.action == "collect" and found.prediction is not None
+
+    first = collect(ctx, job_id, 0, found.prediction)
+    second = collect(ctx, job_id, 0, found.prediction)  # a webhook and a poll both saw it
+
+    assert (first, second) == (Next("finalize"), Next("done"))
+    price = ctx.specs[ctx.state.runs.run(job_id, 0).model].price_for(ctx.state.runs.run(job_id, 0).options)
+    status = ctx.state.jobs.status(job_id)
+    assert (status.succeeded, status.spent_usd) == (1, price)
+    assert len(ctx.state.runs.ledger(job_id)) == 1
+    assert sim.stats()["billed_count"] == 1 and Decimal(sim.stats()["billed_usd"]) == price
+    run = ctx.state.runs.run(job_id, 0)
+    assert s3.head_object(Bucket=bucket, Key=f"steps/{run.output_key}")["ContentLength"] > 0
+
+
+def test_poll_due_hands_completed_predictions_to_collection_and_keeps_running_ones_due(
+    tmp_path, fresh, sim, bucket
+):
+    ctx, dispatch, tasks = steps(fresh)
+    job_id = new_job(tmp_path, fresh, dispatch, bucket, sets=2)
+    sim.configure(latency_s=0.0, jitter_s=0.0)
+    assert start_run(ctx, job_id, 0, token="t0").action == "poll"
+    sim.configure(latency_s=120.0, jitter_s=0.0)
+    assert start_run(ctx, job_id, 1, token="t1").action == "poll"
+    wait_completed(sim, 1)
+    now = time.time()
+    dispatch.schedule([], [(Due(job_id, 0, 0, 0, now).member, 0.0), (Due(job_id, 1, 0, 0, now).member, 0.0)])
+
+    left = poll_due(dispatch)
+
+    assert [(j, i) for j, i, _ in tasks.collected] == [(job_id, 0)]
+    assert tasks.collected[0][2].id == ctx.state.runs.prediction_of(job_id, 0)
+    assert sim.stats()["polls"] == 2
+    due = [Due.parse(m) for m in redis.Redis.from_url(fresh.redis_url or "", decode_responses=True)
+           .zrange(keys.DUE, 0, -1)]
+    # The running one is checked again; the completed one stays as a safety net for its collect.
+    assert sorted((d.index, d.attempt) for d in due) == [(0, 1), (1, 1)]
+    assert left is not None and left > 0
+    assert ctx.state.jobs.status(job_id).finished == 0  # collection is the collect step's
+
+
+def test_pump_stops_when_the_queue_is_empty(tmp_path, fresh, sim, bucket):
+    sim.configure(latency_s=60.0, jitter_s=0.0)
+    ctx, dispatch, tasks = steps(fresh)
+    job_id = new_job(tmp_path, fresh, dispatch, bucket, sets=3)
+
+    started = time.monotonic()
+    assert pump(dispatch, "pump-token", slice_s=30) is False  # not a slice's worth of waiting
+
+    assert time.monotonic() - started < 15
+    assert sim.stats()["submits"] == 3
+    assert tasks.poller_wakes == 1  # once a slice, not once a run
+    assert not ctx.state.fair.has_runs()
+    assert sorted(Due.parse(m).index for m in redis.Redis.from_url(fresh.redis_url or "", decode_responses=True)
+                  .zrange(keys.DUE, 0, -1)) == [0, 1, 2]
+    assert all(ctx.state.runs.prediction_of(job_id, i) for i in range(3))
+
+
+def test_pump_respects_the_concurrency_cap(tmp_path, fresh, sim, bucket):
+    sim.configure(latency_s=60.0, jitter_s=0.0)
+    capped = fresh.with_overrides(images_per_minute=5000, max_concurrent=2)
+    ctx, dispatch, tasks = steps(capped)
+    job_id = new_job(tmp_path, capped, dispatch, bucket, sets=4)
+
+    assert pump(dispatch, "pump-token", slice_s=1.0) is True  # runs are left for the next slice
+
+    stats = sim.stats()
+    assert (stats["submits"], stats["processing"], stats["count_429"]) == (2, 2, 0)
+    assert ctx.limits is not None and ctx.limits.in_use() == 2
+    assert ctx.state.fair.has_runs()
+    assert ctx.state.runs.unfinished(job_id, range(4)) == [0, 1, 2, 3]
+    assert tasks.submits == []  # the runs refused went back to the fair queue, not to messages
+
+
+def test_a_finished_job_leaves_the_fair_queue_and_a_resume_brings_its_runs_back(tmp_path, fresh, sim, bucket):
+    sim.configure(latency_s=60.0, jitter_s=0.0)
+    ctx, dispatch, tasks = steps(fresh)
+    state: State = ctx.state
+    r = redis.Redis.from_url(fresh.redis_url or "", decode_responses=True)
+
+    def fair_entries() -> int:
+        return r.hlen(keys.fair_queue()[1])  # ep:fair:jobs: five fields per job known
+
+    jobs = [new_job(tmp_path / str(n), fresh, dispatch, bucket, sets=2, name=f"job{n}") for n in range(3)]
+    assert fair_entries() == 3 * 5
+    for job_id in jobs:
+        state.jobs.cancel(job_id)
+
+    assert pump(dispatch, "pump-token", slice_s=30) is False  # each run fails: not started, cancelled
+    assert sorted(tasks.finalized) == sorted(jobs) and sim.stats()["submits"] == 0
+    for job_id in jobs:
+        finalize_job(state, ctx.storage(state.jobs.output_root(job_id)), job_id)
+        state.finalized(job_id)
+
+    assert fair_entries() == 0
+    assert state.jobs.status(jobs[0]).status == "cancelled"
+
+    assert resume(state, jobs[0], dispatch.resume) == [0, 1]
+    assert fair_entries() == 5 and tasks.submits == []
+    assert pump(dispatch, "pump-token", slice_s=30) is False
+    assert sim.stats()["submits"] == 2

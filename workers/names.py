@@ -1,0 +1,12 @@
+"""The Celery task names, used by the tasks themselves, the CLI's enqueuers and the webhook
+server (which send them by name, without importing the tasks)."""
+
+ENQUEUE_JOB = "editpipe.enqueue_job"
+ENQUEUE_RUNS = "editpipe.enqueue_runs"
+SUBMIT_RUN = "editpipe.submit_run"
+PUMP = "editpipe.pump"
+POLLER = "editpipe.poller"
+COLLECT = "editpipe.collect"
+COLLECT_RUNS = "editpipe.collect_runs"
+FINALIZE = "editpipe.finalize"
+RUN_SCHEDULE = "editpipe.run_schedule"
