@@ -11,6 +11,9 @@ happened, including what a correct client must never cause (duplicate submission
     from pipeline.simulator import SimConfig, Simulator
     with Simulator(SimConfig(latency_s=0.2, tier="bronze")) as sim:
         ...  # point the client at sim.base_url
+
+A stand-in for the provider at the adapters' level (layer 2): it imports only the domain
+(``modelspec``, ``settings``' tiers), never the client or the engine it is there to judge.
 """
 
 from .config import SimConfig
