@@ -90,6 +90,7 @@ def write_feed(directory: Path) -> Path:
 
 def measure(manifest: Path, redis_url: str) -> dict:
     """One case, in this process: plan, then enqueue; the figures as a dict."""
+    from pipeline.catalog import Sources
     from pipeline.state import State, new_job_id
     from pipeline.ledger import utc_now
     from pipeline.manifest import load_manifest
@@ -101,7 +102,7 @@ def measure(manifest: Path, redis_url: str) -> dict:
     settings = Settings.from_env({"REDIS_URL": redis_url})
     started = time.perf_counter()
     specs = load_model_specs(settings.models_dir)
-    manifest_ = load_manifest(manifest, specs, settings)
+    manifest_ = load_manifest(manifest, specs, sources=Sources(settings))
     plan = plan_runs(manifest_, specs)
     estimated = plan.estimated_cost(specs)
     plan_s = time.perf_counter() - started

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from .catalog import Sources
 from .errors import EditpipeError
 from .layout import job_file
 from .ledger import utc_now
@@ -96,7 +97,7 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, state: State
     running there whose index lines are not in storage yet (up to a batch each).
     """
     specs = load_model_specs(settings.models_dir)
-    manifest = load_manifest(path, specs, settings)
+    manifest = load_manifest(path, specs, sources=Sources(settings))
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
     storage = open_storage(manifest.output, settings)
     # Redis before storage: a line that leaves Redis in between was written to storage first.

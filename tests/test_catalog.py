@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image, write_yaml
-from pipeline.catalog import compile_pattern
+from pipeline.catalog import Sources, compile_pattern
 from pipeline.errors import ManifestError
 from pipeline.manifest import CatalogSet, load_manifest
 from pipeline.plan import InputRef, Plan, plan_runs
@@ -63,12 +63,12 @@ def write_csv(path: Path, rows: list[list[str]], header=("sku", "image_url", "im
 
 def plan_of(path: Path, specs, **kwargs) -> Plan:
     settings = kwargs.pop("settings", None)
-    return plan_runs(load_manifest(path, specs, settings), specs, **kwargs)
+    return plan_runs(load_manifest(path, specs, sources=Sources(settings)), specs, **kwargs)
 
 
 def issues_of(path: Path, specs, settings=None) -> list[str]:
     with pytest.raises(ManifestError) as info:
-        load_manifest(path, specs, settings)
+        load_manifest(path, specs, sources=Sources(settings))
     return [str(issue) for issue in info.value.issues]
 
 
@@ -345,6 +345,16 @@ def test_an_http_feed_is_streamed_and_its_line_numbers_kept(tmp_path, specs, htt
 
     path = feed_manifest(tmp_path, f"{base}/missing.jsonl")
     assert issues_of(path, specs) == [f"{path}:5:9: catalog.feed: cannot read {base}/missing.jsonl: HTTP 404"]
+
+
+def test_without_the_network_sources_a_url_feed_is_one_issue_at_the_feed_line(tmp_path, specs):
+    path = feed_manifest(tmp_path, "https://cdn.example.com/products.csv")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path, specs)  # the domain's default: local files only
+    assert [str(issue) for issue in info.value.issues] == [(
+        f"{path}:5:9: catalog.feed: cannot read https://cdn.example.com/products.csv: "
+        "only local files are read without the network sources (pipeline.catalog.Sources)"
+    )]
 
 
 # --- Keys: what changed is what gets paid for ------------------------------------------------------

@@ -78,7 +78,7 @@ def new_job(tmp_path: Path, settings: Settings, dispatch: Dispatch, bucket: str,
         f"version: 1\nname: {name}\noutput: s3://{bucket}/{name}\nimage_sets:\n" + "\n".join(lines)
         + "\nprompts:\n  - id: p\n    text: A plain studio shot.\n"
     )
-    return submit(prepare(manifest, settings), dispatch.state, dispatch.add_job)
+    return submit(prepare(manifest, settings), dispatch.state, dispatch.add_job, finalize=finalize_job)
 
 
 def wait_completed(sim: Simulator, count: int, timeout_s: float = 10) -> None:

@@ -6,8 +6,9 @@
 JSON Schema editors use); the model specs decide meaning: known models, allowed option
 values, vars every paired image set defines, output keys that are safe and unique.
 
-A ``catalog`` (a CSV/JSONL feed or a folder of product folders, read by ``pipeline.catalog``)
-adds ``CatalogSet``s after the inline image sets, each row judged as it is read.
+A ``catalog`` (a CSV/JSONL feed or a folder of product folders, parsed by ``feeds`` from
+the ``CatalogSources`` the caller passes) adds ``CatalogSet``s after the inline image sets,
+each row judged as it is read.
 
 Modules, each about one thing:
 
@@ -17,13 +18,14 @@ Modules, each about one thing:
 - ``template``: ``{name}`` templates, and what makes an output key safe;
 - ``value``: the validated ``Manifest`` and ``CatalogSet``;
 - ``checks``: what the values mean, against the model specs;
+- ``feeds``: a catalog's feed rows and folders parsed, and what opens their locations;
 - ``catalog_rows``: a catalog's rows judged one by one;
 - ``references``: whether an image reference can be fetched;
 - ``load``: the steps put together.
 
-Domain layer: imports ``errors``, ``modelspec``, ``settings``, ``catalog`` (which reads
-feeds) and ``plan`` (which runs a manifest means: the checks judge the output keys of
-exactly those), never a layer above.
+Domain layer: imports ``errors``, ``modelspec`` and ``plan`` (which runs a manifest means:
+the checks judge the output keys of exactly those), never a layer above; what reads a feed
+over the network is passed in (``pipeline.catalog.Sources``).
 """
 
 from ..errors import ManifestError, ManifestIssue

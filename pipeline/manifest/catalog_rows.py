@@ -1,4 +1,4 @@
-"""A catalog's rows (or folders), read by ``pipeline.catalog`` and judged here one by one.
+"""A catalog's rows (or folders), read by ``feeds`` and judged here one by one.
 
 A row without a usable image or id is a bad row: skipped (and listed in
 ``Manifest.skipped_rows``) or an issue located in the feed, as ``on_bad_row`` says. What
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
-from ..catalog import CatalogUnreadable, Entry, MissingColumns, Sources, read_feed, read_folder
-from ..errors import ManifestIssue
+from ..errors import CatalogUnreadable, ManifestIssue, MissingColumns
 from ..modelspec import ModelSpec
 from ..plan import model_of
 from .checks.context import MAX_RUN_ISSUES
+from .feeds import CatalogSources, Entry, read_feed, read_folder
 from .reader import DocPath, Locations
 from .references import References
 from .schema import Catalog, Defaults, Prompt, RunSpec
@@ -38,7 +39,8 @@ class CatalogReader:
         self,
         catalog: Catalog,
         *,
-        sources: Sources,
+        sources: CatalogSources,
+        base_dir: Path,
         references: References,
         locations: Locations,
         label: str,
@@ -47,6 +49,7 @@ class CatalogReader:
     ):
         self.catalog = catalog
         self.sources = sources
+        self.base_dir = base_dir
         self.references = references
         self.locations = locations
         self.label = label
@@ -81,11 +84,16 @@ class CatalogReader:
         if c.feed is not None:
             source: DocPath = ("catalog", "feed")
             entries = read_feed(
-                c.feed, self.sources, id_column=c.id or "", image_columns=c.images or (), var_columns=c.vars or ()
+                c.feed,
+                self.sources,
+                base_dir=self.base_dir,
+                id_column=c.id or "",
+                image_columns=c.images or (),
+                var_columns=c.vars or (),
             )
         else:
             source = ("catalog", "prefix")
-            entries = read_folder(c.prefix or "", c.pattern or "", self.sources)
+            entries = read_folder(c.prefix or "", c.pattern or "", self.sources, self.base_dir)
         try:
             for entry in entries:
                 yield self._judge(entry)

@@ -15,13 +15,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from ..catalog import Sources
 from ..errors import ManifestError, ManifestIssue
 from ..modelspec import ModelSpec
 from ..plan import gc_paused
-from ..settings import Settings
 from .catalog_rows import CatalogReader, feed_label, max_images_spec
 from .checks import check_manifest
+from .feeds import LOCAL_FILES, CatalogSources
 from .reader import DocPath, as_value, read_yaml
 from .references import References
 from .schema import (
@@ -40,10 +39,13 @@ from .schema import (
 from .value import CatalogSet, Manifest
 
 
-def load_manifest(path: Path, specs: Mapping[str, ModelSpec], settings: Settings | None = None) -> Manifest:
+def load_manifest(
+    path: Path, specs: Mapping[str, ModelSpec], *, sources: CatalogSources = LOCAL_FILES
+) -> Manifest:
     """Read and validate the manifest at ``path``; issues name the file as given.
 
-    A ``catalog`` is read here (streamed, row by row); ``settings`` reach an ``s3://`` one.
+    A ``catalog`` is read here (streamed, row by row) through ``sources``: the default reads
+    local files only; ``pipeline.catalog.Sources`` reads https and ``s3://`` ones too.
     Raises ``ManifestError`` with every issue found (an unreadable file is one issue).
     """
     try:
@@ -51,20 +53,25 @@ def load_manifest(path: Path, specs: Mapping[str, ModelSpec], settings: Settings
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError([ManifestIssue(str(path), 1, 1, "manifest", f"cannot read the manifest: {exc}")]) from None
     with gc_paused():
-        return _parse(text, str(path), Path(os.path.abspath(path.parent)), specs, path, settings)
+        return _parse(text, str(path), Path(os.path.abspath(path.parent)), specs, path, sources)
 
 
 def parse_manifest(
-    text: str, filename: str, base_dir: Path, specs: Mapping[str, ModelSpec], settings: Settings | None = None
+    text: str,
+    filename: str,
+    base_dir: Path,
+    specs: Mapping[str, ModelSpec],
+    *,
+    sources: CatalogSources = LOCAL_FILES,
 ) -> Manifest:
     """Validate manifest text not on disk (e.g. fetched from S3).
 
     ``filename`` names it in issues; local paths (images, a local output, a local catalog)
-    resolve against ``base_dir``. ``settings`` reach an ``s3://`` catalog (without them it
-    is an issue). Raises ``ManifestError`` with every issue found.
+    resolve against ``base_dir``. A catalog is read through ``sources`` (a location they
+    cannot read is an issue). Raises ``ManifestError`` with every issue found.
     """
     with gc_paused():
-        return _parse(text, filename, base_dir, specs, None, settings)
+        return _parse(text, filename, base_dir, specs, None, sources)
 
 
 def _parse(
@@ -73,7 +80,7 @@ def _parse(
     base_dir: Path,
     specs: Mapping[str, ModelSpec],
     path: Path | None,
-    settings: Settings | None,
+    sources: CatalogSources,
 ) -> Manifest:
     data, locations, issues = read_yaml(text, filename)
     if data is None:
@@ -124,7 +131,8 @@ def _parse(
     if catalog is not None:
         reader = CatalogReader(
             catalog,
-            sources=Sources(base_dir, settings),
+            sources=sources,
+            base_dir=base_dir,
             references=references,
             locations=locations,
             label=feed_label(catalog.feed, filename) if catalog.feed is not None else filename,
