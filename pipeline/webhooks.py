@@ -8,7 +8,8 @@ collect through ``execution.collect``), which claims collection once per run, so
 and a poll that both see it done store and charge it once. Polling stays the fallback: a
 lost webhook only means the next scheduled check finds it.
 
-An interface (layer 5): it may import ``workers`` to send the task.
+An interface (layer 5). How the ``collect`` task is sent is passed in (``workers.celery_app.
+collect_sender``, by the CLI), so the server itself imports nothing of ``workers``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from aiohttp import web
-
-from workers.celery_app import make_app as celery_app
-from workers.names import COLLECT
 
 from .callbacks import checked_run
 from .errors import SettingsError
@@ -31,12 +30,14 @@ from .state import State
 log = logging.getLogger(__name__)
 
 
-def make_app(settings: Settings) -> web.Application:
+SendCollect = Callable[[str, int, str, list[str]], None]  # job id, run index, prediction id, outputs
+
+
+def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
     if settings.webhook_secret is None or not settings.redis_url:
         raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
     secret = settings.webhook_secret.get_secret_value()
     runs = State.from_url(settings.redis_url).runs
-    celery = celery_app(settings)
     counts = {"received": 0, "collected": 0, "rejected": 0}
 
     async def receive(request: web.Request) -> web.Response:
@@ -59,7 +60,7 @@ def make_app(settings: Settings) -> web.Application:
             return web.json_response({"accepted": False})
         if status == TERMINAL_OK:
             outputs = [str(o) for o in data.get("outputs") or []]
-            await asyncio.to_thread(celery.send_task, COLLECT, (job_id, index, prediction_id, outputs))
+            await asyncio.to_thread(send_collect, job_id, index, prediction_id, outputs)
             counts["collected"] += 1
         return web.json_response({"accepted": True})
 
@@ -75,8 +76,8 @@ def make_app(settings: Settings) -> web.Application:
 class WebhookServer:
     """The webhook receiver on a background thread (for tests and the embedded run)."""
 
-    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0):
-        self.settings, self.host, self.port = settings, host, port
+    def __init__(self, settings: Settings, send_collect: SendCollect, host: str = "127.0.0.1", port: int = 0):
+        self.settings, self.send_collect, self.host, self.port = settings, send_collect, host, port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -88,7 +89,7 @@ class WebhookServer:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(make_app(self.settings), access_log=None)
+        self._runner = web.AppRunner(make_app(self.settings, self.send_collect), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

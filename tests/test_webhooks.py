@@ -11,13 +11,15 @@ from pydantic import SecretStr
 
 from conftest import many_runs_manifest, read_jsonl, run_job
 from pipeline.webhooks import WebhookServer
+from workers.celery_app import collect_sender
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
 def webhook_server(settings):
-    server = WebhookServer(settings.with_overrides(webhook_secret=SecretStr("hook-secret"))).start()
+    hooked = settings.with_overrides(webhook_secret=SecretStr("hook-secret"))
+    server = WebhookServer(hooked, collect_sender(hooked)).start()
     yield server
     server.stop()
 

@@ -60,6 +60,17 @@ def job_enqueuer(settings: Settings) -> Callable[[str], None]:
     return enqueue
 
 
+def collect_sender(settings: Settings) -> Callable[[str, int, str, list[str]], None]:
+    """A callable that hands one completed prediction to the workers' ``collect`` task (the
+    webhook server's one message)."""
+    app = make_app(settings)
+
+    def send(job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
+        app.send_task(names.COLLECT, (job_id, index, prediction_id, outputs))
+
+    return send
+
+
 def runs_enqueuer(settings: Settings) -> Callable[[str, list[int]], None]:
     """A callable that hands chosen runs of a job to the workers again (``resume``)."""
     app = make_app(settings)

@@ -329,9 +329,12 @@ def webhook_server(host: str, port: int) -> None:
     public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike)."""
     from aiohttp import web
 
+    from workers.celery_app import collect_sender
+
     from ..webhooks import make_app
 
-    web.run_app(make_app(_settings()), host=host, port=port, access_log=None)
+    settings = _settings()
+    web.run_app(make_app(settings, collect_sender(settings)), host=host, port=port, access_log=None)
 
 
 def _attach_commands() -> None:
