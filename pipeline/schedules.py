@@ -12,6 +12,14 @@
   ``editpipe schedules``, and a capped history.
 - A start records how many of its runs are new, changed or unchanged (``submission``
   finds them in the output root's index of done runs).
+- Times beat missed (``due_time``, ``start_schedule``'s ``scheduled_for``): the last cron
+  time beat handled is kept in Redis, not in beat's own file, so a beat that was stopped,
+  moved or started twice agrees with the others. When beat is back after missing one or more
+  times, the latest of them is due once (the earlier ones are folded into it and counted);
+  it starts if it is at most the schedule's ``catch_up`` late (6 hours unless set), and is
+  recorded as ``skipped_missed`` otherwise. A time is claimed atomically before its start is
+  sent, so two beats never start it twice. A new schedule, or one whose cron changed, has
+  missed nothing: its first time is the next one.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ import posixpath
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -54,6 +63,9 @@ __all__ = [
     "ScheduleState",
     "SchedulesFileError",
     "Start",
+    "CronTime",
+    "claim_time",
+    "due_time",
     "find_schedule",
     "job_is_active",
     "load_schedules",
@@ -67,7 +79,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["started", "skipped_overlap", "failed"]
+Outcome = Literal["started", "skipped_overlap", "skipped_missed", "failed"]
+# A start this long after its cron time is a catch-up (recorded as such), not an on-time start.
+ON_TIME = timedelta(minutes=1)
+MISSED_COUNTED = 10_000  # missed times counted at most (an every-minute cron down for a week)
 
 
 # --- Starting a schedule -------------------------------------------------------------------
@@ -84,12 +99,15 @@ class Start:
     job_id: str = ""
     reason: str = ""
     changes: RunChanges | None = None
+    scheduled_for: str = ""  # the cron time this start is for (ISO, UTC), when beat sent it
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "at": self.at, "trigger": self.trigger, "outcome": self.outcome,
             "job_id": self.job_id or None, "reason": self.reason or None,
         }
+        if self.scheduled_for:
+            out["scheduled_for"] = self.scheduled_for
         if self.changes is not None:
             out.update(self.changes.fields())
         return out
@@ -159,17 +177,35 @@ def start_schedule(
     finalize: Finalize,
     token: str,
     trigger: str,
+    scheduled_for: datetime | None = None,
+    missed: int = 0,
 ) -> Start:
     """Start one run of ``schedule`` now, unless its previous run is still active.
 
     ``token`` names this start (a Celery task id: a redelivered task is the same start);
     ``trigger`` says who asked (``beat``, ``manual``) in the records. A skipped start is
     returned (and recorded); a start that fails raises, once recorded as ``failed``.
+    ``scheduled_for``: the cron time beat sent this start for (``missed`` earlier times
+    folded into it): more than ``ON_TIME`` late it is a ``catch-up``, and more than the
+    schedule's ``catch_up`` late it is skipped as missed.
     """
     records = state.schedule(schedule.name)
+    late = _lateness(schedule, scheduled_for, missed)
+    if late is not None:
+        trigger, note = late
+        if trigger == "skipped_missed":
+            start = Start(schedule.name, "skipped_missed", utc_now(), "beat", reason=note,
+                          scheduled_for=_iso(scheduled_for))
+            records.record(start)
+            return start
+    if scheduled_for is not None and (records.started_for() or 0) >= scheduled_for.timestamp():
+        # A redelivered start whose job was submitted (and may be over): never a second job.
+        log.info("schedule %s: the run due at %s was started already", schedule.name, _iso(scheduled_for))
+        return Start(schedule.name, "skipped_overlap", utc_now(), trigger, scheduled_for=_iso(scheduled_for),
+                     reason="this time's run was started already")
     holder = records.acquire(token, lambda job_id: job_is_active(state, job_id))
     if holder is not None:
-        start = _skipped(schedule, holder, trigger, state)
+        start = dataclasses.replace(_skipped(schedule, holder, trigger, state), scheduled_for=_iso(scheduled_for))
         records.record(start)
         return start
     try:
@@ -183,9 +219,70 @@ def start_schedule(
             records.record(Start(schedule.name, "failed", utc_now(), trigger, reason=_reason(exc)))
         raise
     records.hand_over(token, job_id)
-    start = Start(schedule.name, "started", utc_now(), trigger, job_id=job_id, changes=changes)
+    if scheduled_for is not None:
+        records.mark_started(scheduled_for.timestamp())
+    start = Start(schedule.name, "started", utc_now(), trigger, job_id=job_id, changes=changes,
+                  reason=late[1] if late else "", scheduled_for=_iso(scheduled_for))
     records.record(start)
     return start
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds") if moment else ""
+
+
+def _lateness(schedule: Schedule, scheduled_for: datetime | None, missed: int) -> tuple[str, str] | None:
+    """None for an on-time (or manual) start; else (``catch-up`` or ``skipped_missed``, why)."""
+    if scheduled_for is None:
+        return None
+    late = datetime.now(timezone.utc) - scheduled_for
+    if late <= ON_TIME:
+        return None
+    local = scheduled_for.astimezone(schedule.tz).strftime("%Y-%m-%d %H:%M %Z")
+    folded = f"; {missed} earlier missed time(s) folded into it" if missed else ""
+    window = _duration(schedule.catch_up)
+    if late > schedule.catch_up:
+        return "skipped_missed", (f"the run due at {local} was missed (beat was not running) and is "
+                                  f"{_duration(late)} late, past the catch_up window of {window}{folded}")
+    return "catch-up", f"caught up {_duration(late)} late: the run due at {local} was missed{folded}"
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class CronTime(NamedTuple):
+    """A cron time of a schedule that beat should handle now."""
+
+    at: datetime
+    missed: int  # earlier cron times, since the last one handled, that this one stands for
+
+
+def due_time(schedule: Schedule, state: State, now: datetime) -> CronTime | None:
+    """The cron time of ``schedule`` to start now, if one passed since the last handled (see
+    the module docstring); a schedule seen for the first time under its cron has missed
+    nothing, and records its latest time as handled."""
+    records = state.schedule(schedule.name)
+    latest = schedule.last_run(now)
+    handled = records.handled(schedule.cron_key)
+    if handled is None:
+        records.baseline(latest.timestamp(), schedule.cron_key)
+        return None
+    if latest.timestamp() <= handled:
+        return None
+    missed, moment = 0, schedule.next_run(datetime.fromtimestamp(handled, timezone.utc))
+    while moment < latest and missed < MISSED_COUNTED:
+        missed += 1
+        moment = schedule.next_run(moment)
+    return CronTime(latest, missed)
+
+
+def claim_time(schedule: Schedule, state: State, due: CronTime) -> bool:
+    """Take ``due`` for this beat: False when another beat (or an earlier tick) took it."""
+    return state.schedule(schedule.name).claim(due.at.timestamp(), schedule.cron_key)
 
 
 def _skipped(schedule: Schedule, holder: str, trigger: str, state: State) -> Start:
@@ -215,9 +312,11 @@ def schedule_jobs(settings: Settings) -> State:
 
 
 def start_by_name(
-    settings: Settings, name: str, enqueue: Callable[[str], None], *, finalize: Finalize, token: str, trigger: str
+    settings: Settings, name: str, enqueue: Callable[[str], None], *, finalize: Finalize, token: str, trigger: str,
+    scheduled_for: datetime | None = None, missed: int = 0,
 ) -> Start:
     """Load the schedules file and start the schedule called ``name`` (``start_schedule``)."""
     state = schedule_jobs(settings)
     schedule = find_schedule(load_schedules(settings.schedules_file), name, settings.schedules_file)
-    return start_schedule(schedule, settings, state, enqueue, finalize=finalize, token=token, trigger=trigger)
+    return start_schedule(schedule, settings, state, enqueue, finalize=finalize, token=token, trigger=trigger,
+                          scheduled_for=scheduled_for, missed=missed)

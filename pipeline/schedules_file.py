@@ -17,7 +17,7 @@ import re
 import zoneinfo
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +32,10 @@ from .manifest import Locations, Money, NonEmptyText, Text, as_text, as_value, p
 
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
 CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# A time missed while beat was down still runs when beat is back within this long after it.
+DEFAULT_CATCH_UP = timedelta(hours=6)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Schedule:
     ``manifest`` is an ``s3://`` URI or an absolute path (a relative one is taken from the
     schedules file's folder); ``file``/``line``/``col`` locate the entry's ``manifest`` value,
     so that a manifest missing at run time is reported where it was written.
+    ``catch_up``: how late a start missed while beat was down may still be made (0: never).
     """
 
     name: str
@@ -53,6 +58,7 @@ class Schedule:
     file: str
     line: int
     col: int
+    catch_up: timedelta = DEFAULT_CATCH_UP
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -63,6 +69,15 @@ class Schedule:
         schedule's timezone (a time a DST change skips runs at the first one after it)."""
         return next_run(self.cron, self.tz, after)
 
+    def last_run(self, at: datetime) -> datetime:
+        """The last time at or before ``at`` (aware) that the cron names."""
+        return last_run(self.cron, self.tz, at)
+
+    @property
+    def cron_key(self) -> str:
+        """What the times of this schedule depend on: a changed cron or timezone starts afresh."""
+        return f"{self.cron}|{self.timezone}"
+
     def issue(self, message: str) -> ManifestIssue:
         return ManifestIssue(self.file, self.line, self.col, "manifest", message)
 
@@ -70,6 +85,19 @@ class Schedule:
 def next_run(cron: str, tz: zoneinfo.ZoneInfo, after: datetime) -> datetime:
     """The first time strictly after ``after`` (aware) that ``cron`` names, in ``tz``."""
     return croniter(cron, after.astimezone(tz)).get_next(datetime)
+
+
+def last_run(cron: str, tz: zoneinfo.ZoneInfo, at: datetime) -> datetime:
+    """The last time at or before ``at`` (aware) that ``cron`` names, in ``tz``."""
+    return croniter(cron, (at + timedelta(microseconds=1)).astimezone(tz)).get_prev(datetime)
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """``90s``, ``30m``, ``6h``, ``2d`` or a number of seconds; None if it is none of these."""
+    match = _DURATION.match(text)
+    if match is None:
+        return None
+    return timedelta(seconds=int(match.group(1)) * _UNIT_S[match.group(2)])
 
 
 _NAME = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$"), BeforeValidator(as_text)]
@@ -88,6 +116,7 @@ class ScheduleDoc(BaseModel):
     budget_usd: Money | None = None
     enabled: _BOOL = True
     notify: Text | None = None
+    catch_up: Text | None = None
 
 
 _VOCABULARY = sorted(ScheduleDoc.model_fields)
@@ -176,6 +205,8 @@ def _schedule(
         "timezone": _timezone_problem,
         "manifest": lambda ref: _manifest_ref(ref, base_dir)[1],
         "notify": lambda url: None if re.match(r"^https?://[^/\s]+", url) else "must be an http:// or https:// URL",
+        "catch_up": lambda text: None if parse_duration(text) is not None
+        else f"{text!r} is not a duration: a number with s, m, h or d (6h, 30m, 2d; 0 never catches up)",
     }
     for name, check in checks.items():
         if name in text and (problem := check(text[name])):
@@ -195,6 +226,7 @@ def _schedule(
         file=locations.file,
         line=line,
         col=col,
+        catch_up=DEFAULT_CATCH_UP if doc.catch_up is None else parse_duration(doc.catch_up) or timedelta(0),
     )
 
 

@@ -162,52 +162,117 @@ def test_the_cron_is_read_in_the_schedule_timezone_and_a_missed_time_is_due_once
     assert not due and 0 < wait_s <= 24 * 3600
 
 
-def test_beat_starts_without_a_schedules_file_and_forgets_a_time_missed_under_an_old_cron(tmp_path, monkeypatch):
+def scheduler(settings: Settings, monkeypatch) -> Scheduler:
+    """Beat's scheduler as ``celery beat`` builds it, on the test's Redis (no beat process)."""
+    monkeypatch.setenv("REDIS_URL", settings.redis_url or "")
+    return Scheduler(app=make_app(settings))
+
+
+def seed_handled(settings: Settings, path: Path, name: str, moment: datetime) -> None:
+    """Make Redis say ``name``'s last handled cron time is the one at or before ``moment``:
+    beat was last up then."""
+    schedule = {s.name: s for s in load_schedules(path)}[name]
+    records = State.from_url(settings.redis_url or "").schedule(name)
+    records.baseline(schedule.last_run(moment).timestamp(), schedule.cron_key)
+
+
+def test_beat_starts_without_a_schedules_file_and_a_new_or_changed_cron_has_missed_nothing(
+    tmp_path, settings, monkeypatch, r
+):
+    r.flushall()
     schedules_file(tmp_path, monkeypatch)
     (tmp_path / "schedules.yaml").unlink()
-    app = make_app(Settings())
-    empty = Scheduler(app=app, schedule_filename=str(tmp_path / "beat-a"))
+    empty = scheduler(settings, monkeypatch)
     assert dict(empty.schedule) == {}
-    empty.close()
 
     path = schedules_file(tmp_path, monkeypatch, entry("nightly", "m.yaml", cron="0 2 * * *"))
-    first = Scheduler(app=app, schedule_filename=str(tmp_path / "beat-b"))
-    first.schedule["nightly"].last_run_at = datetime.now(timezone.utc) - timedelta(days=2)
-    first.close()
+    first = scheduler(settings, monkeypatch)
+    assert not first.is_due(first.schedule["nightly"])[0]  # first seen: its next time is the first
+    # Beat was down for two days under the old cron; the cron changes: nothing is due at once.
+    seed_handled(settings, path, "nightly", datetime.now(timezone.utc) - timedelta(days=2))
     path.write_text(path.read_text().replace("0 2 * * *", "0 3 * * *"))
-    again = Scheduler(app=app, schedule_filename=str(tmp_path / "beat-b"))
+    again = scheduler(settings, monkeypatch)
     assert again.schedule["nightly"].schedule == CronSchedule("0 3 * * *", "Europe/Paris")
-    assert not again.schedule["nightly"].is_due()[0]
-    again.close()
+    due, wait_s = again.is_due(again.schedule["nightly"])
+    assert not due and 0 < wait_s <= 24 * 3600
+
+
+def test_a_time_missed_past_the_catch_up_window_is_recorded_as_missed_and_not_run(
+    tmp_path, settings, monkeypatch, r
+):
+    r.flushall()
+    # Due every day two hours ago (UTC); beat was last up three days ago; catch_up is 1 hour.
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    cron = f"{two_hours_ago.minute} {two_hours_ago.hour} * * *"
+    path = schedules_file(tmp_path, monkeypatch,
+                          entry("daily", "m.yaml", cron=cron, tz="UTC") + "    catch_up: 1h\n")
+    seed_handled(settings, path, "daily", datetime.now(timezone.utc) - timedelta(days=3))
+    beat = scheduler(settings, monkeypatch)
+    entry_ = beat.schedule["daily"]
+    assert beat.is_due(entry_)[0]
+    schedule = {s.name: s for s in load_schedules(path)}["daily"]
+    due = beat._due["daily"]
+    assert due.missed == 2  # the two earlier days fold into the latest
+    start = start_schedule(schedule, settings.with_overrides(schedules_file=path), State.from_url(settings.redis_url),
+                           lambda job_id: pytest.fail("a missed time past its window must not start"),
+                           finalize=finalize_job, token="t1", trigger="beat", scheduled_for=due.at, missed=due.missed)
+    assert start.outcome == "skipped_missed"
+    assert "past the catch_up window of 1h00m" in start.reason and "2 earlier missed" in start.reason
+    assert State.from_url(settings.redis_url).schedule("daily").last()["outcome"] == "skipped_missed"
+
+
+def test_two_beats_that_both_find_a_time_due_send_it_once(tmp_path, settings, monkeypatch, r):
+    r.flushall()
+    path = schedules_file(tmp_path, monkeypatch, entry("nightly", "m.yaml", cron="0 2 * * *", tz="UTC"))
+    seed_handled(settings, path, "nightly", datetime.now(timezone.utc) - timedelta(days=1, hours=1))
+    first, second = scheduler(settings, monkeypatch), scheduler(settings, monkeypatch)
+    assert first.is_due(first.schedule["nightly"])[0] and second.is_due(second.schedule["nightly"])[0]
+    sent = [beat.apply_async(beat.schedule["nightly"]) for beat in (first, second)]
+    try:
+        assert sent[0] is not None and sent[1] is None
+        assert r.llen("editpipe") == 1  # one message on the workers' queue
+        (message,) = [json.loads(m) for m in r.lrange("editpipe", 0, -1)]
+        assert message["headers"]["task"] == "editpipe.run_schedule"
+        assert not first.is_due(first.schedule["nightly"])[0]  # handled: not due again
+    finally:
+        r.flushall()
 
 
 # --- Beat, workers, overlap -----------------------------------------------------------------
+
+
+def beat_process(tmp_path: Path, settings: Settings, path: Path, n: int = 0) -> tuple[subprocess.Popen, Path]:
+    env = worker_env(settings) | AWS_ENV | {"S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
+                                            "EDITPIPE_SCHEDULES": str(path)}
+    log = tmp_path / f"beat-{n}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "beat", "-s", str(tmp_path / f"beat-{n}"),
+         "--loglevel", "INFO"],
+        env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    return proc, log
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=20)
 
 
 def test_beat_fires_a_due_schedule_and_its_job_runs_to_completion(tmp_path, fast, sim, workers, bucket, monkeypatch):
     manifest = small_manifest(tmp_path, f"s3://{bucket}/out")
     path = schedules_file(tmp_path, monkeypatch, entry("every-minute", str(manifest), cron="* * * * *",
                                                        tz="Pacific/Auckland", budget="0.50"))
-    # Beat's record says it last ran three minutes ago: the time it missed is due at start.
-    db = tmp_path / "beat-schedule"
-    seeded = Scheduler(app=make_app(fast), schedule_filename=str(db))
-    seeded.schedule["every-minute"].last_run_at = datetime.now(timezone.utc) - timedelta(minutes=3)
-    seeded.close()
+    # Redis says beat last handled a time three minutes ago: the latest missed time is due at start.
+    seed_handled(fast, path, "every-minute", datetime.now(timezone.utc) - timedelta(minutes=3))
     workers.start()
-    env = worker_env(fast) | AWS_ENV | {"S3_ENDPOINT_URL": fast.s3_endpoint_url or "", "EDITPIPE_SCHEDULES": str(path)}
-    log = tmp_path / "beat.log"
-    beat = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "beat", "-s", str(db), "--loglevel", "INFO"],
-        env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    beat, log = beat_process(tmp_path, fast, path)
     try:
         state = State.from_url(fast.redis_url or "")
         job = wait_for(lambda: next((j for j in state.jobs.recent() if j.schedule == "every-minute"), None), 90,
                        "beat to start the schedule", lambda: log.read_text() + workers.logs())
         status = wait_done(fast, job.id)
     finally:
-        os.killpg(beat.pid, signal.SIGTERM)
-        beat.wait(timeout=20)
+        stop(beat)
 
     assert (status.status, status.succeeded, status.budget_usd) == ("succeeded", 2, Decimal("0.50"))
     assert sim.stats()["billed_count"] == 2
@@ -216,9 +281,42 @@ def test_beat_fires_a_due_schedule_and_its_job_runs_to_completion(tmp_path, fast
     # in the order they were written, not the order of the ticks. One started, the rest skipped.
     history = state.schedule("every-minute").history()
     started = [(h["trigger"], h["job_id"]) for h in history if h["outcome"] == "started"]
-    assert started == [("beat", job.id)]
+    assert [job_id for _, job_id in started] == [job.id]
     assert {h["outcome"] for h in history} <= {"started", "skipped_overlap"}
     assert "Sending due task every-minute (editpipe.run_schedule)" in log.read_text()
+
+
+def test_a_time_missed_while_beat_was_down_runs_once_when_it_is_back_even_with_two_beats(
+    tmp_path, fast, sim, workers, bucket, monkeypatch
+):
+    manifest = small_manifest(tmp_path, f"s3://{bucket}/out")
+    # A nightly run, due at a time that passed an hour ago; beat was last up two days ago.
+    hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    path = schedules_file(tmp_path, monkeypatch,
+                          entry("nightly", str(manifest), cron=f"{hour_ago.minute} {hour_ago.hour} * * *", tz="UTC"))
+    seed_handled(fast, path, "nightly", datetime.now(timezone.utc) - timedelta(days=2))
+    workers.start()
+    # Two beats, started by mistake at the same moment.
+    beats = [beat_process(tmp_path, fast, path, n) for n in range(2)]
+    state = State.from_url(fast.redis_url or "")
+    logs = lambda: "".join(log.read_text() for _, log in beats)  # noqa: E731
+    try:
+        job = wait_for(lambda: next((j for j in state.jobs.recent() if j.schedule == "nightly"), None), 90,
+                       "beat to catch up the missed run", lambda: logs() + workers.logs())
+        status = wait_done(fast, job.id)
+        time.sleep(3)  # both beats keep ticking: neither sends the time again
+    finally:
+        for proc, _ in beats:
+            stop(proc)
+
+    assert status.status == "succeeded" and sim.stats()["billed_count"] == 2
+    history = state.schedule("nightly").history()
+    assert [h["outcome"] for h in history] == ["started"]  # one start, for one missed time
+    (start,) = history
+    assert start["trigger"] == "catch-up" and start["job_id"] == job.id
+    assert "caught up 1h00m late" in start["reason"] and "1 earlier missed time(s)" in start["reason"]
+    assert logs().count("Sending due task nightly") in (1, 2)  # 2: both saw it due; the claim let one send
+    assert [j.id for j in state.jobs.recent() if j.schedule == "nightly"] == [job.id]
 
 
 def test_a_trigger_while_the_previous_run_is_active_is_skipped_and_recorded(

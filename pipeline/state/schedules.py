@@ -5,7 +5,8 @@
 starter dies); every change to it is one compare-and-set script call
 (``schedule_lock.lua``), so two triggers racing for it cannot both win. ``:last`` is the
 last trigger's record (JSON) and ``:history`` the last ``HISTORY_LENGTH`` of them, newest
-first.
+first. ``:slot`` is the last cron time beat handled (``schedule_slot.lua``): it only moves
+forward, so a time is started once however many beats tick.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ScheduleState:
         self._r = conn.redis
         self.name = name
         self._cas = conn.script("schedule_lock.lua")
+        self._slot = conn.script("schedule_slot.lua")
 
     def key(self, part: str) -> str:
         return keys.schedule(self.name, part)
@@ -73,6 +75,29 @@ class ScheduleState:
 
     def _set(self, seen: str, value: str, ttl_ms: int) -> bool:
         return bool(self._cas(keys=[self.key("lock")], args=[seen, value, ttl_ms]))
+
+    def handled(self, cron_key: str) -> float | None:
+        """The last cron time (epoch seconds) beat handled under ``cron_key``, or None."""
+        at, cron = self._r.hmget(self.key("slot"), "at", "cron")
+        return float(at) if at is not None and cron == cron_key else None
+
+    def baseline(self, at: float, cron_key: str) -> bool:
+        """Record ``at`` as handled unless a time is already handled under ``cron_key``."""
+        return bool(self._slot(keys=[self.key("slot")], args=[at, cron_key, "baseline"]))
+
+    def claim(self, at: float, cron_key: str) -> bool:
+        """Take the cron time ``at`` for this caller: False when it (or a later one) was
+        handled already, by this beat or another."""
+        return bool(self._slot(keys=[self.key("slot")], args=[at, cron_key, "claim"]))
+
+    def started_for(self) -> float | None:
+        """The latest cron time (epoch seconds) a start was submitted for, or None."""
+        at = self._r.hget(self.key("slot"), "started")
+        return float(at) if at is not None else None
+
+    def mark_started(self, at: float) -> None:
+        """A job was submitted for the cron time ``at`` (a redelivered start finds it)."""
+        self._r.hset(self.key("slot"), "started", at)
 
     def record(self, start: Record) -> None:
         line = json.dumps(start.to_dict(), separators=(",", ":"))
