@@ -23,7 +23,8 @@ class Due:
     """One prediction in the due index: ``job|index|attempt|failures|submitted_at``.
 
     ``attempt`` -1 is a start check (``START``): the run was handed out to a pump and is not
-    settled yet.
+    settled yet, or its start is to be tried again then (after a transient error, say, with
+    its ``failures`` so far); whoever takes it due starts the run.
     """
 
     FORMAT = "%s|%d|%d|%d|%.3f"  # also given to limits_fair_pop.lua, which formats one
