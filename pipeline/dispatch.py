@@ -45,12 +45,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_run
+from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_claim_s, start_run
 from .provider import Prediction
 from .state import Due
 
 SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a new message
 DUE_LEASE_S = 30.0
+START_AFTER_CLAIM_S = 2.0  # a popped run's start check comes due this long after its claim would end
 POLL_BATCH = 200
 START = Due.START  # the attempt number of a start check (see ``pump``)
 ADMIT_WAIT_S = 0.25  # the longest a pump waits for the limits with a run's claim in hand
@@ -116,7 +117,8 @@ class Dispatch:
         the same step: the poller starts it then. Never a countdown message, which a worker
         holds unacknowledged until it is due, and which its death would hold until the
         broker's visibility timeout."""
-        self.schedule(list(settled), [(Due(job_id, index, START, failures, time.time()).member, delay_s)])
+        now = time.time()
+        self.schedule(list(settled), [(Due(job_id, index, START, failures, now, now).member, delay_s)])
         if wake_poller:
             self.tasks.wake_poller()
 
@@ -141,7 +143,8 @@ class Dispatch:
             # Just after the expected completion; at once for a prediction found already
             # submitted (a redelivery), whose time is unknown.
             delay = self.first_poll_s(self.state.runs.run(job_id, index).model) if step.delay_s else 0.0
-            self.schedule(list(settled), [(Due(job_id, index, 0, step.failures, time.time()).member, delay)])
+            now = time.time()
+            self.schedule(list(settled), [(Due(job_id, index, 0, step.failures, now, now).member, delay)])
             if wake_poller:
                 self.tasks.wake_poller()
             return
@@ -179,16 +182,22 @@ class Dispatch:
         self.state.latency.set(model, new)
         self._latency[model] = (new, time.monotonic())
 
-    def latency_sample(self, model: str, due: "Due", inference_s: float | None) -> float:
-        """How long a prediction found completed took, as well as the checks can tell.
+    def latency_sample(self, due: "Due", inference_s: float | None) -> float | None:
+        """How long a prediction found completed took, as well as the checks can tell; None
+        when they cannot (it was seen completed before: a check kept until it is collected).
 
-        It completed between the check before (the submit, for a first check) and this one.
-        The provider's own timing of the edit, when it gives one, is a lower bound too (the
-        prediction may have queued first); the later of the two lower bounds is the sample.
-        Without that timing, the middle of the interval; for a first check, just under it.
+        It completed between the check before (``due.seen_at``; the submit, for a first
+        check) and this one. The provider's own timing of the edit, when it gives one, is a
+        lower bound too (the prediction may have queued first); the later of the two lower
+        bounds is the sample. Without that timing, the middle of the interval; for a first
+        check, just under it. The check before is when it was made, not when it was due: a
+        check made late (its poller died and its lease ran out, or the poller was restarted)
+        would otherwise count the delay as the model's, and slow every first check after it.
         """
+        if due.attempt > 0 and not due.seen_at:
+            return None
         elapsed = max(0.0, time.time() - due.submitted_at)
-        before = 0.0 if due.attempt == 0 else max(0.0, elapsed - self.next_poll_s(model, due.attempt - 1))
+        before = 0.0 if due.attempt == 0 else min(elapsed, max(0.0, due.seen_at - due.submitted_at))
         if inference_s is not None:
             return min(elapsed, max(before, inference_s))
         return 0.9 * elapsed if due.attempt == 0 else (before + elapsed) / 2
@@ -234,8 +243,9 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     while time.monotonic() < deadline:
         # Until the run is settled, a start check waits in the due index (added by the pop
         # itself): if this pump dies holding the run, the poller starts it, or finds what
-        # its submit left.
-        item = ctx.state.fair.pop_marked(ctx.state.due, ctx.settings.request_timeout_s + 30)
+        # its submit left, just after the run's claim would have expired (a start slower
+        # than that meets the claim, and files its check again for when the claim ends).
+        item = ctx.state.fair.pop_marked(ctx.state.due, start_claim_s(ctx.settings) + START_AFTER_CLAIM_S)
         if item is None:
             return False
         job_id, index, check = item
@@ -315,7 +325,9 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
         step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
                         state=states[due])
         if step.action == "poll":
-            nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at)
+            # Seen running now, unless the check failed for now (or it was seen completed).
+            seen = time.time() if due.seen_at and step.failures <= due.failures else due.seen_at
+            nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at, seen)
             delay = step.delay_s if step.failures > due.failures else dispatch.next_poll_s(run.model, due.attempt)
             # A prediction submitted before the latency was known waits for it once it is.
             delay = max(delay, dispatch.until_expected(run.model, due.submitted_at))
@@ -323,8 +335,9 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             running.append(slot_holder(due.job_id, due.index))
             continue
         if step.action == "collect" and step.prediction is not None:
-            sample = dispatch.latency_sample(run.model, due, step.prediction.inference_s)
-            latencies.setdefault(run.model, []).append(sample)
+            sample = dispatch.latency_sample(due, step.prediction.inference_s)
+            if sample is not None:
+                latencies.setdefault(run.model, []).append(sample)
             # Kept in the index a while as a safety net: if the collect task were lost, the
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
