@@ -23,16 +23,17 @@ The design, and why (measured on a 2-core machine):
 
 Faults: every piece of work lives in Redis, held by a lease that expires by itself, never
 only in a broker message. A pump's slice and the poller hold task leases (``workers.tasks``,
-13 s); a run popped by a pump leaves a start check in the due index (due once the longest
-submit is over); due members a poller took come due again after ``DUE_LEASE_S``; a completed
-prediction keeps a check in the index until it is collected (after ``COLLECT_CLAIM_S``, a
-dead collector's claim); a run to be tried again later (a transient error, a claim held by
-another execution, an upload in progress, a resumed run the queue would not take back) is a
-start check due then (``Dispatch.start_later``), never a countdown message. The messages
-(``Tasks``) are wake-ups only: a lost one costs the few seconds until a worker's watchdog
-(``workers.watchdog``) sees work waiting whose lease nobody holds and starts its task again.
-The broker's visibility timeout (600 s) then matters only for the message that hands a new
-job (or a resume) to the workers, which a worker takes and acts on within milliseconds.
+13 s); a run popped by a pump leaves a start check in the due index (due just after the
+run's start claim, which outlives the longest submit, would end); due members a poller took
+come due again after ``DUE_LEASE_S``; a completed prediction keeps a check in the index until
+it is collected (after ``COLLECT_CLAIM_S``, a dead collector's claim); a run to be tried
+again later (a transient error, a claim held by another execution, an upload in progress, a
+resumed run the queue would not take back) is a start check due then
+(``Dispatch.start_later``), never a countdown message. The messages (``Tasks``) are wake-ups
+only: a lost one costs the few seconds until a worker's watchdog (``workers.watchdog``) sees
+work waiting whose lease nobody holds and starts its task again. The broker's visibility
+timeout (600 s) then matters only for the message that hands a new job (or a resume) to the
+workers, which a worker takes and acts on within milliseconds.
 
 What this needs from the task queue (wake the pumps or the poller, hand completed
 predictions to collection, finalize a job) it gets as a ``Tasks`` object, which

@@ -45,6 +45,12 @@ _context: Context | None = None
 _dispatch: Dispatch | None = None
 LEASE_S = SLICE_S + 10
 COLLECT_BATCH = 8  # completed predictions per collect message
+# The longest the poller waits on a countdown. A check filed meanwhile (a new prediction's)
+# may be due before the earliest the poller saw, and nothing wakes a poller that holds its
+# lease: it waits this long past its time at most. The members due far off are mostly
+# checks kept as safety nets and, after a fault, checks a dead poller had taken; waiting
+# up to half a lease for them (6.5 s) made each first check after a kill that much late.
+POLLER_WAIT_S = 1.0
 
 
 @worker_process_init.connect
@@ -156,7 +162,7 @@ def poller(token: str | None = None) -> None:
                 d.tasks.wake_poller()
             return
         if next_due > left:
-            poller.apply_async((token,), countdown=max(0.0, min(next_due, LEASE_S / 2)))
+            poller.apply_async((token,), countdown=max(0.0, min(next_due, POLLER_WAIT_S)))
             return
         time.sleep(next_due)
 
