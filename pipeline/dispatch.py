@@ -20,26 +20,39 @@ The design, and why (measured on a 2-core machine):
   worker pool, since storage writes are the slow part; eight to a message, since each
   message costs CPU to send, fetch and ack (one to a message, ``bench/overhead``'s workers
   used 19.6-19.8 s of CPU for 2,000 runs; eight to a message, 14.9-16.0 s).
-Leases on pumps, pollers and taken due members expire by themselves, so a killed worker
-stops nothing for long: another delivery or another process picks the work up.
 
-What this needs from the task queue (send a step later, wake the pumps or the poller, hand
-completed predictions to collection, finalize a job) it gets as a ``Tasks`` object, which
+Faults: every piece of work lives in Redis, held by a lease that expires by itself, never
+only in a broker message. A pump's slice and the poller hold task leases (``workers.tasks``,
+13 s); a run popped by a pump leaves a start check in the due index (due just after the
+run's start claim, which outlives the longest submit, would end); due members a poller took
+come due again after ``DUE_LEASE_S``; a completed prediction keeps a check in the index until
+it is collected (after ``COLLECT_CLAIM_S``, a dead collector's claim); a run to be tried
+again later (a transient error, a claim held by another execution, an upload in progress, a
+resumed run the queue would not take back) is a start check due then
+(``Dispatch.start_later``), never a countdown message. The messages (``Tasks``) are wake-ups
+only: a lost one costs the few seconds until a worker's watchdog (``workers.watchdog``) sees
+work waiting whose lease nobody holds and starts its task again. The broker's visibility
+timeout (600 s) then matters only for the message that hands a new job (or a resume) to the
+workers, which a worker takes and acts on within milliseconds.
+
+What this needs from the task queue (wake the pumps or the poller, hand completed
+predictions to collection, finalize a job) it gets as a ``Tasks`` object, which
 ``workers.tasks`` implements over Celery; the steps can run without a worker.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_run
+from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_claim_s, start_run
 from .provider import Prediction
 from .state import Due
 
 SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a new message
 DUE_LEASE_S = 30.0
+START_AFTER_CLAIM_S = 2.0  # a popped run's start check comes due this long after its claim would end
 POLL_BATCH = 200
 START = Due.START  # the attempt number of a start check (see ``pump``)
 ADMIT_WAIT_S = 0.25  # the longest a pump waits for the limits with a run's claim in hand
@@ -54,10 +67,11 @@ Completed = list[tuple[str, int, Prediction]]
 
 
 class Tasks(Protocol):
-    """What the steps need from the task queue (``workers.tasks`` implements it over Celery)."""
+    """What the steps need from the task queue (``workers.tasks`` implements it over Celery).
 
-    def submit_later(self, job_id: str, index: int, failures: int, delay_s: float) -> None:
-        """Send the run's start as a message of its own, to run after ``delay_s``."""
+    Each is a wake-up or a hand-over that the state in Redis backs: a message lost with a
+    worker delays its work by seconds (the watchdog, a due member's check), never loses it.
+    """
 
     def wake_pumps(self) -> None:
         """Make sure pumps are running (runs are waiting in the fair queue)."""
@@ -95,24 +109,49 @@ class Dispatch:
         self.state.fair.push(job_id, int(total or 0), int(priority or 1), handed_out=int(total or 0))
         for index in indices:
             if not self.state.fair.requeue(job_id, index):
-                self.tasks.submit_later(job_id, index, 0, 0.0)
+                self.start_later(job_id, index, 0, 0.0)
         self.tasks.wake_pumps()
 
-    def follow(self, job_id: str, index: int, step: Next) -> None:
-        """Carry out what a step returned: a message, a due-index entry, or nothing."""
-        # A countdown longer than the broker's visibility timeout would have the message
-        # delivered twice; waking early is harmless (every step checks before it acts).
-        delay = min(step.delay_s, self.ctx.settings.visibility_timeout_s / 2)
-        if step.action == "submit":
-            self.tasks.submit_later(job_id, index, step.failures, delay)
-        elif step.action == "wait":
-            if not self.state.fair.requeue(job_id, index):
-                self.tasks.submit_later(job_id, index, step.failures, delay)
-            self.tasks.wake_pumps()
-        elif step.action == "poll":
-            self.state.due.schedule([], [(Due(job_id, index, 0, step.failures, time.time()).member, delay)])
+    def start_later(self, job_id: str, index: int, failures: int, delay_s: float, settled: Sequence[str] = (),
+                    wake_poller: bool = True) -> None:
+        """File the run's start in the due index, due in ``delay_s``, replacing ``settled`` in
+        the same step: the poller starts it then. Never a countdown message, which a worker
+        holds unacknowledged until it is due, and which its death would hold until the
+        broker's visibility timeout."""
+        now = time.time()
+        self.schedule(list(settled), [(Due(job_id, index, START, failures, now, now).member, delay_s)])
+        if wake_poller:
             self.tasks.wake_poller()
-        elif step.action == "collect" and step.prediction is not None:
+
+    def follow(self, job_id: str, index: int, step: Next, settled: Sequence[str] = (),
+               wake_poller: bool = True) -> None:
+        """Carry out what a step returned: a due-index entry, the run back in the fair queue,
+        a message (collect, finalize), or nothing. ``settled`` are due members the step
+        replaces; they go only once the run's next step is filed (in the same step, or
+        after), so a run is never in neither place. ``wake_poller=False``: the caller wakes
+        it itself (see ``_start``)."""
+        if step.action == "submit":
+            self.start_later(job_id, index, step.failures, step.delay_s, settled, wake_poller)
+            return
+        if step.action == "wait":
+            if self.state.fair.requeue(job_id, index):
+                self.schedule(list(settled), [])
+            else:  # not handed out by the queue, or its job left it: the poller starts it
+                self.start_later(job_id, index, step.failures, step.delay_s, settled, wake_poller)
+            self.tasks.wake_pumps()
+            return
+        if step.action == "poll":
+            # Just after the expected completion; at once for a prediction found already
+            # submitted (a redelivery), whose time is unknown.
+            delay = self.first_poll_s(self.state.runs.run(job_id, index).model) if step.delay_s else 0.0
+            now = time.time()
+            self.schedule(list(settled), [(Due(job_id, index, 0, step.failures, now, now).member, delay)])
+            if wake_poller:
+                self.tasks.wake_poller()
+            return
+        if settled:
+            self.schedule(list(settled), [])
+        if step.action == "collect" and step.prediction is not None:
             self.tasks.collect([(job_id, index, step.prediction)])
         elif step.action == "finalize":
             self.tasks.finalize(job_id)
@@ -144,16 +183,22 @@ class Dispatch:
         self.state.latency.set(model, new)
         self._latency[model] = (new, time.monotonic())
 
-    def latency_sample(self, model: str, due: "Due", inference_s: float | None) -> float:
-        """How long a prediction found completed took, as well as the checks can tell.
+    def latency_sample(self, due: "Due", inference_s: float | None) -> float | None:
+        """How long a prediction found completed took, as well as the checks can tell; None
+        when they cannot (it was seen completed before: a check kept until it is collected).
 
-        It completed between the check before (the submit, for a first check) and this one.
-        The provider's own timing of the edit, when it gives one, is a lower bound too (the
-        prediction may have queued first); the later of the two lower bounds is the sample.
-        Without that timing, the middle of the interval; for a first check, just under it.
+        It completed between the check before (``due.seen_at``; the submit, for a first
+        check) and this one. The provider's own timing of the edit, when it gives one, is a
+        lower bound too (the prediction may have queued first); the later of the two lower
+        bounds is the sample. Without that timing, the middle of the interval; for a first
+        check, just under it. The check before is when it was made, not when it was due: a
+        check made late (its poller died and its lease ran out, or the poller was restarted)
+        would otherwise count the delay as the model's, and slow every first check after it.
         """
+        if due.attempt > 0 and not due.seen_at:
+            return None
         elapsed = max(0.0, time.time() - due.submitted_at)
-        before = 0.0 if due.attempt == 0 else max(0.0, elapsed - self.next_poll_s(model, due.attempt - 1))
+        before = 0.0 if due.attempt == 0 else min(elapsed, max(0.0, due.seen_at - due.submitted_at))
         if inference_s is not None:
             return min(elapsed, max(before, inference_s))
         return 0.9 * elapsed if due.attempt == 0 else (before + elapsed) / 2
@@ -199,8 +244,9 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     while time.monotonic() < deadline:
         # Until the run is settled, a start check waits in the due index (added by the pop
         # itself): if this pump dies holding the run, the poller starts it, or finds what
-        # its submit left.
-        item = ctx.state.fair.pop_marked(ctx.state.due, ctx.settings.request_timeout_s + 30)
+        # its submit left, just after the run's claim would have expired (a start slower
+        # than that meets the claim, and files its check again for when the claim ends).
+        item = ctx.state.fair.pop_marked(ctx.state.due, start_claim_s(ctx.settings) + START_AFTER_CLAIM_S)
         if item is None:
             return False
         job_id, index, check = item
@@ -212,11 +258,12 @@ def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
     return True
 
 
-def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: list[str],
+def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: Sequence[str], failures: int = 0,
            admit_until: float | None = None, wake_poller: bool = True) -> Next:
     """Submit a run under the account's limits and file what follows; ``settled`` are due
-    members this replaces. With ``admit_until`` (a monotonic deadline), a short wait for the
-    limits is slept with the run in hand (see ``_admit_in_place``).
+    members this replaces, ``failures`` the transient errors the run met so far. With
+    ``admit_until`` (a monotonic deadline), a short wait for the limits is slept with the run
+    in hand (see ``_admit_in_place``).
 
     ``wake_poller=False`` skips waking the poller for a submitted run. A pump wakes it for
     the first run of a slice and again as the slice ends (``workers.tasks.pump``): the
@@ -227,18 +274,8 @@ def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: lis
     admit = None
     if ctx.limits is not None:
         admit = ctx.limits.try_start if admit_until is None else _admit_in_place(ctx.limits.try_start, admit_until)
-    step = start_run(ctx, job_id, index, token=token, admit=admit)
-    added: list[tuple[str, float]] = []
-    if step.action == "poll":
-        run_model = ctx.state.runs.run(job_id, index).model
-        added.append((Due(job_id, index, 0, 0, time.time()).member,
-                      dispatch.first_poll_s(run_model) if step.delay_s else 0.0))
-    dispatch.schedule(settled, added)
-    if step.action == "poll":
-        if wake_poller:
-            dispatch.tasks.wake_poller()
-    else:
-        dispatch.follow(job_id, index, step)
+    step = start_run(ctx, job_id, index, token=token, failures=failures, admit=admit)
+    dispatch.follow(job_id, index, step, settled, wake_poller=wake_poller or step.action != "poll")
     return step
 
 
@@ -282,14 +319,16 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     ctx.state.runs.load((due.job_id, due.index) for due in checks)
     states = dict(zip(checks, ctx.state.runs.states([(due.job_id, due.index) for due in checks])))
     for due in taken:
-        if due.attempt == START:
-            _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [])
+        if due.attempt == START:  # replaced by what follows the start, in the same step
+            _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [due.member], failures=due.failures)
             continue
         run = ctx.state.runs.run(due.job_id, due.index)
         step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
                         state=states[due])
         if step.action == "poll":
-            nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at)
+            # Seen running now, unless the check failed for now (or it was seen completed).
+            seen = time.time() if due.seen_at and step.failures <= due.failures else due.seen_at
+            nxt = Due(due.job_id, due.index, due.attempt + 1, step.failures, due.submitted_at, seen)
             delay = step.delay_s if step.failures > due.failures else dispatch.next_poll_s(run.model, due.attempt)
             # A prediction submitted before the latency was known waits for it once it is.
             delay = max(delay, dispatch.until_expected(run.model, due.submitted_at))
@@ -297,8 +336,9 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             running.append(slot_holder(due.job_id, due.index))
             continue
         if step.action == "collect" and step.prediction is not None:
-            sample = dispatch.latency_sample(run.model, due, step.prediction.inference_s)
-            latencies.setdefault(run.model, []).append(sample)
+            sample = dispatch.latency_sample(due, step.prediction.inference_s)
+            if sample is not None:
+                latencies.setdefault(run.model, []).append(sample)
             # Kept in the index a while as a safety net: if the collect task were lost, the
             # next check finds the run unfinished and collects it again.
             added.append((Due(due.job_id, due.index, due.attempt + 1, 0, due.submitted_at).member,
@@ -312,4 +352,4 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
         dispatch.observe_latency(model, samples)
     if completed:
         dispatch.tasks.collect(completed)
-    return dispatch.schedule([d.member for d in taken], added) if taken else dispatch.schedule([], [])
+    return dispatch.schedule([d.member for d in checks], added)

@@ -118,6 +118,11 @@ def slot_holder(job_id: str, index: int) -> str:
     return f"{job_id}:{index}"
 
 
+def start_claim_s(settings: Settings) -> int:
+    """How long a run's start claim lasts: longer than the longest submit."""
+    return int(settings.request_timeout_s) + 5
+
+
 def backoff_s(failures: int, retry_after: float | None = None) -> float:
     """Exponential backoff with jitter, or the provider's Retry-After when it gave one."""
     if retry_after is not None:
@@ -199,10 +204,9 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     the wire, submit, and store the prediction id at once.
     """
     jobs, runs = ctx.state.jobs, ctx.state.runs
-    # The claim outlives the longest submit; a delivery that finds it taken (another one is
-    # submitting, or died doing so) looks again once it has expired.
-    claim_ttl = int(ctx.settings.request_timeout_s) + 5
-    claim = runs.claim_start(job_id, index, token, claim_ttl)
+    # A delivery that finds the claim taken (another one is submitting, or died doing so)
+    # looks again once it has expired.
+    claim = runs.claim_start(job_id, index, token, start_claim_s(ctx.settings))
     if claim.state == "finished":
         return DONE
     if claim.state == "submitted":

@@ -108,7 +108,6 @@ def settings(redis_url: str, s3_endpoint: str, simulator: Simulator) -> Settings
             "EDITPIPE_POLL_INITIAL": "0.3",
             "EDITPIPE_POLL_MAX": "2",
             "EDITPIPE_MAX_RETRIES": "6",
-            "EDITPIPE_VISIBILITY_TIMEOUT": "8",
             # The simulator's own limits are set per test; editpipe's are the ultra tier's
             # unless a test says otherwise.
             "WAVESPEED_TIER": "ultra",
@@ -137,13 +136,14 @@ class Workers:
         self.settings = settings
         self.logdir = logdir
         self.procs: list[subprocess.Popen] = []
+        self.logs_of: dict[int, Path] = {}  # process id -> its log
 
     def start(self, count: int = 1, concurrency: int = 6) -> None:
         env = worker_env(self.settings)
         env.update(AWS_ENV)
         env["S3_ENDPOINT_URL"] = self.settings.s3_endpoint_url or ""
         for _ in range(count):
-            n = len(self.procs)
+            n = len(self.logs_of)
             log = open(self.logdir / f"worker-{n}.log", "ab")
             self.procs.append(
                 subprocess.Popen(
@@ -153,6 +153,25 @@ class Workers:
                     env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             )
+            self.logs_of[self.procs[-1].pid] = self.logdir / f"worker-{n}.log"
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> float:
+        """Signal worker ``index``'s process group (its main process and its pool) and wait
+        for it to exit; returns when the signal was sent (Unix time)."""
+        proc = self.procs[index]
+        sent = time.time()
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=20)
+        return sent
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until every live worker has logged that it is ready (connected, pool forked)."""
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs:
+            log = self.logs_of[proc.pid]
+            while proc.poll() is None and " ready." not in log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, f"{log.name} not ready in {timeout_s}s:\n{log.read_text()}"
+                time.sleep(0.1)
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         for proc in self.procs:

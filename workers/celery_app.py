@@ -13,6 +13,7 @@ from celery import Celery
 from pipeline.settings import Settings
 
 from . import names
+from .watchdog import Watchdog
 
 QUEUE = "editpipe"
 
@@ -44,6 +45,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
+    # Every worker restarts the work whose lease lapsed with a dead holder (workers.watchdog).
+    app.steps["worker"].add(Watchdog)
     return app
 
 

@@ -1,9 +1,8 @@
-"""The Celery task names, used by the tasks themselves, the CLI's enqueuers and the webhook
-server (which send them by name, without importing the tasks)."""
+"""The Celery task names, used by the tasks themselves, the CLI's enqueuers, the webhook
+server and the watchdog (which send them by name, without importing the tasks)."""
 
 ENQUEUE_JOB = "editpipe.enqueue_job"
 ENQUEUE_RUNS = "editpipe.enqueue_runs"
-SUBMIT_RUN = "editpipe.submit_run"
 PUMP = "editpipe.pump"
 POLLER = "editpipe.poller"
 COLLECT = "editpipe.collect"

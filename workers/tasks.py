@@ -2,9 +2,21 @@
 
 ``CeleryTasks`` is the ``pipeline.dispatch.Tasks`` the engine is given: it sends the
 messages a step asks for. The long-running tasks (``pump``, ``poller``) work in slices of a
-few seconds and then hand over to a fresh message carrying the same lease token, so a
-worker restart or a SIGKILL loses at most one slice: acks are late, and the lease expires
-by itself.
+few seconds, each holding a lease (``LEASE_S``), and then hand over to a fresh message
+carrying the same token.
+
+Faults, and how leases, the watchdog and the broker relate: a message here is only a
+wake-up; the work it stands for is in Redis (the fair queue, the due index, the to-finalize
+list; see ``pipeline.dispatch``). A worker SIGKILLed holds its prefetched and unacked
+messages (kicks, continuations, countdowns, collects) until the broker's visibility timeout
+(600 s) hands them back, but nothing waits for them: the dead holder's leases lapse within
+``LEASE_S``, and the watchdog every worker runs (``workers.watchdog``) starts the pump or
+poller whose lease lapsed while work waits, and finalizes a job whose finalize was lost. A
+message delivered again after the visibility timeout finds its work done, or its lease held,
+and returns: acks are late (``task_reject_on_worker_lost``), and every step checks before it
+acts, so a second delivery never pays twice. Kick marks (``KICK_S``) only spare the broker
+duplicate wake-ups; they live a few seconds, since a kick lost with a dead worker must not
+stop the next one for long.
 """
 
 from __future__ import annotations
@@ -12,26 +24,33 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 
 from celery import Task
 from celery.signals import worker_process_init
 
 from pipeline.dispatch import SLICE_S, Completed, Dispatch, poll_due, pump as pump_runs
 from pipeline.errors import ProviderTransient
-from pipeline.execution import Context, collect, start_run
+from pipeline.execution import Context, collect
 from pipeline.provider import Prediction
 from pipeline.report import finalize_job
 from pipeline.settings import Settings
+from pipeline.state import TaskLeases
 
 from . import names
 from .celery_app import app
+from .watchdog import KICK_S
 
 log = logging.getLogger(__name__)
 _context: Context | None = None
 _dispatch: Dispatch | None = None
 LEASE_S = SLICE_S + 10
 COLLECT_BATCH = 8  # completed predictions per collect message
+# The longest the poller waits on a countdown. A check filed meanwhile (a new prediction's)
+# may be due before the earliest the poller saw, and nothing wakes a poller that holds its
+# lease: it waits this long past its time at most. The members due far off are mostly
+# checks kept as safety nets and, after a fault, checks a dead poller had taken; waiting
+# up to half a lease for them (6.5 s) made each first check after a kill that much late.
+POLLER_WAIT_S = 1.0
 
 
 @worker_process_init.connect
@@ -58,15 +77,12 @@ def dispatch() -> Dispatch:
 class CeleryTasks:
     """The engine's ``Tasks``, as Celery messages."""
 
-    def submit_later(self, job_id: str, index: int, failures: int, delay_s: float) -> None:
-        submit_run.apply_async((job_id, index), {"failures": failures}, countdown=delay_s)
-
     def wake_pumps(self) -> None:
         for slot in range(context().settings.pumps):
-            _kick(f"pump:{slot}", pump, slot)
+            _kick(TaskLeases.pump(slot), pump, slot)
 
     def wake_poller(self) -> None:
-        _kick("poller", poller)
+        _kick(TaskLeases.POLLER, poller)
 
     def collect(self, completed: Completed) -> None:
         """``COLLECT_BATCH`` to a message (a message costs CPU to send, fetch and ack: see
@@ -83,23 +99,21 @@ def _kick(name: str, task: Task, *args: object) -> None:
     """Start a pump or the poller unless one holds its lease or a kick is already on its way.
 
     The kick mark is cleared by the task as it starts, and a task that stops for want of
-    work looks once more after giving up its lease: so no work is left without a taker.
+    work looks once more after giving up its lease; a kick lost with a worker is sent again
+    by a watchdog once its mark lapses: so no work is left without a taker.
     """
     leases = context().state.tasks
-    if leases.lease_left(name) == 0 and leases.kick(name, LEASE_S):
+    if leases.lease_left(name) == 0 and leases.kick(name, KICK_S):
         task.delay(*args)
 
 
-def _take_lease(name: str, token: str, task: Task, args: tuple, has_work: Callable[[], bool]) -> bool:
-    """Hold ``name``'s lease, or come back when the current holder's lease runs out (it may
-    have died with it) as long as there is work."""
+def _take_lease(name: str, token: str) -> bool:
+    """Hold ``name``'s lease for ``token``; False when another holds it. That holder runs
+    the work, or, if it died, its lease lapses and a watchdog starts ``name`` again."""
     leases = context().state.tasks
-    leases.kicked(name)
-    if leases.lease(name, token, LEASE_S):
-        return True
-    if has_work():
-        task.apply_async(args, countdown=leases.lease_left(name) + 0.5)
-    return False
+    held = leases.lease(name, token, LEASE_S)
+    leases.kicked(name)  # after the lease, so that a watchdog never sees neither
+    return held
 
 
 @app.task(name=names.ENQUEUE_JOB)
@@ -114,22 +128,13 @@ def enqueue_runs(job_id: str, indices: list[int]) -> None:
     dispatch().resume(job_id, indices)
 
 
-@app.task(name=names.SUBMIT_RUN, bind=True)
-def submit_run(self: Task, job_id: str, index: int, failures: int = 0) -> None:
-    """One run's submit, retried on its own after a transient error."""
-    ctx = context()
-    token = f"{self.request.id}:{uuid.uuid4().hex}"
-    admit = ctx.limits.try_start if ctx.limits else None
-    dispatch().follow(job_id, index, start_run(ctx, job_id, index, token=token, failures=failures, admit=admit))
-
-
 @app.task(name=names.PUMP)
 def pump(slot: int, token: str | None = None) -> None:
     d = dispatch()
     state = d.state
     token = token or uuid.uuid4().hex
-    name = f"pump:{slot}"
-    if not _take_lease(name, token, pump, (slot,), state.fair.has_runs):
+    name = TaskLeases.pump(slot)
+    if not _take_lease(name, token):
         return
     if pump_runs(d, token):
         pump.apply_async((slot, token))
@@ -145,27 +150,28 @@ def poller(token: str | None = None) -> None:
     d = dispatch()
     state = d.state
     token = token or uuid.uuid4().hex
-    if not _take_lease("poller", token, poller, (), state.due.has_due):
+    if not _take_lease(TaskLeases.POLLER, token):
         return
-    for job_id in state.jobs.stale_finalizations(older_than_s=30):
-        finalize.delay(job_id)  # its own finalize was lost with a worker
     deadline = time.monotonic() + SLICE_S
     while True:
         next_due = poll_due(d)
         left = deadline - time.monotonic()
         if next_due is None:
-            state.tasks.unlease("poller", token)
+            state.tasks.unlease(TaskLeases.POLLER, token)
             if state.due.has_due():
                 d.tasks.wake_poller()
             return
         if next_due > left:
-            poller.apply_async((token,), countdown=max(0.0, min(next_due, LEASE_S / 2)))
+            poller.apply_async((token,), countdown=max(0.0, min(next_due, POLLER_WAIT_S)))
             return
         time.sleep(next_due)
 
 
 @app.task(name=names.COLLECT, bind=True, max_retries=None)
 def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
+    """Collect one completed prediction (the webhook's message, or a retry after a download
+    that failed for now). The retry's countdown is only the quick way: the run's check in the
+    due index collects it too, if the retry is lost with its worker."""
     ctx = context()
     try:
         step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))

@@ -20,13 +20,17 @@ def _text(value: bytes | str) -> str:
 
 @dataclass(frozen=True)
 class Due:
-    """One prediction in the due index: ``job|index|attempt|failures|submitted_at``.
+    """One prediction in the due index: ``job|index|attempt|failures|submitted_at|seen_at``.
 
     ``attempt`` -1 is a start check (``START``): the run was handed out to a pump and is not
-    settled yet.
+    settled yet, or its start is to be tried again then (after a transient error, say, with
+    its ``failures`` so far); whoever takes it due starts the run. ``seen_at`` is when the
+    prediction was last seen still running (the submit, for a first check), so that a check
+    made late (its poller died, say) still tells how long the prediction took; 0 when it
+    was seen completed already (a check kept until the run is collected).
     """
 
-    FORMAT = "%s|%d|%d|%d|%.3f"  # also given to limits_fair_pop.lua, which formats one
+    FORMAT = "%s|%d|%d|%d|%.3f|%.3f"  # also given to limits_fair_pop.lua, which formats one
     START = -1
 
     job_id: str
@@ -34,15 +38,16 @@ class Due:
     attempt: int
     failures: int
     submitted_at: float
+    seen_at: float = 0.0
 
     @property
     def member(self) -> str:
-        return self.FORMAT % (self.job_id, self.index, self.attempt, self.failures, self.submitted_at)
+        return self.FORMAT % (self.job_id, self.index, self.attempt, self.failures, self.submitted_at, self.seen_at)
 
     @classmethod
     def parse(cls, member: str) -> "Due":
-        job_id, index, attempt, failures, submitted = member.rsplit("|", 4)
-        return cls(job_id, int(index), int(attempt), int(failures), float(submitted))
+        job_id, index, attempt, failures, submitted, seen = member.rsplit("|", 5)
+        return cls(job_id, int(index), int(attempt), int(failures), float(submitted), float(seen))
 
 
 class FairQueue:
@@ -90,7 +95,7 @@ class FairQueue:
 
     def pop_marked(self, due: "DueIndex", due_in_s: float) -> tuple[str, int, str] | None:
         """Like ``pop``, and in the same atomic step add the run's start check
-        (``Due(job, index, START, 0, now)``) to ``due``, due in ``due_in_s``: a popper that
+        (``Due(job, index, START, 0, now, now)``) to ``due``, due in ``due_in_s``: a popper that
         dies leaves the run findable. Returns ``(job_id, index, member)``."""
         got = self._pop(keys=[*self.keys, due.key], args=[due_in_s, Due.FORMAT, Due.START, 0])
         if got is None:

@@ -3,7 +3,7 @@
 -- A job with nothing left leaves the ring (a requeue brings it back).
 -- KEYS as in limits_fair_push.lua. Returns {job id, index}, or nil when no job has runs left.
 -- Optional KEYS[4] (a sorted set) and ARGV: [1] seconds, [2] the member's format (Python's
--- ``Due``: job, index, attempt, failures, submitted time), [3] attempt, [4] failures. The run
+-- ``Due``: job, index, attempt, failures, submitted time, seen time), [3] attempt, [4] failures. The run
 -- handed out is added to the set as that member, submitted now, due ARGV[1] seconds from now,
 -- in the same step: whoever pops a run and dies before settling it leaves a mark that brings
 -- it back.
@@ -13,7 +13,7 @@ local function mark(job, index)
   if KEYS[4] then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-    local member = string.format(ARGV[2], job, index, tonumber(ARGV[3]), tonumber(ARGV[4]), now)
+    local member = string.format(ARGV[2], job, index, tonumber(ARGV[3]), tonumber(ARGV[4]), now, now)
     redis.call('ZADD', KEYS[4], now + tonumber(ARGV[1]), member)
     return member
   end
