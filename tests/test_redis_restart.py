@@ -31,7 +31,8 @@ from pipeline.settings import Settings
 from pipeline.state import State, wait_until_up
 from pipeline.submission import follow, prepare, submit
 from pipeline.webhooks import WebhookServer
-from workers.celery_app import job_enqueuer
+from workers import names
+from workers.celery_app import job_enqueuer, make_app
 
 pytestmark = pytest.mark.timeout(240)
 EDITPIPE = str(Path(sys.executable).parent / "editpipe")
@@ -99,6 +100,7 @@ def own_workers(own_settings: Settings, tmp_path_factory):
     meet the next."""
     w = Workers(own_settings, tmp_path_factory.mktemp("worker-logs"))
     w.start(count=3, concurrency=4)
+    wait_for(lambda: w.logs().count(" ready.") == 3)  # each consuming before a fault is timed
     yield w
     w.kill_all(signal.SIGTERM)
 
@@ -147,6 +149,28 @@ def test_a_redis_restart_mid_job_stops_no_worker_and_pays_nothing_twice(
     print(f"\nrestart: {status.succeeded}/{status.total} succeeded, billed {slow_sim.stats()['billed_count']}, "
           f"duplicates {slow_sim.stats()['duplicate_submissions']}")
     assert_all_paid_once(status, own_workers, slow_sim, s3, bucket)
+
+
+def test_a_message_a_worker_held_for_later_is_handed_back_after_a_restart_not_after_the_visibility_timeout(
+    tmp_path, own_settings, own_redis, own_workers, slow_sim, bucket, s3
+):
+    # The job's first message waits 5 s in a worker (a countdown), across the restart: kombu
+    # cannot hand it back while Redis is down, so without the consumer's hand-back it would
+    # come back only with the visibility timeout, 600 s later.
+    app = make_app(own_settings)
+    state = State.from_url(own_settings.redis_url or "")
+    manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/later", sets=2)
+    job_id = submit(prepare(manifest, own_settings), state,
+                    lambda job: app.send_task(names.ENQUEUE_JOB, (job,), countdown=5), finalize=finalize_job)
+    time.sleep(1.5)
+
+    own_redis.stop()
+    time.sleep(3)
+    own_redis.start()
+    status = follow(state, job_id, lambda s: None, interval_s=0.5, timeout_s=60)
+
+    assert status.done and status.succeeded == 4, status
+    assert "handed 1 message(s)" in own_workers.logs()
 
 
 def test_a_long_outage_ends_neither_submit_wait_nor_status_and_the_job_finishes(
