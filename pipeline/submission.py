@@ -24,7 +24,7 @@ from .plan import Plan, plan_runs
 from .records import RunResult, RunStatus, skipped_result
 from .run_index import read_index, read_unwritten
 from .settings import Settings
-from .state import JobStatus, State, new_job_id
+from .state import UNAVAILABLE, JobStatus, State, new_job_id
 from .storage import Storage, open_storage, s3_object_etag
 
 
@@ -171,10 +171,21 @@ def follow(
     interval_s: float = 0.5,
     timeout_s: float | None = None,
 ) -> JobStatus:
-    """Report a job's progress until it is finalized (or ``timeout_s`` passes)."""
+    """Report a job's progress until it is finalized (or ``timeout_s`` passes).
+
+    Redis going away does not end it: the state layer rides out an outage of up to
+    ``RIDE_OUT_S`` (and says once that Redis is not answering), and past that the loop keeps
+    asking every ``interval_s`` until Redis answers or ``timeout_s`` passes.
+    """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        status = state.jobs.status(job_id)
+        try:
+            status = state.jobs.status(job_id)
+        except UNAVAILABLE:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            time.sleep(interval_s)
+            continue
         on_progress(status)
         if status.done or (deadline is not None and time.monotonic() > deadline):
             return status

@@ -6,7 +6,8 @@ a POST cannot make editpipe collect anything it did not submit. A completed pred
 handed to the ``collect`` task (the poller hands a few at a time to ``collect_runs``; both
 collect through ``execution.collect``), which claims collection once per run, so a webhook
 and a poll that both see it done store and charge it once. Polling stays the fallback: a
-lost webhook only means the next scheduled check finds it.
+lost webhook only means the next scheduled check finds it. A Redis outage is ridden out (the
+state layer's bound); past it a POST is answered 503 with one plain log line.
 
 An interface (layer 5). How the ``collect`` task is sent is passed in (``workers.celery_app.
 collect_sender``, by the CLI), so the server itself imports nothing of ``workers``.
@@ -25,7 +26,7 @@ from .callbacks import checked_run
 from .errors import SettingsError
 from .provider import TERMINAL_OK
 from .settings import Settings
-from .state import State
+from .state import UNAVAILABLE, State
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
     secret = settings.webhook_secret.get_secret_value()
     runs = State.from_url(settings.redis_url).runs
-    counts = {"received": 0, "collected": 0, "rejected": 0}
+    counts = {"received": 0, "collected": 0, "rejected": 0, "unavailable": 0}
 
     async def receive(request: web.Request) -> web.Response:
         counts["received"] += 1
@@ -53,16 +54,29 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
             return web.json_response({"error": "not JSON"}, status=400)
         data = body.get("data", body) if isinstance(body, dict) else {}
         prediction_id, status = str(data.get("id") or ""), data.get("status")
-        # Blocking Redis and broker calls, off the event loop.
-        known = await asyncio.to_thread(runs.prediction_of, job_id, index)
+        # Blocking Redis and broker calls, off the event loop. Both ride out a Redis outage
+        # (the state layer's RIDE_OUT_S, the app's publish retries); past that the provider
+        # is told to try later, and the poll collects the prediction anyway.
+        try:
+            known = await asyncio.to_thread(runs.prediction_of, job_id, index)
+        except UNAVAILABLE as exc:
+            return unavailable("Redis is not answering", exc)
         if known != prediction_id:
             # Not (yet) recorded as this run's prediction: the poll will settle it.
             return web.json_response({"accepted": False})
         if status == TERMINAL_OK:
             outputs = [str(o) for o in data.get("outputs") or []]
-            await asyncio.to_thread(send_collect, job_id, index, prediction_id, outputs)
+            try:
+                await asyncio.to_thread(send_collect, job_id, index, prediction_id, outputs)
+            except Exception as exc:  # noqa: BLE001 - the broker's errors are kombu's; the poll is the fallback
+                return unavailable("the collect task could not be sent", exc)
             counts["collected"] += 1
         return web.json_response({"accepted": True})
+
+    def unavailable(what: str, exc: Exception) -> web.Response:
+        counts["unavailable"] += 1
+        log.warning("webhook not taken: %s (%s); the provider may send it again, and the poll collects it", what, exc)
+        return web.json_response({"error": f"{what}; try again later"}, status=503)
 
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(counts)

@@ -11,11 +11,16 @@ from collections.abc import Callable
 from celery import Celery
 
 from pipeline.settings import Settings
+from pipeline.state import RIDE_OUT_S
 
 from . import names
 from .watchdog import Watchdog
 
 QUEUE = "editpipe"
+# Pauses of 0, 0.5, 1, 1.5 and then 2 s: a message is sent as long as the state layer rides
+# out an outage (RIDE_OUT_S, 90 s), then the error is raised.
+PUBLISH_RETRY = {"max_retries": int(RIDE_OUT_S // 2) + 2, "interval_start": 0, "interval_step": 0.5,
+                 "interval_max": 2}
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -32,6 +37,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_default_queue=QUEUE,
         worker_prefetch_multiplier=4,
         broker_connection_retry_on_startup=True,
+        # A Redis restart or outage stops no worker (workers/broker.py, workers/consumer.py):
+        # kombu's Redis transport fixed to survive it, a consumer that hands back what it
+        # held once Redis answers again, a worker that never gives up reconnecting, and
+        # messages sent while Redis is away retried as long as the state layer rides it out.
+        broker_transport="workers.broker:Transport",
+        worker_consumer="workers.consumer:Consumer",
+        broker_connection_max_retries=None,
+        task_publish_retry_policy=PUBLISH_RETRY,
         # A message not acked within this many seconds is delivered again (its worker died).
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
@@ -41,6 +54,9 @@ def make_app(settings: Settings | None = None) -> Celery:
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": 30,
+            # A broker that stops answering without closing the socket is noticed.
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

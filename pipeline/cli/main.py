@@ -15,7 +15,7 @@ import click
 from rich.table import Table
 
 from ..errors import EditpipeError, ManifestError, SettingsError
-from ..state import State
+from ..state import UNAVAILABLE, State
 from ..ledger import LineKind, usd
 from ..settings import Settings
 from .output import (
@@ -50,6 +50,10 @@ class EditpipeGroup(click.Group):
         except EditpipeError as exc:
             err.print(f"editpipe: {exc}", markup=False)
             sys.exit(EXIT_FAILED_RUNS)
+        except UNAVAILABLE as exc:
+            # Past the state layer's ride-out: a plain line, not a traceback.
+            err.print(f"editpipe: Redis is not answering ({exc}); nothing more was done", markup=False)
+            sys.exit(EXIT_FAILED_RUNS)
 
 
 def _settings() -> Settings:
@@ -59,7 +63,8 @@ def _settings() -> Settings:
 def _state(settings: Settings) -> State:
     if not settings.redis_url:
         raise SettingsError("REDIS_URL is not set: the distributed commands need the Redis the workers use")
-    return State.from_url(settings.redis_url)
+    # Said once as Redis stops answering, once as it answers again (the commands wait meanwhile).
+    return State.from_url(settings.redis_url, report=lambda message: err.print(message, markup=False))
 
 
 @click.group(cls=EditpipeGroup)

@@ -8,13 +8,17 @@ results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLea
 ``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState`` and the limits'
 ``LimitsBackend``. It may import the domain (plan, ledger, errors) and nothing above it.
 
-``State.from_url(url)`` opens one connection and exposes the stores on it.
+``State.from_url(url)`` opens one connection and exposes the stores on it. The connection
+rides out a Redis outage of up to ``RIDE_OUT_S`` (``connection``); past it, the error raised
+is one of ``UNAVAILABLE``, which callers catch without importing redis.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .budget import Budget
-from .connection import Connection, flush, wait_until_up
+from .connection import RIDE_OUT_S, UNAVAILABLE, Connection, flush, wait_until_up
 from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
 from .latency import Latency
 from .limits import LimitsBackend
@@ -26,9 +30,9 @@ from .tasks import TaskLeases
 from .uploads import Uploads
 
 __all__ = [
-    "ACTIVE", "BUDGET_EXHAUSTED", "Budget", "Connection", "Due", "DueIndex", "FairQueue", "Finished",
-    "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "RunState", "Runs", "ScheduleState",
-    "StartClaim", "State", "TaskLeases", "Uploads", "flush", "new_job_id", "wait_until_up",
+    "ACTIVE", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
+    "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "RunState", "Runs",
+    "ScheduleState", "StartClaim", "State", "TaskLeases", "Uploads", "flush", "new_job_id", "wait_until_up",
 ]
 
 
@@ -49,8 +53,11 @@ class State:
         self.limits = LimitsBackend(conn)
 
     @classmethod
-    def from_url(cls, url: str) -> "State":
-        return cls(Connection.from_url(url))
+    def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "State":
+        """The stores on one connection that rides out a Redis outage of up to ``RIDE_OUT_S``
+        (``connection``); ``report`` gets its messages that Redis stopped and started
+        answering (the log by default)."""
+        return cls(Connection.from_url(url, report))
 
     def schedule(self, name: str) -> ScheduleState:
         return ScheduleState(self._conn, name)
