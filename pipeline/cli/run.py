@@ -112,12 +112,10 @@ def run_manifest(path: Path, settings: Settings, *, simulate: bool, workers: int
 def _run(live: Embedded, prepared: Prepared, path: Path, fingerprint: str, interrupts: Interrupts, *,
          simulate: bool, workers: int, concurrency: int) -> int:
     from workers.celery_app import job_enqueuer
-    from workers.takeover import restore_unacked, wake
 
     state = State.from_url(live.settings.redis_url or "")
     if live.state_dir is not None:
-        state.takeover.release_dead()  # its lock proves every process of an earlier run is gone
-        restore_unacked(live.settings)
+        _take_over(live, state)  # its lock proves every process of an earlier run is gone
     # A simulated job's predictions were the simulator's, which died with its run.
     job = None if simulate else state.jobs.unfinished_with(PLAN_FIELD, fingerprint)
     if live.private:
@@ -125,33 +123,56 @@ def _run(live: Embedded, prepared: Prepared, path: Path, fingerprint: str, inter
     if job is not None:
         console.print(f"{prepared.manifest.name}: continuing job {job.id}: {job.finished} of {job.total} runs done, "
                       f"{state.takeover.in_flight(job.id)} in flight", markup=False)
+        job_id = job.id
+        _continue(state, prepared, job)
     else:
         console.print(
             f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs ({len(prepared.done)} already done), "
             f"estimated ${usd(prepared.estimated_usd)}" + (" (simulated API: nothing is paid)" if simulate else ""),
             markup=False,
         )
-    live.start_workers(workers, concurrency, on_event=lambda message: err.print(message, markup=False),
-                       when_all_died=(lambda: restore_unacked(live.settings)) if live.private else None)
-    if job is not None:
-        job_id = job.id
-        if job.status == "queued":
-            # Killed before its workers took it, perhaps while its done runs were being skipped.
-            finish_skipped(prepared, state, job_id)
-        state.jobs.unpause(job_id)
-        status = state.jobs.status(job_id)
-        if status.finished >= status.total:
-            finalize_job(state, prepared.storage, job_id)  # its own finalize died with the run
-            state.finalized(job_id)
-        else:
-            wake(live.settings, job_id, pumps_directly=not live.private)
-    else:
         job_id = submit(prepared, state, job_enqueuer(live.settings), finalize=finalize_job,
                         extra={PLAN_FIELD: fingerprint})
+    if not state.jobs.status(job_id).done:
+        revive = (lambda: _take_over(live, state, job_id)) if live.private else None
+        live.start_workers(workers, concurrency, on_event=lambda message: err.print(message, markup=False),
+                           when_all_died=revive)
+        if job is not None:
+            _wake(live, job_id)
     try:
         return finish(state, job_id)
     except Interrupted as first:
         return _stop(live, state, job_id, path, first.signum, interrupts, simulate=simulate)
+
+
+def _take_over(live: Embedded, state: State, job_id: str | None = None) -> None:
+    """Everything the run's dead processes held, released now (not when each lease lapses):
+    only when none of them can be alive, a Redis of this run's own whose workers are all
+    dead. With ``job_id``, the job is then set moving again."""
+    from workers.takeover import restore_unacked
+
+    state.takeover.release_dead()
+    restore_unacked(live.settings)
+    if job_id is not None:
+        _wake(live, job_id)
+
+
+def _wake(live: Embedded, job_id: str) -> None:
+    from workers.takeover import wake
+
+    wake(live.settings, job_id, pumps_directly=not live.private)
+
+
+def _continue(state: State, prepared: Prepared, job: JobStatus) -> None:
+    """Make an unfinished job of this plan ready for its workers again."""
+    if job.status == "queued":
+        # Killed before its workers took it, perhaps while its done runs were being skipped.
+        finish_skipped(prepared, state, job.id)
+    state.jobs.unpause(job.id)
+    status = state.jobs.status(job.id)
+    if status.finished >= status.total and not status.done:
+        finalize_job(state, prepared.storage, job.id)  # its own finalize died with the run
+        state.finalized(job.id)
 
 
 def _cancel_abandoned(state: State, root: str, keep: str | None) -> None:
