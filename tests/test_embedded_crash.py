@@ -112,6 +112,11 @@ def test_a_sigkilled_run_run_again_bills_each_planned_run_exactly_once(sim, tmp_
     assert "continuing job" in again.stdout and f"{CONCURRENT} in flight" in again.stdout, again.stdout
     assert_every_run_stored_once_and_the_ledger_is_the_bill(tmp_path / "out", sim)
 
+    # The job is finished: the same command now starts a new one, which finds everything done.
+    third = run_again(manifest, env)
+    assert third.returncode == 0 and f"{RUNS} runs ({RUNS} already done)" in third.stdout, third.stdout + third.stderr
+    assert f"{RUNS} skipped" in third.stdout and sim.stats()["created"] == RUNS
+
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_continues_the_job(sim, tmp_path: Path):
     slow_provider(sim)

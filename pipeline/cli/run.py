@@ -148,11 +148,14 @@ def _run(live: Embedded, prepared: Prepared, path: Path, fingerprint: str, inter
 def _take_over(live: Embedded, state: State, job_id: str | None = None) -> None:
     """Everything the run's dead processes held, released now (not when each lease lapses):
     only when none of them can be alive, a Redis of this run's own whose workers are all
-    dead. With ``job_id``, the job is then set moving again."""
+    dead. At the run's start (no ``job_id``), finalized jobs are dropped too; with
+    ``job_id`` (its workers died mid-run), the job is set moving again."""
     from workers.takeover import restore_unacked
 
     state.takeover.release_dead()
     restore_unacked(live.settings)
+    if job_id is None:
+        state.takeover.forget_finished()  # their records are in storage; the Redis keeps the rest
     if job_id is not None:
         _wake(live, job_id)
 

@@ -10,6 +10,11 @@ the longest submit (65 s at the defaults), a start check waits 90 s, a taken due
 It is only correct when no process of the earlier run is alive: the embedded run's lock on its
 state folder (``pipeline.embedded``) proves that. Never call it on a Redis that live workers
 share (``REDIS_URL``): their work would be taken from under them.
+
+``forget_finished`` keeps such a Redis the size of its unfinished jobs: a finalized job's
+records, ledger and run index are in storage, and nothing reads its Redis data afterwards
+(the embedded Redis is reachable only while its run lasts), so a kept Redis would otherwise
+grow by every job's runs, run after run.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import NamedTuple
 
 from . import keys
 from .connection import Connection
+from .jobs import ACTIVE
 
 
 class Released(NamedTuple):
@@ -29,6 +35,7 @@ class Takeover:
     """Release what dead processes held; count what they left in flight."""
 
     def __init__(self, conn: Connection):
+        self._r = conn.redis
         self._release = conn.script("takeover_release.lua")
         self._in_flight = conn.script("runs_in_flight.lua")
 
@@ -49,3 +56,22 @@ class Takeover:
         """Runs of the job submitted and not finished: predictions the provider holds (or held)
         whose results are still to be collected."""
         return int(self._in_flight(keys=[keys.job(job_id, "pred"), keys.job(job_id, "results")]))
+
+    def forget_finished(self) -> int:
+        """Delete every finalized job (a final status, off the to-finalize list): its record
+        and all its parts. Returns how many. Only for a Redis no live process uses."""
+        job_ids = self._r.zrange(keys.JOBS, 0, -1)
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "status")
+            pipe.zscore(keys.TO_FINALIZE, job_id)
+        replies = pipe.execute()
+        done = [job_id for job_id, status, pending in zip(job_ids, replies[::2], replies[1::2])
+                if status is not None and status not in ACTIVE and pending is None]
+        for job_id in done:
+            parts = list(self._r.scan_iter(match=keys.job(job_id, "*"), count=1000))
+            for start in range(0, len(parts), 500):
+                self._r.unlink(*parts[start : start + 500])
+            self._r.unlink(keys.job(job_id))
+            self._r.zrem(keys.JOBS, job_id)
+        return len(done)
