@@ -91,13 +91,13 @@ def plan_fingerprint(prepared: Prepared, *, force: bool) -> str:
 def run_manifest(path: Path, settings: Settings, *, simulate: bool, workers: int, concurrency: int,
                  force: bool) -> int:
     """The ``run`` command; returns its exit code."""
-    prepared = prepare(path, settings, force=force)
-    print_skipped_rows(prepared)
-    fingerprint = plan_fingerprint(prepared, force=force)
-    keep = not simulate and not settings.redis_url
-    state_dir = state_dir_for(prepared.storage.root, settings) if keep else None
     with Interrupts() as interrupts:
         try:
+            prepared = prepare(path, settings, force=force)
+            print_skipped_rows(prepared)
+            fingerprint = plan_fingerprint(prepared, force=force)
+            keep = not simulate and not settings.redis_url
+            state_dir = state_dir_for(prepared.storage.root, settings) if keep else None
             with embedded(settings, simulate=simulate, state_dir=state_dir) as live:
                 try:
                     return _run(live, prepared, path, fingerprint, interrupts, simulate=simulate,
@@ -199,10 +199,12 @@ def _stop(live: Embedded, state: State, job_id: str, path: Path, signum: int, in
     """The first Ctrl-C (or SIGTERM): pause the job, collect what is in flight, exit; a second
     Ctrl-C on the way stops at once."""
     again = "the same command" if simulate else f"`editpipe run {path}`"
-    err.print(f"Stopping cleanly: no new runs are submitted; the {state.takeover.in_flight(job_id)} prediction(s) "
-              "in flight are collected first. Press Ctrl-C again to stop at once "
-              + ("(they are lost with the simulator)." if simulate else "(the next run collects them instead)."),
-              markup=False)
+    in_flight = state.takeover.in_flight(job_id)
+    err.print("Stopping cleanly: no new runs are submitted"
+              + (f"; the {in_flight} prediction(s) in flight are collected first" if in_flight else "")
+              + ". Press Ctrl-C again to stop at once"
+              + ("." if not in_flight else " (they are lost with the simulator)." if simulate
+                 else " (the next run collects them instead)."), markup=False)
     try:
         status = _drain(state, job_id)
     except Interrupted:
