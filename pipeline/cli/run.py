@@ -118,6 +118,8 @@ def _run(live: Embedded, prepared: Prepared, path: Path, fingerprint: str, inter
         _take_over(live, state)  # its lock proves every process of an earlier run is gone
     # A simulated job's predictions were the simulator's, which died with its run.
     job = None if simulate else state.jobs.unfinished_with(PLAN_FIELD, fingerprint)
+    if job is not None and state.jobs.field(job.id, "cancel_requested"):
+        job = None  # cancelled: its workers wind it down; this command starts afresh
     if live.private:
         _cancel_abandoned(state, prepared.storage.root, keep=job.id if job else None)
     if job is not None:
@@ -156,7 +158,7 @@ def _take_over(live: Embedded, state: State, job_id: str | None = None) -> None:
     restore_unacked(live.settings)
     if job_id is None:
         state.takeover.forget_finished()  # their records are in storage; the Redis keeps the rest
-    if job_id is not None:
+    else:
         _wake(live, job_id)
 
 
@@ -199,13 +201,14 @@ def _stop(live: Embedded, state: State, job_id: str, path: Path, signum: int, in
     """The first Ctrl-C (or SIGTERM): pause the job, collect what is in flight, exit; a second
     Ctrl-C on the way stops at once."""
     again = "the same command" if simulate else f"`editpipe run {path}`"
-    in_flight = state.takeover.in_flight(job_id)
-    err.print("Stopping cleanly: no new runs are submitted"
-              + (f"; the {in_flight} prediction(s) in flight are collected first" if in_flight else "")
-              + ". Press Ctrl-C again to stop at once"
-              + ("." if not in_flight else " (they are lost with the simulator)." if simulate
-                 else " (the next run collects them instead)."), markup=False)
     try:
+        state.jobs.pause(job_id, PAUSE_S)  # first: no submit starts from here on
+        in_flight = state.takeover.in_flight(job_id)
+        err.print("Stopping cleanly: no new runs are submitted"
+                  + (f"; the {in_flight} prediction(s) in flight are collected first" if in_flight else "")
+                  + ". Press Ctrl-C again to stop at once"
+                  + ("." if not in_flight else " (they are lost with the simulator)." if simulate
+                     else " (the next run collects them instead)."), markup=False)
         status = _drain(state, job_id)
     except Interrupted:
         interrupts.on_signal = live.hurry
