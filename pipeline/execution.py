@@ -50,6 +50,7 @@ from .thumbnails import store_output_thumbnail
 log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
 COLLECT_CLAIM_S = 30  # a collector that dies lets the next check collect after this
+PAUSED_RETRY_S = 2.0  # how often a paused job's run is offered again
 LOST_ANSWER = (
     "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
     "line in the ledger); `editpipe resume` submits it again"
@@ -199,9 +200,10 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
               admit: Admit | None = None) -> Next:
     """Submit one run, unless it is finished, already submitted, or its job stopped.
 
-    In order: claim the run (one execution at a time), reserve its price against the budgets,
-    ask ``admit`` (the account's limits: 0 = go, else seconds to wait), mark the submit as on
-    the wire, submit, and store the prediction id at once.
+    In order: claim the run (one execution at a time), hand it back while its job is paused,
+    reserve its price against the budgets, ask ``admit`` (the account's limits: 0 = go, else
+    seconds to wait), mark the submit as on the wire, submit, and store the prediction id at
+    once.
     """
     jobs, runs = ctx.state.jobs, ctx.state.runs
     # A delivery that finds the claim taken (another one is submitting, or died doing so)
@@ -227,6 +229,11 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     # set aside for it (it was only waiting for the account's limits).
     if stop and not (stop.startswith(BUDGET_EXHAUSTED) and claim.reserved):
         return fail_run(ctx, job_id, run, f"not started: {stop}", retryable=True, not_started=True)
+    if claim.paused:
+        # An `editpipe run` stopping cleanly: the run goes back to the queue untouched (nothing
+        # reserved, nothing uploaded) and starts once the pause is lifted or lapses.
+        runs.release_claim(job_id, index)
+        return Next("wait", PAUSED_RETRY_S, failures)
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     held = ctx.state.budget.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)
     if held < 0:

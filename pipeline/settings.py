@@ -65,6 +65,11 @@ class Settings:
     webhook_secret: SecretStr | None = None
     # The schedules `celery -A workers beat` runs (manifest.md, "Schedules").
     schedules_file: Path = DEFAULT_CONFIGS / "schedules.yaml"
+    # Where `editpipe run` keeps its Redis (pipeline/embedded.py, ``state_dir_for``): one
+    # folder per output root under ``state_dir`` when set; otherwise beside a local output,
+    # or under ``state_home`` for an s3:// one.
+    state_dir: Path | None = None
+    state_home: Path = Path("~/.local/state").expanduser()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -98,6 +103,8 @@ class Settings:
             webhook_url=(env.get("EDITPIPE_WEBHOOK_URL") or "").rstrip("/") or None,
             webhook_secret=SecretStr(env["EDITPIPE_WEBHOOK_SECRET"]) if env.get("EDITPIPE_WEBHOOK_SECRET") else None,
             schedules_file=Path(env.get("EDITPIPE_SCHEDULES") or configs_dir / "schedules.yaml"),
+            state_dir=Path(env["EDITPIPE_STATE_DIR"]).expanduser().absolute() if env.get("EDITPIPE_STATE_DIR") else None,
+            state_home=Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME") or "~").expanduser() / ".local" / "state"),
         )
 
     def with_tier(self, tier: str) -> "Settings":

@@ -123,13 +123,15 @@ def submit(
     budget_usd: Decimal | None = None,
     schedule: str = "",
     notify_url: str = "",
+    extra: dict[str, str] | None = None,
 ) -> str:
     """Record the job (manifest copy in storage, runs in Redis), finish the runs already done
     as skipped, and enqueue the first chunk of the rest; a job with nothing left to run is
     handed to ``finalize`` instead.
 
     ``budget_usd`` (a schedule's budget, say) caps the job together with the manifest's own
-    ``budget_usd``: the lower of the two applies.
+    ``budget_usd``: the lower of the two applies. ``extra``: more fields for the job's record
+    (``editpipe run`` records its plan's fingerprint, to find the job again after a kill).
     """
     manifest = prepared.manifest
     caps = [b for b in (manifest.budget_usd, budget_usd) if b is not None]
@@ -148,20 +150,29 @@ def submit(
         notify_url=notify_url,
         # A job with priority p gets p runs handed out for each run of a priority-1 job.
         priority=max(1, manifest.priority),
-        extra=prepared.changes.fields(),
+        extra={**prepared.changes.fields(), **(extra or {})},
     )
-    last = False
-    for run in prepared.plan.runs:
-        existing = prepared.done.get(run.run_key)
-        if existing is not None:
-            result = skipped_result(run, existing).to_dict()
-            last = state.runs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last
+    last = finish_skipped(prepared, state, job_id)
     if last or not prepared.plan.runs:
         finalize(state, prepared.storage, job_id)
         state.finalized(job_id)
     else:
         enqueue(job_id)
     return job_id
+
+
+def finish_skipped(prepared: Prepared, state: State, job_id: str) -> bool:
+    """Finish as skipped the job's runs whose output already exists (``prepared.done``);
+    True when one of them was the job's last run. A run finishes once, so a second call
+    (``editpipe run`` continuing a job killed before it was handed to the workers) only
+    finishes those the first did not reach."""
+    last = False
+    for run in prepared.plan.runs:
+        existing = prepared.done.get(run.run_key)
+        if existing is not None:
+            result = skipped_result(run, existing).to_dict()
+            last = state.runs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last or last
+    return last
 
 
 def follow(

@@ -54,9 +54,11 @@ LAYERS: dict[str, int] = {
     "pipeline.notify": OUTPUTS,
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
+    "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C
     "pipeline.webhooks": INTERFACES,
     "pipeline.embedded": INTERFACES,
     "workers": INTERFACES,
+    "workers.takeover": INTERFACES,  # a dead embedded run's broker messages, and the wake-up
 }
 
 # What the tree does wrong today, each with why it is still here. Keys as ``check`` makes them.

@@ -152,26 +152,18 @@ def _finalize() -> Finalize:
 @click.option("--concurrency", default=6, show_default=True, help="Pool size of each worker process.")
 @FORCE
 def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: bool) -> None:
-    """Run a manifest start to finish on this machine (private Redis, workers, progress bar)."""
-    from ..embedded import embedded
-    from ..submission import prepare, submit
+    """Run a manifest start to finish on this machine (its own Redis, workers, progress bar).
+
+    Killed or stopped with Ctrl-C, the same command continues the same job: predictions
+    already submitted are collected, not paid again. Ctrl-C once stops cleanly (no new
+    submits, those in flight collected first); twice stops at once."""
+    from .run import run_manifest
 
     settings = _settings()
     if not simulate:
         settings.require_api_key()
-    prepared = prepare(manifest, settings, force=force)
-    print_skipped_rows(prepared)
-    console.print(
-        f"{prepared.manifest.name}: {len(prepared.plan.runs)} runs ({len(prepared.done)} already done), "
-        f"estimated ${usd(prepared.estimated_usd)}"
-        + (" (simulated API: nothing is paid)" if simulate else ""),
-        markup=False,
-    )
-    with embedded(settings, simulate=simulate, workers=workers, concurrency=concurrency) as live:
-        state = _state(live)
-        job_id = submit(prepared, state, _enqueuer(live), finalize=_finalize())
-        code = finish(state, job_id)
-    sys.exit(code)
+    sys.exit(run_manifest(manifest, settings, simulate=simulate, workers=workers, concurrency=concurrency,
+                          force=force))
 
 
 @main.command("submit")

@@ -5,8 +5,9 @@ It owns ``keys`` (every key name), ``connection`` (the client and the script loa
 script once per client, shared helpers from ``lua/*_lib.lua``) and one small store per noun,
 each saying what it guarantees: ``Jobs`` (job records), ``Runs`` (a run's claims, marks,
 results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLeases``,
-``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState`` and the limits'
-``LimitsBackend``. It may import the domain (plan, ledger, errors) and nothing above it.
+``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, the limits'
+``LimitsBackend`` and ``Takeover`` (what a dead embedded run held). It may import the domain
+(plan, ledger, errors) and nothing above it.
 
 ``State.from_url(url)`` opens one connection and exposes the stores on it. The connection
 rides out a Redis outage of up to ``RIDE_OUT_S`` (``connection``); past it, the error raised
@@ -26,13 +27,15 @@ from .queue import Due, DueIndex, FairQueue
 from .run_index import IndexPending
 from .runs import Finished, Runs, RunState, StartClaim
 from .schedules import ScheduleState
+from .takeover import Released, Takeover
 from .tasks import TaskLeases
 from .uploads import Uploads
 
 __all__ = [
     "ACTIVE", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
-    "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "RunState", "Runs",
-    "ScheduleState", "StartClaim", "State", "TaskLeases", "Uploads", "flush", "new_job_id", "wait_until_up",
+    "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "Released",
+    "RunState", "Runs", "ScheduleState", "StartClaim", "State", "Takeover", "TaskLeases", "Uploads", "flush",
+    "new_job_id", "wait_until_up",
 ]
 
 
@@ -51,6 +54,7 @@ class State:
         self.latency = Latency(conn)
         self.index = IndexPending(conn)
         self.limits = LimitsBackend(conn)
+        self.takeover = Takeover(conn)
 
     @classmethod
     def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "State":

@@ -3,7 +3,8 @@
 Guaranteed: a job's counters change only inside the scripts of ``runs`` and ``budget`` (so
 concurrent workers and redelivered tasks never count twice); a job never goes back to
 queued once running; a stop reason, once set, is kept (the first one wins) until ``reopen``;
-a job whose last run has finished is on the to-finalize list until ``finalized``.
+a job whose last run has finished is on the to-finalize list until ``finalized``; a pause
+(``ep:job:<id>:paused``) holds no run back longer than its holder keeps renewing it.
 """
 
 from __future__ import annotations
@@ -187,6 +188,19 @@ class Jobs:
                 self._r.zrem(keys.JOBS, job_id)
         return out
 
+    def unfinished_with(self, name: str, value: str, scan: int = 1000) -> JobStatus | None:
+        """The newest unfinished (queued or running) job, of the last ``scan``, whose record
+        has field ``name`` equal to ``value``, or None (``editpipe run`` finds the job of the
+        same plan this way, to continue it after a kill)."""
+        job_ids = self._r.zrevrange(keys.JOBS, 0, scan - 1)
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), [name, "status"])
+        for job_id, (found, status) in zip(job_ids, pipe.execute()):
+            if found == value and status in ACTIVE:
+                return self.status(job_id)
+        return None
+
     def field(self, job_id: str, name: str) -> str | None:
         return self._r.hget(keys.job(job_id), name)
 
@@ -217,6 +231,16 @@ class Jobs:
 
     def stop_reason(self, job_id: str) -> str | None:
         return self._r.hget(keys.job(job_id), "stop_reason")
+
+    def pause(self, job_id: str, ttl_s: float) -> None:
+        """Hold the job's runs back for ``ttl_s`` seconds: a run about to be submitted goes
+        back to the queue untouched, while predictions in flight are still polled and
+        collected. The holder renews the pause while it wants it, so a pause whose holder
+        died lapses by itself."""
+        self._r.set(keys.job(job_id, "paused"), 1, px=int(ttl_s * 1000))
+
+    def unpause(self, job_id: str) -> None:
+        self._r.delete(keys.job(job_id, "paused"))
 
     def cancel(self, job_id: str) -> JobStatus:
         status = self.status(job_id)

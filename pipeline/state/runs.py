@@ -32,7 +32,8 @@ class StartClaim(NamedTuple):
     id is ``prediction_id``), ``taken`` (another execution holds the claim for ``taken_s``
     more seconds) or ``claimed``. Only a claimed run has the rest: ``submit_open`` (an earlier
     submit's answer was lost with its worker), ``attempts`` (submits made so far),
-    ``stop_reason`` (the job's, or ''), ``reserved`` (its price is held already) and ``run``.
+    ``stop_reason`` (the job's, or ''), ``reserved`` (its price is held already), ``run``
+    and ``paused`` (the job is paused: ``Jobs.pause``).
     """
 
     state: str
@@ -43,6 +44,7 @@ class StartClaim(NamedTuple):
     stop_reason: str = ""
     reserved: bool = False
     run: Run | None = None
+    paused: bool = False
 
 
 class RunState(NamedTuple):
@@ -155,7 +157,7 @@ class Runs:
         reply = self._start_claim(
             keys=[keys.job(job_id, "results"), keys.job(job_id, "pred"), keys.run_claim(job_id, index),
                   keys.job(job_id, "submitting_open"), keys.job(job_id, "submitting"), keys.job(job_id),
-                  keys.job(job_id, "reserved"), keys.job(job_id, "runs")],
+                  keys.job(job_id, "reserved"), keys.job(job_id, "runs"), keys.job(job_id, "paused")],
             args=[index, token, ttl_s, "1" if with_run else "0"],
         )
         state = reply[0]
@@ -165,7 +167,7 @@ class Runs:
             return StartClaim(state, taken_s=max(0.0, int(reply[1]) / 1000))
         if state != "claimed":
             return StartClaim(state)
-        _, submit_open, attempts, stop_reason, reserved, raw_run = reply
+        _, submit_open, attempts, stop_reason, reserved, raw_run, paused = reply
         return StartClaim(
             state,
             submit_open=bool(submit_open),
@@ -173,6 +175,7 @@ class Runs:
             stop_reason=stop_reason,
             reserved=bool(reserved),
             run=self._remember(job_id, index, raw_run) if with_run else self.run(job_id, index),
+            paused=bool(paused),
         )
 
     def release_claim(self, job_id: str, index: int) -> None:
