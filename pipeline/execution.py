@@ -386,5 +386,5 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         cost_micros=to_micros(cost),
         index_line=index_line(run.run_key, run.output_key),
     )
-    write_batch_if_due(ctx.state.index, storage, job_id, finished.index_pending)
+    write_batch_if_due(ctx.state.index, storage, job_id, finished.index_pending, finished.index_waited_s)
     return Next("finalize") if finished.last else DONE

@@ -99,4 +99,10 @@ def job_summary(state: State, status: JobStatus, results: list[RunResult], *, fi
     summary["changes"] = {
         name: int(state.jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
     }
+    rebuilt_at = state.jobs.field(status.id, "rebuilt_at")
+    if rebuilt_at:  # Redis lost the job's state, and `editpipe resume --output` rebuilt it from storage
+        summary["rebuilt"] = {
+            "at": rebuilt_at,
+            "possibly_paid_twice": int(state.jobs.field(status.id, "rebuilt_in_flight") or 0),
+        }
     return summary

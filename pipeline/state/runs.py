@@ -7,7 +7,9 @@ claim and a collect claim that expire by themselves.
 
 Guaranteed: a run is finished once (``finish_run``: a second call changes nothing), its
 ledger line is charged once per entry id, and a start or a collect is claimed by one
-execution at a time, each claim and its checks one atomic script call.
+execution at a time, each claim and its checks one atomic script call. A job whose record
+Redis no longer has (its state was lost) is never started or finished: those steps raise
+``JobLost`` and write nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from ..errors import JobNotFound
+from ..errors import JobLost, JobNotFound
 from ..plan import Run
 from . import keys
 from .connection import Connection
@@ -57,6 +59,7 @@ class Finished(NamedTuple):
 
     code: int  # -1: the run had already finished (nothing changed); 1: it was the job's last; 0: other
     index_pending: int  # run-index lines of the job waiting to be written to storage
+    index_waited_s: float = 0.0  # how long the oldest of them has waited
 
     @property
     def last(self) -> bool:
@@ -103,6 +106,8 @@ class Runs:
 
     def _remember(self, job_id: str, index: int, raw: str | None) -> Run:
         if not raw:
+            if not self._r.hexists(keys.job(job_id), "total"):
+                raise JobLost(job_id)
             raise JobNotFound(f"job {job_id!r} has no run {index}")
         run = self._cache[(job_id, index)] = Run.from_dict(json.loads(raw))
         if len(self._cache) > RUNS_CACHED:
@@ -159,6 +164,8 @@ class Runs:
             args=[index, token, ttl_s, "1" if with_run else "0"],
         )
         state = reply[0]
+        if state == "lost":
+            raise JobLost(job_id)
         if state == "submitted":
             return StartClaim(state, prediction_id=reply[1])
         if state == "taken":
@@ -234,8 +241,9 @@ class Runs:
         index_line: str = "",
     ) -> Finished:
         """Record a run's end once, with its ledger line and its run-index line if given; the
-        last run's end puts its job on the to-finalize list in the same step."""
-        code, pending = self._finish(
+        last run's end puts its job on the to-finalize list in the same step. Raises
+        ``JobLost`` (having written nothing) when Redis no longer has the job."""
+        code, pending, waited_ms = self._finish(
             keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
                   keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending")],
             args=[
@@ -248,7 +256,9 @@ class Runs:
                 index_line,
             ],
         )
-        return Finished(int(code), int(pending))
+        if int(code) == -2:
+            raise JobLost(job_id)
+        return Finished(int(code), int(pending), int(waited_ms) / 1000)
 
     # resuming
     def reopen(self, job_id: str, index: int, counter: str = "failed") -> bool:
