@@ -123,7 +123,13 @@ def rebuild(
     cap = budget_usd if budget_usd is not None else (Decimal(mark.budget_usd) if mark.budget_usd else None)
     specs = load_model_specs(settings.models_dir)
     in_flight = min(len(runs.left), settings.max_concurrent) if stored.open else 0
+    # A job rebuilt before (and finalized since) keeps the count of its earlier losses.
+    paid_twice_before = int(((stored.summary or {}).get("rebuilt") or {}).get("possibly_paid_twice") or 0)
     left = set(runs.left)
+    same_runs = fingerprint(run.run_key for run in plan.runs) == mark.fingerprint
+    # A prediction a step recorded after the loss is polled, not paid again (same runs only:
+    # a run's index must still name the run it was submitted for).
+    state.jobs.clear_leftovers(job_id, keep=("pred",) if same_runs else ())
     state.jobs.create(
         job_id,
         name=manifest.name,
@@ -136,7 +142,7 @@ def rebuild(
         schedule=mark.schedule,
         priority=mark.priority,
         extra={**_changes(stored, runs), "open_mark": json.dumps(asdict(mark)), "rebuilt_at": utc_now(),
-               "rebuilt_in_flight": in_flight},
+               "rebuilt_in_flight": paid_twice_before + in_flight},
     )
     mark_open(storage, mark)  # after Redis has the record again, as at a submit
     last = runs.record(state, job_id)
@@ -149,16 +155,18 @@ def rebuild(
         job_id=job_id, total=len(plan.runs), succeeded=runs.count(RunStatus.SUCCEEDED),
         skipped=runs.count(RunStatus.SKIPPED), failed=runs.count(RunStatus.FAILED), left=runs.left,
         ledger_usd=sum((line.cost_usd for line in runs.ledger), Decimal("0")), in_flight=in_flight,
-        same_runs=fingerprint(run.run_key for run in plan.runs) == mark.fingerprint,
+        same_runs=same_runs,
     )
 
 
 def _plan_again(settings: Settings, storage: Storage, stored: StoredJob) -> tuple[Manifest, Plan, OpenMark]:
     """The stored manifest, planned now; local paths resolve against the folder it was
-    submitted from (its open mark says which) when that folder is here, else the current one."""
+    submitted from (its open mark or its summary says which) when that folder is here, else
+    the current one."""
     specs = load_model_specs(settings.models_dir)
     mark = stored.mark
-    base = Path(mark.manifest_dir) if mark is not None and mark.manifest_dir else Path.cwd()
+    submitted_from = mark.manifest_dir if mark is not None else (stored.summary or {}).get("manifest_dir")
+    base = Path(submitted_from) if submitted_from else Path.cwd()
     if not base.is_dir():
         base = Path.cwd()
     key = job_file(stored.job_id, MANIFEST)

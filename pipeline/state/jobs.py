@@ -176,6 +176,24 @@ class Jobs:
         """Whether Redis has the job's record."""
         return bool(self._r.hexists(keys.job(job_id), "total"))
 
+    def unknown(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` whose record Redis does not have (one round trip)."""
+        wanted = list(dict.fromkeys(job_ids))
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in wanted:
+            pipe.hexists(keys.job(job_id), "total")
+        return {job_id for job_id, known in zip(wanted, pipe.execute()) if not known}
+
+    def clear_leftovers(self, job_id: str, keep: Iterable[str] = ()) -> None:
+        """Delete what steps still in progress when a job was lost wrote for it afterwards
+        (claims, reservations, submit marks), before the job is made again; the parts named
+        in ``keep`` (``pred``: predictions submitted meanwhile, then polled, not paid again)
+        stay."""
+        kept = {keys.job(job_id, part) for part in keep}
+        pattern = keys.job(re.sub(r"([*?\[\]\\])", r"\\\1", job_id), "*")
+        stale = [key for key in self._r.scan_iter(match=pattern, count=1000) if key not in kept]
+        self._r.delete(keys.job(job_id), *stale)
+
     def epoch(self) -> datetime | None:
         """When this Redis's records begin (its first job since it was new, flushed or
         replaced); None when it holds no job at all."""
@@ -189,7 +207,7 @@ class Jobs:
         if submitted is not None:
             epoch = self.epoch()
             if epoch is None:
-                return JobLost(job_id, ", and it holds no job at all")
+                return JobLost(job_id, ", and holds no job at all")
             if (epoch - submitted).total_seconds() > CLOCK_SLACK_S:
                 return JobLost(job_id, f": its records begin {epoch:%Y-%m-%d %H:%M:%S} UTC, after the job was "
                                        f"submitted ({submitted:%Y-%m-%d %H:%M:%S} UTC)")

@@ -94,7 +94,8 @@ class Runs:
 
     def load(self, wanted: Iterable[tuple[str, int]]) -> None:
         """Read the planned runs of ``wanted`` (job id, index) that this process does not
-        hold yet, in one round trip (a poller's batch, say)."""
+        hold yet, in one round trip (a poller's batch, say). One that Redis does not have is
+        left out (``run`` says why: its job was lost, say)."""
         missing = list(dict.fromkeys(key for key in wanted if key not in self._cache))
         if not missing:
             return
@@ -102,7 +103,8 @@ class Runs:
         for job_id, index in missing:
             pipe.hget(keys.job(job_id, "runs"), str(index))
         for (job_id, index), raw in zip(missing, pipe.execute()):
-            self._remember(job_id, index, raw)
+            if raw:
+                self._remember(job_id, index, raw)
 
     def _remember(self, job_id: str, index: int, raw: str | None) -> Run:
         if not raw:
@@ -224,7 +226,13 @@ class Runs:
         )
         if reply[0] != "claimed":
             return None
-        return self._remember(job_id, index, reply[1]) if with_run else self.run(job_id, index)
+        if not with_run:
+            return self.run(job_id, index)
+        try:
+            return self._remember(job_id, index, reply[1])
+        except JobNotFound:  # its job was lost: the claim must not outlive the answer
+            self.release_collect(job_id, index)
+            raise
 
     def release_collect(self, job_id: str, index: int) -> None:
         self._r.delete(keys.collect_claim(job_id, index))
