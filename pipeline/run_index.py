@@ -57,7 +57,7 @@ BATCH = 500
 # every FLUSH_S seconds whatever the rate.
 FLUSH_S = 5.0
 READ_THREADS = 16
-SIDECAR_THREADS = 32
+SIDECAR_THREADS = 10  # boto3 keeps 10 connections per client: more threads would open and drop others
 
 
 def index_line(run_key: str, output_key: str) -> str:
