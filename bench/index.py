@@ -17,6 +17,9 @@ Redis), in three states of its run index:
   and wrote none of its index (100,000 GETs, half of them finding a sidecar).
 Each lost case closes the mark (the plan has the lost job's runs), so it is paid once.
 
+Then the lost half-done job is rebuilt as ``editpipe resume JOB --output ROOT`` does (its
+sidecars read, its finished runs recorded in Redis; the rest counted, not run).
+
 Each figure is one plan (the first, the one that pays), with the storage requests it made,
 what they would cost on S3 (GET $0.0004, LIST $0.005, PUT $0.005 per 1,000), and its
 seconds beside the plan with nothing open. The root is a local directory; ``--s3-runs N``
@@ -47,15 +50,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, moto_server, workdir, write_feed_manifest  # noqa: E402
 from pipeline.embedded import private_redis  # noqa: E402
-from pipeline.layout import sidecar_key  # noqa: E402
+from pipeline.layout import job_file, sidecar_key  # noqa: E402
 from pipeline.ledger import utc_now  # noqa: E402
 from pipeline.plan import Plan, plan_runs  # noqa: E402
 from pipeline.manifest import load_manifest  # noqa: E402
 from pipeline.modelspec import load_model_specs  # noqa: E402
 from pipeline.records import Sidecar  # noqa: E402
+from pipeline.recovery import rebuild  # noqa: E402
 from pipeline.run_index import OPEN, OpenMark, batch_key, fingerprint, index_line, job_key, mark_open  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
-from pipeline.state import State  # noqa: E402
+from pipeline.state import State, flush  # noqa: E402
 from pipeline.storage import Storage, open_storage  # noqa: E402
 from pipeline.submission import look_up_done  # noqa: E402
 
@@ -170,9 +174,29 @@ def run_cases(storage: Storage, plan: Plan, state: State, label: str) -> None:
               f" {requests['LIST']:>6,} {requests['PUT']:>4} {dollars(requests):>8.4f}")
 
 
-def manifest_plan(directory: Path, runs: int, output: str, settings: Settings) -> Plan:
+def rebuild_lost(storage: Storage, manifest: Path, plan: Plan, state: State, settings: Settings, label: str) -> None:
+    """``editpipe resume JOB --output ROOT`` of the lost half-done job (no workers: what it
+    would send them is only counted)."""
+    storage.put_text(job_file(LOST_JOB, "manifest.yaml"), manifest.read_text())
+    mark_open(storage, OpenMark(job_id=LOST_JOB, created_at=utc_now(), runs=len(plan.runs),
+                                fingerprint=fingerprint(run.run_key for run in plan.runs),
+                                manifest_dir=str(manifest.parent)))
+    sent: list[int] = []
+    counted = Counted(storage)
+    start = time.perf_counter()
+    rebuilt = rebuild(settings, state, counted, LOST_JOB, enqueue_runs=lambda _, indices: sent.extend(indices),
+                      finalize=lambda *_: None)
+    seconds = time.perf_counter() - start
+    assert rebuilt.succeeded == len(plan.runs) // 2 and len(sent) == len(plan.runs) - rebuilt.succeeded
+    print(f"[{label}] rebuild of the lost half-done job: {seconds:.1f} s ({rebuilt.succeeded:,} runs recorded "
+          f"from their sidecars, {len(sent):,} sent to run; {counted.requests['GET']:,} GETs, "
+          f"S3 ${dollars(counted.requests):.4f})")
+
+
+def manifest_plan(directory: Path, runs: int, output: str, settings: Settings) -> tuple[Path, Plan]:
     specs = load_model_specs(settings.models_dir)
-    return plan_runs(load_manifest(write_feed_manifest(directory, runs, output), specs), specs)
+    path = write_feed_manifest(directory, runs, output)
+    return path, plan_runs(load_manifest(path, specs), specs)
 
 
 def main() -> int:
@@ -185,15 +209,20 @@ def main() -> int:
         state = State.from_url(redis_url)
         settings = Settings.from_env({"REDIS_URL": redis_url})
         local = work / "root"
-        run_cases(open_storage(str(local), settings), manifest_plan(work / "m", args.runs, str(local), settings),
-                  state, "local")
+        storage = open_storage(str(local), settings)
+        manifest, plan = manifest_plan(work / "m", args.runs, str(local), settings)
+        run_cases(storage, plan, state, "local")
+        rebuild_lost(storage, manifest, plan, state, settings, "local")
         if args.s3_runs:
+            flush(redis_url)  # the rebuilt job is known there now; the same job is lost again
             with moto_server() as moto:
                 s3_settings = Settings.from_env({"REDIS_URL": redis_url, "S3_ENDPOINT_URL": moto.url})
                 boto3.client("s3", endpoint_url=moto.url).create_bucket(Bucket="bench")
                 root = "s3://bench/out"
-                run_cases(open_storage(root, s3_settings), manifest_plan(work / "s3m", args.s3_runs, root, s3_settings),
-                          state, "moto")
+                storage = open_storage(root, s3_settings)
+                manifest, plan = manifest_plan(work / "s3m", args.s3_runs, root, s3_settings)
+                run_cases(storage, plan, state, "moto")
+                rebuild_lost(storage, manifest, plan, state, s3_settings, "moto")
     return 0
 
 

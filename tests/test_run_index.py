@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from decimal import Decimal
 
 from pipeline.layout import sidecar_key
@@ -25,13 +26,14 @@ from pipeline.run_index import (
     mark_open,
     open_key,
     read_index,
+    read_mark,
     read_segments,
     read_unwritten,
     write_batch_if_due,
     write_job_index,
 )
 from pipeline.storage import open_storage
-from pipeline.submission import look_up_done
+from pipeline.submission import look_up_done, reopen_mark
 
 
 def _runs(count: int) -> list[Run]:
@@ -249,3 +251,18 @@ def test_a_jobs_whole_index_closes_its_mark(settings, bucket, state):
     write_job_index(state.index, storage, job_id, state.runs.results(job_id))
 
     assert list(storage.list_keys("_index/")) == [job_key(job_id)]
+
+
+def test_a_resumed_job_is_marked_open_again_as_it_was_submitted(settings, bucket, state):
+    storage = open_storage(f"s3://{bucket}/out", settings)
+    runs = _runs(3)
+    mark = OpenMark(job_id=f"resumed-{time.time_ns()}", created_at=utc_now(), runs=3,
+                    fingerprint=fingerprint(run.run_key for run in runs), manifest_dir="/somewhere", priority=2)
+    state.jobs.create(mark.job_id, name="index", output=storage.root, runs=runs, total=3,
+                      estimated_usd=Decimal("0.30"), budget_usd=None, created_at=mark.created_at,
+                      extra={"open_mark": json.dumps(asdict(mark))})
+    write_job_index(state.index, storage, mark.job_id, [])  # finalized: its mark is closed
+
+    reopen_mark(state, storage, mark.job_id)  # as `editpipe resume` does before enqueueing
+
+    assert read_mark(storage, mark.job_id) == mark
