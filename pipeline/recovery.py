@@ -19,8 +19,10 @@ the same id:
 What cannot be rebuilt: the predictions in flight at the loss (submitted, not yet stored)
 are forgotten with their ids, so their runs are submitted again and those may be paid twice.
 ``Rebuilt.in_flight`` bounds them: at most the runs without output, and at most the account's
-concurrency cap (which counts a prediction until the poll that sees it done; one completed
-but not yet stored, usually none, falls outside it). The bound goes into the job's summary.
+concurrency cap, which counts a prediction from its submit until its output is stored
+(``execution``). A step still in progress at the loss that submits afterwards records its
+prediction in the emptied Redis; the rebuild keeps those ids, so they are polled, not paid
+again. The bound goes into the job's summary (``rebuilt.possibly_paid_twice``).
 """
 
 from __future__ import annotations
