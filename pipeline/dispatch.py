@@ -308,6 +308,9 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     nothing in flight)."""
     ctx = dispatch.ctx
     taken = dispatch.take_due(batch)
+    # Members of a job whose Redis state was lost (written by steps in progress at the loss)
+    # are dropped: the job is reported lost, and a rebuild starts its runs afresh.
+    lost = ctx.state.jobs.unknown(due.job_id for due in taken) if taken else set()
     added: list[tuple[str, float]] = []
     running: list[str] = []
     completed: list[tuple[str, int, Prediction]] = []
@@ -315,10 +318,12 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     # The batch's runs and their states in two round trips, not three per prediction. A
     # state read here can only be behind by a collect finishing meanwhile, which the
     # collect's own check catches.
-    checks = [due for due in taken if due.attempt != START]
+    checks = [due for due in taken if due.attempt != START and due.job_id not in lost]
     ctx.state.runs.load((due.job_id, due.index) for due in checks)
     states = dict(zip(checks, ctx.state.runs.states([(due.job_id, due.index) for due in checks])))
     for due in taken:
+        if due.job_id in lost:
+            continue
         if due.attempt == START:  # replaced by what follows the start, in the same step
             _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [due.member], failures=due.failures)
             continue

@@ -49,6 +49,21 @@ class JobNotFound(EditpipeError):
     """No job with that id is known to Redis."""
 
 
+class JobLost(JobNotFound):
+    """Redis has no record of a job it once held: its state was lost (Redis restarted without
+    persistence, was flushed, or was replaced). The job's manifest and outputs are still in
+    storage, and ``editpipe resume JOB --output ROOT`` rebuilds it from them."""
+
+    def __init__(self, job_id: str, detail: str = ""):
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id} is lost: Redis has no record of it any more{detail} (Redis restarted without "
+            f"persistence, was flushed, or was replaced). Its stored outputs are kept; "
+            f"`editpipe resume {job_id} --output ROOT` (ROOT: the job's output root) rebuilds it from storage "
+            f"and runs only what has no output"
+        )
+
+
 class BudgetExceeded(EditpipeError):
     """A paid call would take a job past its budget."""
 

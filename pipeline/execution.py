@@ -335,7 +335,9 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
         if prediction.failed:
             reason = prediction.error or f"prediction ended {prediction.status}"
             return fail_run(ctx, job_id, run, f"the provider failed the edit: {reason}", prediction_id)
-        ctx.free_slot(job_id, index)  # the provider no longer counts it as running
+        # Its slot is given back once the output is stored (``_store_and_charge``), so that
+        # the predictions paid for and not yet stored never pass the concurrency cap: the
+        # bound on what a Redis that lost its data may have paid twice (``recovery``).
         return Next("collect", prediction=prediction)
     except ProviderTransient as exc:
         if failures + 1 > ctx.settings.max_transient_retries and not isinstance(exc, RateLimited):
@@ -397,5 +399,6 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         cost_micros=to_micros(cost),
         index_line=index_line(run.run_key, run.output_key),
     )
-    write_batch_if_due(ctx.state.index, storage, job_id, finished.index_pending)
+    ctx.free_slot(job_id, run.index)
+    write_batch_if_due(ctx.state.index, storage, job_id, finished.index_pending, finished.index_waited_s)
     return Next("finalize") if finished.last else DONE

@@ -6,14 +6,24 @@ one line ``{"run_key": ..., "output": ...}`` per output:
 
 - ``<job_id>.jsonl``: every output the job made, written when the job finalizes (and again
   after a resume); it replaces the job's batches;
-- ``<job_id>.<n>.jsonl``: batch ``n`` of a job still running, written every ``BATCH`` outputs,
-  so a second job planned meanwhile sees most of what the first one made.
+- ``<job_id>.<n>.jsonl``: batch ``n`` of a job still running, written once ``BATCH`` outputs
+  wait or the oldest of them has waited ``FLUSH_S`` (at the next output), so a second job
+  planned meanwhile sees most of what the first one made, and a job killed with its Redis
+  leaves out at most the last few seconds of outputs;
+- ``recovered-<time>-<hex>.jsonl``: outputs a plan found by their sidecars (below).
 
 A run's line goes to its job's pending list in Redis in the same Lua step that charges it
-(``finish_run.lua``), so a charged output is never missing from the index: until its batch
-is written the line is in Redis with the rest of the job's state, and finalize (which every
-job reaches: the last run's finish puts it on the to-finalize list) writes the job's whole
-index from its results. The Redis side is ``state.IndexPending``.
+(``finish_run.lua``), so a charged output is never missing from the index while Redis keeps
+its data: until its batch is written the line is in Redis with the rest of the job's state,
+and finalize (which every job reaches: the last run's finish puts it on the to-finalize
+list) writes the job's whole index from its results. The Redis side is ``state.IndexPending``.
+
+For a Redis that lost its data (restarted without persistence, flushed, replaced), a job is
+marked open in storage from its submit until its whole index is written: one small object
+``_index/open/<job_id>.json`` (``OpenMark``). A plan that finds an open job Redis does not
+know (or that cannot ask Redis) reads the sidecars of its runs not in the index
+(``find_by_sidecars``): an output whose sidecar names the run's key was paid for, and is
+skipped at $0 (``pipeline.submission.look_up_done``).
 
 Why batches and not one marker object per output (the layout before this one, still read
 under ``_index/runs/``): an object store charges per request, and a marker per run was a
@@ -22,21 +32,32 @@ quarter of all the writes a run made. A batch of ``BATCH`` lines is one write.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from .errors import StorageError
+from .layout import sidecar_key
 from .state import IndexPending
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 SEGMENTS = "_index/jobs/"
 MARKERS = "_index/runs/"  # one empty object per output, as written before segments
+OPEN = "_index/open/"
 BATCH = 500
+# Pending lines are written once the oldest has waited this long: at the top tier (80
+# outputs a second) a batch fills in about 6 s anyway, so writes per job stay under one
+# every FLUSH_S seconds whatever the rate.
+FLUSH_S = 5.0
 READ_THREADS = 16
+SIDECAR_THREADS = 10  # boto3 keeps 10 connections per client: more threads would open and drop others
 
 
 def index_line(run_key: str, output_key: str) -> str:
@@ -51,12 +72,14 @@ def job_key(job_id: str) -> str:
     return f"{SEGMENTS}{job_id}.jsonl"
 
 
-def write_batch_if_due(pending_lines: IndexPending, storage: Storage, job_id: str, pending: int) -> None:
-    """Write the job's pending lines as a batch once ``BATCH`` of them are waiting. A batch
-    that cannot be written stays in Redis; finalize covers it."""
-    if pending < BATCH:
+def write_batch_if_due(pending_lines: IndexPending, storage: Storage, job_id: str, pending: int,
+                       waited_s: float = 0.0, *, flush_after_s: float = FLUSH_S) -> None:
+    """Write the job's pending lines as a batch once ``BATCH`` of them are waiting, or the
+    oldest has waited ``flush_after_s`` (``waited_s``: as ``runs.finish_run`` reports it). A
+    batch that cannot be written stays in Redis; finalize covers it."""
+    if pending < BATCH and not (pending and waited_s >= flush_after_s):
         return
-    taken = pending_lines.take_batch(job_id, BATCH)
+    taken = pending_lines.take_batch(job_id, min(pending, BATCH))
     if taken is None:
         return  # another worker took them first
     batch, text = taken
@@ -69,13 +92,117 @@ def write_batch_if_due(pending_lines: IndexPending, storage: Storage, job_id: st
 
 
 def write_job_index(pending_lines: IndexPending, storage: Storage, job_id: str, results: Iterable[dict]) -> None:
-    """Write the job's whole index from its results, then drop its batches."""
+    """Write the job's whole index from its results, then drop its batches and its open mark."""
     lines = [index_line(r["run_key"], r["output"]) for r in results if r["status"] == "succeeded" and r["output"]]
     if lines:
         storage.put_text(job_key(job_id), "\n".join(lines) + "\n", "application/x-ndjson")
     batches = [key for key in storage.list_keys(f"{SEGMENTS}{job_id}.") if key != job_key(job_id)]
     storage.delete_keys(batches)
     pending_lines.forget(job_id)
+    close_mark(storage, job_id)
+
+
+@dataclass(frozen=True)
+class OpenMark:
+    """A job that may have outputs its index in storage does not list yet: written as it is
+    submitted (after Redis has its record), removed once its whole index is written.
+
+    ``fingerprint``: of its runs' keys (``fingerprint``), so that a plan of the same runs
+    knows it looked at every output the job could have made. The rest is what rebuilding
+    the job from storage needs beside its manifest (``pipeline.recovery``): ``manifest_dir``
+    (where its relative paths resolve), the budget it was given, its schedule, priority,
+    and whether it was submitted with ``--force``.
+    """
+
+    job_id: str
+    created_at: str
+    runs: int
+    fingerprint: str
+    manifest_dir: str = ""
+    budget_usd: str | None = None
+    schedule: str = ""
+    priority: int = 1
+    force: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "OpenMark":
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+def fingerprint(run_keys: Iterable[str]) -> str:
+    """Of a plan's run keys, in plan order: equal for two plans of the same runs."""
+    digest = hashlib.sha256()
+    for key in run_keys:
+        digest.update(key.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def open_key(job_id: str) -> str:
+    return f"{OPEN}{job_id}.json"
+
+
+def mark_open(storage: Storage, mark: OpenMark) -> None:
+    storage.put_text(open_key(mark.job_id), json.dumps(asdict(mark)), "application/json")
+
+
+def read_mark(storage: Storage, job_id: str) -> OpenMark | None:
+    try:
+        return OpenMark.from_dict(json.loads(storage.get_text(open_key(job_id))))
+    except FileNotFoundError:
+        return None
+
+
+def open_marks(storage: Storage) -> list[OpenMark]:
+    """Every job marked open under the output root (one listing; usually none)."""
+    keys = [key for key in storage.list_keys(OPEN) if key.endswith(".json")]
+    marks = []
+    for key in keys:
+        try:
+            marks.append(OpenMark.from_dict(json.loads(storage.get_text(key))))
+        except FileNotFoundError:
+            continue  # its job's index was written meanwhile
+    return marks
+
+
+def close_mark(storage: Storage, job_id: str) -> None:
+    storage.delete_keys([open_key(job_id)])
+
+
+def find_by_sidecars(storage: Storage, candidates: Sequence[tuple[str, str]],
+                     threads: int = SIDECAR_THREADS) -> dict[str, str]:
+    """Of ``(run_key, output_key)`` pairs, those whose output's sidecar is in storage and names
+    that run key (an output paid for): run key -> output key. One GET per pair, in parallel."""
+    sidecars = read_sidecars(storage, [output for _, output in candidates], threads)
+    return {run_key: output for run_key, output in candidates
+            if (sidecars.get(output) or {}).get("run_key") == run_key}
+
+
+def read_sidecars(storage: Storage, output_keys: Sequence[str], threads: int = SIDECAR_THREADS) -> dict[str, dict]:
+    """The sidecars in storage of these outputs, by output key (one GET each, in parallel);
+    an output without one, or with one editpipe did not write, is left out."""
+    if not output_keys:
+        return {}
+    with ThreadPoolExecutor(min(threads, len(output_keys)), thread_name_prefix="sidecar") as pool:
+        read = pool.map(lambda key: _sidecar(storage, key), output_keys)
+        return {key: sidecar for key, sidecar in zip(output_keys, read) if sidecar is not None}
+
+
+def _sidecar(storage: Storage, output_key: str) -> dict | None:
+    try:
+        sidecar = json.loads(storage.get_text(sidecar_key(output_key)))
+    except (FileNotFoundError, ValueError):
+        return None
+    return sidecar if isinstance(sidecar, dict) and isinstance(sidecar.get("run_key"), str) else None
+
+
+def write_recovered(storage: Storage, found: dict[str, str]) -> None:
+    """Index outputs found by their sidecars, so later plans find them in the index."""
+    if not found:
+        return
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    text = "".join(index_line(run_key, output) + "\n" for run_key, output in found.items())
+    storage.put_text(f"{SEGMENTS}recovered-{stamp}-{secrets.token_hex(4)}.jsonl", text, "application/x-ndjson")
 
 
 def _parse_segment(text: str) -> Iterator[tuple[str, str]]:

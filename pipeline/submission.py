@@ -3,14 +3,20 @@
 Everything that can be wrong with the input is found here, before anything is paid:
 the manifest is validated and planned in full, and the output root is checked writable,
 before the first run is enqueued.
+
+What is stored is never paid for again: a run whose key the output root's index lists is
+skipped, and so is one whose output an open job left unindexed (its Redis lost, or the job
+killed: ``look_up_done``). A submitted job is marked open in storage until its whole index
+is written (``run_index.OpenMark``), and a resumed one again.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,9 +28,20 @@ from .manifest import Manifest, load_manifest
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
 from .records import RunResult, RunStatus, skipped_result
-from .run_index import read_index, read_unwritten
+from .run_index import (
+    OpenMark,
+    close_mark,
+    find_by_sidecars,
+    fingerprint,
+    mark_open,
+    open_marks,
+    read_index,
+    read_mark,
+    read_unwritten,
+    write_recovered,
+)
 from .settings import Settings
-from .state import UNAVAILABLE, JobStatus, State, new_job_id
+from .state import UNAVAILABLE, Jobs, JobStatus, State, new_job_id
 from .storage import Storage, open_storage, s3_object_etag
 
 
@@ -60,6 +77,7 @@ class Prepared:
     done: dict[str, str]
     changes: RunChanges
     estimated_usd: Decimal
+    force: bool = False
 
     @property
     def new_runs(self) -> int:
@@ -67,7 +85,8 @@ class Prepared:
 
 
 def look_up_done(
-    storage: Storage, plan: Plan, *, force: bool = False, unwritten: Iterable[tuple[str, str]] = ()
+    storage: Storage, plan: Plan, *, force: bool = False, unwritten: Iterable[tuple[str, str]] = (),
+    jobs: Jobs | None = None,
 ) -> tuple[dict[str, str], RunChanges]:
     """Runs of the plan whose run key has an output under this output root (from any job),
     and how the rest compare with what was made before.
@@ -75,6 +94,13 @@ def look_up_done(
     The output root's run index (``run_index.py``) answers for the whole plan: no object is
     read per run. ``unwritten``: index lines not in storage yet (``run_index.read_unwritten``).
     With ``force`` nothing counts as done.
+
+    An open job (``run_index.OpenMark``) that Redis (``jobs``) does not know may have left
+    outputs the index does not list: then the sidecar of every run not found otherwise is
+    read (``find_by_sidecars``: one GET each, in parallel), and what is found is written to
+    the index, and the job's mark closed when this plan has exactly its runs. Without
+    ``jobs`` (``editpipe plan``, which asks no Redis) every open job counts, and nothing is
+    written.
     """
     wanted = {run.run_key for run in plan.runs}
     found: dict[str, str] = {}
@@ -83,10 +109,29 @@ def look_up_done(
         made_before.add(output_key)
         if run_key in wanted:
             found.setdefault(run_key, output_key)
+    if not force:
+        found.update(_found_by_sidecars(storage, plan, found, jobs))
     done = {} if force else found
     unchanged = sum(1 for run in plan.runs if run.run_key in done)
     changed = sum(1 for run in plan.runs if run.run_key not in done and run.output_key in made_before)
     return done, RunChanges(new=len(plan.runs) - unchanged - changed, changed=changed, unchanged=unchanged)
+
+
+def _found_by_sidecars(storage: Storage, plan: Plan, found: dict[str, str], jobs: Jobs | None) -> dict[str, str]:
+    """Outputs of the plan's runs that open jobs Redis lost made and the index does not list."""
+    lost = [mark for mark in open_marks(storage) if jobs is None or not jobs.known(mark.job_id)]
+    if not lost:
+        return {}
+    recovered = find_by_sidecars(storage, [(run.run_key, run.output_key) for run in plan.runs
+                                           if run.run_key not in found])
+    if jobs is not None:
+        write_recovered(storage, recovered)
+        ours = fingerprint(run.run_key for run in plan.runs)
+        for mark in lost:
+            # Every output that job could make had this plan's run key, and was looked for.
+            if mark.fingerprint == ours and not jobs.known(mark.job_id):
+                close_mark(storage, mark.job_id)
+    return recovered
 
 
 def prepare(path: Path, settings: Settings, *, force: bool = False, state: State | None = None) -> Prepared:
@@ -94,7 +139,8 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, state: State
 
     Unless ``force``, runs already done under the same output root are found, and only the
     others are priced. With the workers' ``state``, that includes the outputs of jobs still
-    running there whose index lines are not in storage yet (up to a batch each).
+    running there whose index lines are not in storage yet (up to a batch each), and of jobs
+    Redis lost (``look_up_done``).
     """
     specs = load_model_specs(settings.models_dir)
     manifest = load_manifest(path, specs, sources=Sources(settings))
@@ -102,7 +148,8 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, state: State
     storage = open_storage(manifest.output, settings)
     # Redis before storage: a line that leaves Redis in between was written to storage first.
     unwritten = list(read_unwritten(state.index, storage.root)) if state is not None and not force else []
-    done, changes = look_up_done(storage, plan, force=force, unwritten=unwritten)
+    done, changes = look_up_done(storage, plan, force=force, unwritten=unwritten,
+                                 jobs=state.jobs if state is not None else None)
     return Prepared(
         manifest=manifest,
         plan=plan,
@@ -111,6 +158,7 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, state: State
         done=done,
         changes=changes,
         estimated_usd=plan.cost_of([r for r in plan.runs if r.run_key not in done], specs),
+        force=force,
     )
 
 
@@ -137,6 +185,17 @@ def submit(
     caps = [b for b in (manifest.budget_usd, budget_usd) if b is not None]
     job_id = new_job_id(manifest.name)
     prepared.storage.put_text(job_file(job_id, "manifest.yaml"), manifest.source_text, "application/yaml")
+    mark = OpenMark(
+        job_id=job_id,
+        created_at=utc_now(),
+        runs=len(prepared.plan.runs),
+        fingerprint=fingerprint(run.run_key for run in prepared.plan.runs),
+        manifest_dir=str(manifest.base_dir),
+        budget_usd=str(min(caps)) if caps else None,
+        schedule=schedule,
+        priority=max(1, manifest.priority),
+        force=prepared.force,
+    )
     state.jobs.create(
         job_id,
         name=manifest.name,
@@ -145,13 +204,15 @@ def submit(
         total=len(prepared.plan.runs),
         estimated_usd=prepared.estimated_usd,
         budget_usd=min(caps) if caps else None,
-        created_at=utc_now(),
+        created_at=mark.created_at,
         schedule=schedule,
         notify_url=notify_url,
         # A job with priority p gets p runs handed out for each run of a priority-1 job.
-        priority=max(1, manifest.priority),
-        extra={**prepared.changes.fields(), **(extra or {})},
+        priority=mark.priority,
+        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)), **(extra or {})},
     )
+    # After Redis has the record: an open job that Redis does not know is one it lost.
+    mark_open(prepared.storage, mark)
     last = finish_skipped(prepared, state, job_id)
     if last or not prepared.plan.runs:
         finalize(state, prepared.storage, job_id)
@@ -210,11 +271,16 @@ def resume(
     *,
     budget_usd: Decimal | None = None,
     chunk: int = 500,
+    storage: Storage | None = None,
 ) -> list[int]:
     """Run again what a finished job did not finish: runs failed for a reason that can pass
     (transient errors, cancel, budget, a rejected key, a lost submit answer) and runs that
     never got a result. Succeeded and skipped runs, and runs the provider refused or failed,
-    are left as they are. Returns the run indices enqueued."""
+    are left as they are. Returns the run indices enqueued.
+
+    With the job's ``storage``, the job is marked open there again before anything is
+    enqueued (its finalize closes the mark), so outputs it makes are found even if Redis
+    loses it. A job Redis no longer has is rebuilt by ``pipeline.recovery`` instead."""
     status = state.jobs.status(job_id)
     if not status.done:
         raise EditpipeError(f"job {job_id} is still {status.status}: wait for it, or cancel it, then resume")
@@ -230,7 +296,23 @@ def resume(
     indices.sort()
     if not indices:
         return []
+    if storage is not None:
+        reopen_mark(state, storage, job_id)
     state.jobs.reopen(job_id, budget_usd)
     for start in range(0, len(indices), chunk):
         enqueue_runs(job_id, indices[start : start + chunk])
     return indices
+
+
+def reopen_mark(state: State, storage: Storage, job_id: str) -> None:
+    """Mark a job open in storage again, as it was at its submit (kept in its record)."""
+    if read_mark(storage, job_id) is not None:
+        return
+    recorded = state.jobs.field(job_id, "open_mark")
+    if recorded:
+        mark = OpenMark.from_dict(json.loads(recorded))
+    else:  # a job submitted before marks were kept
+        runs = sorted(state.runs.planned(job_id), key=lambda run: run.index)
+        mark = OpenMark(job_id=job_id, created_at=utc_now(), runs=len(runs),
+                        fingerprint=fingerprint(run.run_key for run in runs))
+    mark_open(storage, mark)

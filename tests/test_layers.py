@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "pipeline.submission": ENGINE,
     "pipeline.reconcile": ENGINE,
     "pipeline.schedules": ENGINE,
+    "pipeline.recovery": ENGINE,  # a job whose Redis state was lost, rebuilt from storage
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,

@@ -21,6 +21,7 @@ stop the next one for long.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from celery import Task
 from celery.signals import worker_process_init
 
 from pipeline.dispatch import SLICE_S, Completed, Dispatch, poll_due, pump as pump_runs
-from pipeline.errors import ProviderTransient
+from pipeline.errors import JobLost, ProviderTransient
 from pipeline.execution import Context, collect
 from pipeline.provider import Prediction
 from pipeline.report import finalize_job
@@ -107,6 +108,34 @@ def _kick(name: str, task: Task, *args: object) -> None:
         task.delay(*args)
 
 
+_told_lost: set[str] = set()
+
+
+def _job_lost(lost: JobLost) -> None:
+    """One plain line per lost job and process (a lost job's messages may be many)."""
+    if lost.job_id in _told_lost:
+        return
+    _told_lost.add(lost.job_id)
+    log.warning("dropping the messages of job %s: Redis has no record of it any more (its state was lost: Redis "
+                "restarted without persistence, was flushed, or was replaced); its stored outputs are kept. Rebuild "
+                "it from storage: editpipe resume %s --output <its output root>", lost.job_id, lost.job_id)
+
+
+def _drops_lost_jobs(task: Callable) -> Callable:
+    """A message for a job Redis no longer has is dropped with one plain line, never retried
+    or logged as a crash: every step meets ``JobLost`` (from the state layer) before it pays
+    or writes to Redis; a collect may have stored the output first, which a rebuild keeps."""
+
+    @functools.wraps(task)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            task(*args, **kwargs)
+        except JobLost as lost:
+            _job_lost(lost)
+
+    return run
+
+
 def _take_lease(name: str, token: str) -> bool:
     """Hold ``name``'s lease for ``token``; False when another holds it. That holder runs
     the work, or, if it died, its lease lapses and a watchdog starts ``name`` again."""
@@ -117,12 +146,14 @@ def _take_lease(name: str, token: str) -> bool:
 
 
 @app.task(name=names.ENQUEUE_JOB)
+@_drops_lost_jobs
 def enqueue_job(job_id: str) -> None:
     """Hand a recorded job's runs to the pumps (one queue entry per job, not per run)."""
     dispatch().add_job(job_id)
 
 
 @app.task(name=names.ENQUEUE_RUNS)
+@_drops_lost_jobs
 def enqueue_runs(job_id: str, indices: list[int]) -> None:
     """Hand chosen runs of a job out again (``editpipe resume``)."""
     dispatch().resume(job_id, indices)
@@ -168,6 +199,7 @@ def poller(token: str | None = None) -> None:
 
 
 @app.task(name=names.COLLECT, bind=True, max_retries=None)
+@_drops_lost_jobs
 def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
     """Collect one completed prediction (the webhook's message, or a retry after a download
     that failed for now). The retry's countdown is only the quick way: the run's check in the
@@ -192,6 +224,9 @@ def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
         except ProviderTransient:
             collect_run.apply_async((job_id, index, prediction_id, outputs), countdown=1)
             continue
+        except JobLost as lost:
+            _job_lost(lost)
+            continue
         except Exception:  # noqa: BLE001 - logged; the rest of the batch still goes
             log.exception("collecting run %s of %s failed; its next check collects it again", index, job_id)
             continue
@@ -199,6 +234,7 @@ def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
 
 
 @app.task(name=names.FINALIZE)
+@_drops_lost_jobs
 def finalize(job_id: str) -> None:
     ctx = context()
     status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)

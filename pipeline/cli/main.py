@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
-from ..errors import EditpipeError, ManifestError, SettingsError
+from ..errors import EditpipeError, JobNotFound, ManifestError, SettingsError
 from ..state import UNAVAILABLE, State
 from ..ledger import LineKind, usd
 from ..settings import Settings
@@ -186,10 +186,18 @@ def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
 
 @main.command()
 @click.argument("job_id")
+@click.option("--output", help="The job's output root: what storage holds of a job Redis no longer has.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(job_id: str, as_json: bool) -> None:
-    """Show one job's progress, counts and spend."""
-    st = _state(_settings()).jobs.status(job_id)
+def status(job_id: str, output: str | None, as_json: bool) -> None:
+    """Show one job's progress, counts and spend. A job whose state Redis lost is reported
+    as lost (exit 1), with how to rebuild it."""
+    settings = _settings()
+    try:
+        st = _state(settings).jobs.status(job_id)
+    except JobNotFound as missing:
+        from .lost import status_missing
+
+        sys.exit(status_missing(settings, job_id, missing, output, as_json))
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))
     else:
@@ -198,15 +206,15 @@ def status(job_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.option("--limit", default=20, show_default=True)
-def jobs(limit: int) -> None:
-    """List recent jobs."""
-    table = Table()
-    for col in ("job", "status", "planned", "ok", "failed", "spent", "created"):
-        table.add_column(col)
-    for st in _state(_settings()).jobs.recent(limit):
-        table.add_row(st.id, st.status, str(st.total), str(st.succeeded + st.skipped), str(st.failed),
-                      f"${usd(st.spent_usd)}", st.created_at)
-    console.print(table)
+@click.option("--output", "outputs", multiple=True,
+              help="An output root whose jobs Redis lost are listed too (read from storage); repeatable.")
+def jobs(limit: int, outputs: tuple[str, ...]) -> None:
+    """List recent jobs, and with --output the jobs Redis lost under that root."""
+    from .lost import jobs_table
+
+    settings = _settings()
+    state = _state(settings)
+    jobs_table(state, state.jobs.recent(limit), outputs, settings)
 
 
 @main.command()
@@ -221,12 +229,15 @@ def cancel(job_id: str) -> None:
 @click.argument("job_id")
 @click.option("--budget-usd", type=str, default=None,
               help="A new budget for the whole job (what it spent before counts).")
+@click.option("--output", help="The job's output root: rebuilds a job whose state Redis lost from storage.")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
-def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
+def resume(job_id: str, budget_usd: str | None, output: str | None, wait: bool) -> None:
     """Run again what a finished job did not finish (transient failures, cancelled,
-    budget-exhausted, lost); finished runs are not touched."""
+    budget-exhausted, lost); finished runs are not touched. A job Redis lost is rebuilt from
+    its output root (--output) and runs only what has no output."""
     from decimal import Decimal, InvalidOperation
 
+    from ..storage import open_storage
     from ..submission import resume as resume_job
 
     settings = _settings()
@@ -235,9 +246,16 @@ def resume(job_id: str, budget_usd: str | None, wait: bool) -> None:
         budget = Decimal(budget_usd) if budget_usd is not None else None
     except InvalidOperation:
         raise SettingsError(f"--budget-usd must be a decimal amount, got {budget_usd!r}") from None
-    indices = resume_job(state, job_id, _run_enqueuer(settings), budget_usd=budget)
-    console.print(f"{job_id}: {len(indices)} runs enqueued again", markup=False)
-    if wait and indices:
+    if not state.jobs.known(job_id):
+        from .lost import resume_from_storage
+
+        sent = resume_from_storage(settings, state, job_id, output, budget, _run_enqueuer(settings), _finalize())
+    else:
+        storage = open_storage(state.jobs.output_root(job_id), settings)
+        indices = resume_job(state, job_id, _run_enqueuer(settings), budget_usd=budget, storage=storage)
+        console.print(f"{job_id}: {len(indices)} runs enqueued again", markup=False)
+        sent = bool(indices)
+    if wait and sent:
         sys.exit(finish(state, job_id))
 
 

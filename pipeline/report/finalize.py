@@ -99,4 +99,13 @@ def job_summary(state: State, status: JobStatus, results: list[RunResult], *, fi
     summary["changes"] = {
         name: int(state.jobs.field(status.id, f"runs_{name}") or 0) for name in ("new", "changed", "unchanged")
     }
+    open_mark = state.jobs.field(status.id, "open_mark")
+    if open_mark:  # where the manifest's relative paths resolve, should the job be rebuilt
+        summary["manifest_dir"] = json.loads(open_mark).get("manifest_dir") or None
+    rebuilt_at = state.jobs.field(status.id, "rebuilt_at")
+    if rebuilt_at:  # Redis lost the job's state, and `editpipe resume --output` rebuilt it from storage
+        summary["rebuilt"] = {
+            "at": rebuilt_at,
+            "possibly_paid_twice": int(state.jobs.field(status.id, "rebuilt_in_flight") or 0),
+        }
     return summary

@@ -5,11 +5,18 @@ concurrent workers and redelivered tasks never count twice); a job never goes ba
 queued once running; a stop reason, once set, is kept (the first one wins) until ``reopen``;
 a job whose last run has finished is on the to-finalize list until ``finalized``; a pause
 (``ep:job:<id>:paused``) holds no run back longer than its holder keeps renewing it.
+
+Loss: Redis keeps an epoch (``ep:epoch``, when its records begin), written with its first
+job. A job asked about that has no record is ``JobLost`` when its id's time is before the
+epoch (or Redis has none: it holds nothing), i.e. Redis lost its data after the job was
+submitted; otherwise plainly ``JobNotFound``. Storage is the surer witness (a job that
+storage marks open and Redis lacks is lost: ``pipeline.recovery``); this answers without it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +24,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
 
-from ..errors import JobNotFound
+from ..errors import JobLost, JobNotFound
 from ..ledger import from_micros, to_micros, usd
 from ..plan import Run
 from . import keys
@@ -26,11 +33,22 @@ from .connection import Connection
 ACTIVE = ("queued", "running")
 BUDGET_EXHAUSTED = "budget_exhausted"
 MARKED_RUNNING = 1024  # jobs a process remembers having marked running
+STAMP = "%Y%m%dT%H%M%SZ"
+_STAMPED = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
+# A job id's time comes from the submitter's clock, the epoch from Redis's: a job whose id
+# says it was submitted at most this long before the epoch is not called lost on that alone.
+CLOCK_SLACK_S = 2
 
 
 def new_job_id(name: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(timezone.utc).strftime(STAMP)
     return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def job_id_time(job_id: str) -> datetime | None:
+    """When a job was submitted, from its id (``new_job_id``); None for an id not made so."""
+    found = _STAMPED.search(job_id)
+    return datetime.strptime(found.group(1), STAMP).replace(tzinfo=timezone.utc) if found else None
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,7 @@ class Jobs:
     def __init__(self, conn: Connection):
         self._r = conn.redis
         self._mark_running = conn.script("mark_running.lua")
+        self._epoch = conn.script("epoch.lua")
         self._marked_running: set[str] = set()
         self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
 
@@ -151,12 +170,54 @@ class Jobs:
             },
         )
         pipe.zadd(keys.JOBS, {job_id: datetime.now(timezone.utc).timestamp()})
+        self._epoch(keys=[keys.EPOCH], client=pipe)
         pipe.execute()
+
+    def known(self, job_id: str) -> bool:
+        """Whether Redis has the job's record."""
+        return bool(self._r.hexists(keys.job(job_id), "total"))
+
+    def unknown(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` whose record Redis does not have (one round trip)."""
+        wanted = list(dict.fromkeys(job_ids))
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in wanted:
+            pipe.hexists(keys.job(job_id), "total")
+        return {job_id for job_id, known in zip(wanted, pipe.execute()) if not known}
+
+    def clear_leftovers(self, job_id: str, keep: Iterable[str] = ()) -> None:
+        """Delete what steps still in progress when a job was lost wrote for it afterwards
+        (claims, reservations, submit marks), before the job is made again; the parts named
+        in ``keep`` (``pred``: predictions submitted meanwhile, then polled, not paid again)
+        stay."""
+        kept = {keys.job(job_id, part) for part in keep}
+        pattern = keys.job(re.sub(r"([*?\[\]\\])", r"\\\1", job_id), "*")
+        stale = [key for key in self._r.scan_iter(match=pattern, count=1000) if key not in kept]
+        self._r.delete(keys.job(job_id), *stale)
+
+    def epoch(self) -> datetime | None:
+        """When this Redis's records begin (its first job since it was new, flushed or
+        replaced); None when it holds no job at all."""
+        value = self._r.get(keys.EPOCH)
+        return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+
+    def missing(self, job_id: str) -> JobNotFound:
+        """The error for a job Redis has no record of: ``JobLost`` when the job was submitted
+        before this Redis's records begin (see the module's docstring)."""
+        submitted = job_id_time(job_id)
+        if submitted is not None:
+            epoch = self.epoch()
+            if epoch is None:
+                return JobLost(job_id, ", and holds no job at all")
+            if (epoch - submitted).total_seconds() > CLOCK_SLACK_S:
+                return JobLost(job_id, f": its records begin {epoch:%Y-%m-%d %H:%M:%S} UTC, after the job was "
+                                       f"submitted ({submitted:%Y-%m-%d %H:%M:%S} UTC)")
+        return JobNotFound(f"no job {job_id!r} (see `editpipe jobs`)")
 
     def status(self, job_id: str) -> JobStatus:
         h = self._r.hgetall(keys.job(job_id))
-        if not h:
-            raise JobNotFound(f"no job {job_id!r} (see `editpipe jobs`)")
+        if "total" not in h:  # none, or what a step left after the record was lost
+            raise self.missing(job_id)
         budget = h.get("budget_usd") or ""
         return JobStatus(
             id=h["id"],
@@ -205,8 +266,15 @@ class Jobs:
         return self._r.hget(keys.job(job_id), name)
 
     def fields(self, job_id: str, *names: str) -> list[str | None]:
-        """Several fields of the job's record in one round trip."""
-        return self._r.hmget(keys.job(job_id), list(names))
+        """Several fields of the job's record in one round trip; ``JobLost`` when Redis no
+        longer has the record (a message for the job was sent, so it had one)."""
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hexists(keys.job(job_id), "total")
+        pipe.hmget(keys.job(job_id), list(names))
+        known, values = pipe.execute()
+        if not known:
+            raise JobLost(job_id)
+        return values
 
     def set_fields(self, job_id: str, mapping: dict[str, str | int]) -> None:
         self._r.hset(keys.job(job_id), mapping=mapping)

@@ -13,6 +13,7 @@ TO_FINALIZE = f"{PREFIX}:to-finalize"  # sorted set: job id -> when its last run
 DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"  # + YYYY-MM-DD: micro-USD held that UTC day
 FAIR = f"{PREFIX}:fair"  # the fair queue's prefix (``fair_queue``)
 DUE = f"{PREFIX}:due"  # sorted set: due member -> when its next check is due
+EPOCH = f"{PREFIX}:epoch"  # when this Redis's records begin (Unix time), set at its first job
 
 
 def job(job_id: str, part: str = "") -> str:

@@ -7,7 +7,9 @@ claim and a collect claim that expire by themselves.
 
 Guaranteed: a run is finished once (``finish_run``: a second call changes nothing), its
 ledger line is charged once per entry id, and a start or a collect is claimed by one
-execution at a time, each claim and its checks one atomic script call.
+execution at a time, each claim and its checks one atomic script call. A job whose record
+Redis no longer has (its state was lost) is never started or finished: those steps raise
+``JobLost`` and write nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from ..errors import JobNotFound
+from ..errors import JobLost, JobNotFound
 from ..plan import Run
 from . import keys
 from .connection import Connection
@@ -59,6 +61,7 @@ class Finished(NamedTuple):
 
     code: int  # -1: the run had already finished (nothing changed); 1: it was the job's last; 0: other
     index_pending: int  # run-index lines of the job waiting to be written to storage
+    index_waited_s: float = 0.0  # how long the oldest of them has waited
 
     @property
     def last(self) -> bool:
@@ -93,7 +96,8 @@ class Runs:
 
     def load(self, wanted: Iterable[tuple[str, int]]) -> None:
         """Read the planned runs of ``wanted`` (job id, index) that this process does not
-        hold yet, in one round trip (a poller's batch, say)."""
+        hold yet, in one round trip (a poller's batch, say). One that Redis does not have is
+        left out (``run`` says why: its job was lost, say)."""
         missing = list(dict.fromkeys(key for key in wanted if key not in self._cache))
         if not missing:
             return
@@ -101,10 +105,13 @@ class Runs:
         for job_id, index in missing:
             pipe.hget(keys.job(job_id, "runs"), str(index))
         for (job_id, index), raw in zip(missing, pipe.execute()):
-            self._remember(job_id, index, raw)
+            if raw:
+                self._remember(job_id, index, raw)
 
     def _remember(self, job_id: str, index: int, raw: str | None) -> Run:
         if not raw:
+            if not self._r.hexists(keys.job(job_id), "total"):
+                raise JobLost(job_id)
             raise JobNotFound(f"job {job_id!r} has no run {index}")
         run = self._cache[(job_id, index)] = Run.from_dict(json.loads(raw))
         if len(self._cache) > RUNS_CACHED:
@@ -161,6 +168,8 @@ class Runs:
             args=[index, token, ttl_s, "1" if with_run else "0"],
         )
         state = reply[0]
+        if state == "lost":
+            raise JobLost(job_id)
         if state == "submitted":
             return StartClaim(state, prediction_id=reply[1])
         if state == "taken":
@@ -220,7 +229,13 @@ class Runs:
         )
         if reply[0] != "claimed":
             return None
-        return self._remember(job_id, index, reply[1]) if with_run else self.run(job_id, index)
+        if not with_run:
+            return self.run(job_id, index)
+        try:
+            return self._remember(job_id, index, reply[1])
+        except JobNotFound:  # its job was lost: the claim must not outlive the answer
+            self.release_collect(job_id, index)
+            raise
 
     def release_collect(self, job_id: str, index: int) -> None:
         self._r.delete(keys.collect_claim(job_id, index))
@@ -237,8 +252,9 @@ class Runs:
         index_line: str = "",
     ) -> Finished:
         """Record a run's end once, with its ledger line and its run-index line if given; the
-        last run's end puts its job on the to-finalize list in the same step."""
-        code, pending = self._finish(
+        last run's end puts its job on the to-finalize list in the same step. Raises
+        ``JobLost`` (having written nothing) when Redis no longer has the job."""
+        code, pending, waited_ms = self._finish(
             keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
                   keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending")],
             args=[
@@ -251,7 +267,9 @@ class Runs:
                 index_line,
             ],
         )
-        return Finished(int(code), int(pending))
+        if int(code) == -2:
+            raise JobLost(job_id)
+        return Finished(int(code), int(pending), int(waited_ms) / 1000)
 
     # resuming
     def reopen(self, job_id: str, index: int, counter: str = "failed") -> bool:

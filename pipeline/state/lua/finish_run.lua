@@ -11,15 +11,29 @@
 -- A charged run's reservation turns into spend (held_micros is corrected to the real cost);
 -- any other run's reservation must have been released before (budget_release.lua).
 -- Loaded after budget_lib.lua.
--- Returns {code, index lines pending}: code -1 when the run was already finished (a
--- redelivery), 1 when this call finished the job's last run (the caller then finalizes the
--- job), 0 otherwise.
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
-  return {-1, 0}
+-- The job hash's index_since is when the oldest pending index line was pushed (Redis time,
+-- ms), so the caller can write the lines once they have waited long enough.
+-- Returns {code, index lines pending, ms the oldest of them has waited}: code -1 when the run
+-- was already finished (a redelivery), 1 when this call finished the job's last run (the
+-- caller then finalizes the job), 0 otherwise, -2 when the job has no record (Redis lost its
+-- state): nothing is written, so a lost job is never brought back as a partial record.
+if redis.call('HEXISTS', KEYS[1], 'total') == 0 then
+  return {-2, 0, 0}
 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[3]) == 0 then
+  return {-1, 0, 0}
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pending = 0
+local waited = 0
 if ARGV[7] ~= '' then
   pending = redis.call('RPUSH', KEYS[6], ARGV[7])
+  if pending == 1 then
+    redis.call('HSET', KEYS[1], 'index_since', now_ms)
+  else
+    waited = now_ms - tonumber(redis.call('HGET', KEYS[1], 'index_since') or now_ms)
+  end
 end
 if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
   reservation_to_spend(KEYS[1], KEYS[4], ARGV[1], tonumber(ARGV[6]))
@@ -27,8 +41,7 @@ end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)
 if finished == tonumber(redis.call('HGET', KEYS[1], 'total')) then
-  local t = redis.call('TIME')
   redis.call('ZADD', KEYS[5], tonumber(t[1]), redis.call('HGET', KEYS[1], 'id'))
-  return {1, pending}
+  return {1, pending, waited}
 end
-return {0, pending}
+return {0, pending, waited}

@@ -8,6 +8,8 @@
 -- ARGV[1] run index, ARGV[2] the claim's token (unique per execution), ARGV[3] the claim's
 -- time to live in seconds, ARGV[4] '1' to return the planned run's JSON as well
 -- Returns, in this order of precedence:
+--   {'lost'}                    the job has no record (Redis lost its state): nothing is
+--                               claimed, reserved or sent
 --   {'finished'}                the run has a result: nothing to do
 --   {'submitted', id}           the run has a prediction (a redelivery): poll it
 --   {'taken', ms}               another execution holds the claim for ms more milliseconds
@@ -15,6 +17,9 @@
 --     execution's; open is 1 when an earlier submit's answer was lost with its worker,
 --     reserved is 1 when the run's price is held already, run is '' unless ARGV[4] asked
 --     for it, paused is 1 while the job is paused
+if redis.call('HEXISTS', KEYS[6], 'total') == 0 then
+  return {'lost'}
+end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
   return {'finished'}
 end
