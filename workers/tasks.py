@@ -25,6 +25,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from celery import Task
 from celery.signals import worker_process_init
