@@ -82,12 +82,12 @@ def test_a_job_whose_redis_was_flushed_is_reported_lost_and_rebuilt_from_storage
     listed = _cli(capped, "jobs", "--output", root)
     assert listed.exit_code == 0 and re.search(rf"{job_id}.*lost", listed.output)
 
-    # A message for the job reaches a worker after the loss (a retry it held, say): dropped
+    # A message for the job reaches a worker after the loss (a resume, a finalize): dropped
     # with one plain line, nothing submitted.
     submits = sim.stats()["submits"]
     app = make_app(capped)
-    for index in (14, 15):
-        app.send_task(names.SUBMIT_RUN, (job_id, index))
+    app.send_task(names.ENQUEUE_RUNS, (job_id, [14, 15]))
+    app.send_task(names.FINALIZE, (job_id,))
     deadline = time.monotonic() + 30
     while f"dropping the messages of job {job_id}" not in workers.logs():
         assert time.monotonic() < deadline, workers.logs()[-3000:]
