@@ -267,7 +267,11 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         if wait > 0:
             runs.release_claim(job_id, index)
             return Next("wait", wait, failures)
-    attempt = runs.begin_submit(job_id, index)
+    attempt = runs.begin_submit(job_id, index, token)
+    if attempt == 0:
+        # The claim lapsed under this step (Redis was away longer than it) and may be
+        # another's: submitting now could pay twice. Look again shortly, as a new start.
+        return Next("submit", random.uniform(0.5, 1.5), failures)
     try:
         prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key,
                                        webhook=callback_url(ctx.settings, job_id, index))

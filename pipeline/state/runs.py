@@ -82,6 +82,7 @@ class Runs:
         self._reopen = conn.script("reopen_run.lua")
         self._start_claim = conn.script("start_claim.lua")
         self._collect_claim = conn.script("collect_claim.lua")
+        self._begin_submit = conn.script("begin_submit.lua")
         self._cache: OrderedDict[tuple[str, int], Run] = OrderedDict()
 
     # planned runs
@@ -190,14 +191,15 @@ class Runs:
     def release_claim(self, job_id: str, index: int) -> None:
         self._r.delete(keys.run_claim(job_id, index))
 
-    def begin_submit(self, job_id: str, index: int) -> int:
-        """Mark a submit as on the wire, just before it is sent; returns its attempt number.
-        A later delivery that finds the mark without a prediction id knows the answer was
-        lost with its worker."""
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hincrby(keys.job(job_id, "submitting"), str(index), 1)
-        pipe.hset(keys.job(job_id, "submitting_open"), str(index), 1)
-        return int(pipe.execute()[0])
+    def begin_submit(self, job_id: str, index: int, token: str) -> int:
+        """Mark a submit as on the wire, just before it is sent; returns its attempt number,
+        or 0 when the start claim ``token`` took has lapsed and may be another's (a Redis
+        outage longer than the claim): then the caller must not submit. A later delivery
+        that finds the mark without a prediction id knows the answer was lost with its worker."""
+        return int(self._begin_submit(
+            keys=[keys.run_claim(job_id, index), keys.job(job_id, "submitting"),
+                  keys.job(job_id, "submitting_open"), keys.job(job_id, "pred")],
+            args=[str(index), token]))
 
     def end_submit(self, job_id: str, index: int) -> None:
         """The submit is settled (answered, or known not sent): forget the on-the-wire mark."""
