@@ -51,7 +51,7 @@ from .settings import Settings
 from .state import wait_until_up
 
 SIMULATED_KEY = "simulated-key"
-# The simulated account's tier when none is set: bronze (10 a minute) would make a demo of
+# The simulated account's tier when none is set: bronze (2 a minute) would make a demo of
 # a dozen runs last over a minute.
 SIMULATED_TIER = "silver"
 LOCAL_STATE = Path(".editpipe") / "state"  # under a local output root (none of manifest.md's names)

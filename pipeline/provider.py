@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import mimetypes
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -44,6 +46,8 @@ class Prediction:
     error: str = ""
     model: str = ""
     inference_s: float | None = None  # the provider's own timing of the edit, when it gives one
+    code: int | None = None  # a failed prediction's failure code (wavespeed-api.md, "Failure codes")
+    created_at: str = ""  # as the provider writes it: 2026-11-23T12:00:00.000Z
 
     @property
     def completed(self) -> bool:
@@ -66,6 +70,57 @@ class Prediction:
             error=str(data.get("error") or ""),
             model=str(data.get("model") or ""),
             inference_s=_inference_s(data.get("timings")),
+            code=_code(data.get("code")),
+            created_at=str(data.get("created_at") or ""),
+        )
+
+
+def _code(raw: Any) -> int | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw.strip())
+    return None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of an account listing: its items and how many there are in all."""
+
+    items: list[Any]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def last(self) -> bool:
+        return self.page * self.page_size >= self.total or not self.items
+
+
+@dataclass(frozen=True)
+class BillingRecord:
+    """One line of the provider's billing records (``POST /api/v3/billings/search``)."""
+
+    uuid: str
+    billing_type: str
+    price_usd: Decimal
+    created_at: str
+    prediction_id: str
+    prediction_status: str
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "BillingRecord":
+        prediction = data.get("prediction") if isinstance(data.get("prediction"), dict) else {}
+        return cls(
+            uuid=str(data.get("uuid") or ""),
+            billing_type=str(data.get("billing_type") or ""),
+            # Through its string form, never float arithmetic: 0.1 stays 0.1.
+            price_usd=Decimal(str(data.get("price") or 0)),
+            created_at=str(data.get("created_at") or ""),
+            prediction_id=str(prediction.get("uuid") or ""),
+            prediction_status=str(prediction.get("status") or ""),
         )
 
 
@@ -231,3 +286,69 @@ class WaveSpeedClient:
         response = self._http.post("/api/v3/media/upload/binary", files={"file": (name, data, content_type)})
         info = self._envelope(response, "upload")
         return str(info["download_url"])
+
+    # Account endpoints (wavespeed-api.md, "Account endpoints").
+
+    def _account(self, method: str, path: str, what: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise ProviderTransient(f"{what}: {type(exc).__name__}") from None
+        return self._envelope(response, what)
+
+    def recent_predictions(self, *, model: str, created_after: str, created_before: str,
+                           status: str | None = None, page: int = 1, page_size: int = 100) -> Page:
+        """One page of the account's predictions of ``model`` created in the window (ISO 8601
+        times), newest first; the provider keeps 7 days. Items carry no input."""
+        body: dict[str, Any] = {"page": page, "page_size": page_size, "model": model,
+                                "created_after": created_after, "created_before": created_before}
+        if status:
+            body["status"] = status
+        data = self._account("POST", "/api/v3/predictions", "recent predictions", body)
+        items = [Prediction.from_data(item) for item in data.get("items") or [] if isinstance(item, dict)]
+        return Page(items=items, total=int(data.get("total") or 0), page=page, page_size=page_size)
+
+    def iter_recent_predictions(self, **window: Any) -> Iterator[Prediction]:
+        """Every prediction ``recent_predictions`` finds, page after page."""
+        page = 1
+        while True:
+            found = self.recent_predictions(page=page, **window)
+            yield from found.items
+            if found.last:
+                return
+            page += 1
+
+    def billings(self, *, prediction_ids: list[str] | None = None, start_ms: int | None = None,
+                 end_ms: int | None = None, page: int = 1, page_size: int = 100,
+                 sort: str = "created_at ASC") -> Page:
+        """One page of the account's deductions, filtered by prediction ids and/or a time
+        window (milliseconds since the epoch)."""
+        body: dict[str, Any] = {"billing_type": "deduct", "sort": sort, "page": page, "page_size": page_size}
+        if prediction_ids:
+            body["prediction_uuids"] = list(prediction_ids)
+        if start_ms is not None:
+            body["start_time"] = str(start_ms)
+        if end_ms is not None:
+            body["end_time"] = str(end_ms)
+        data = self._account("POST", "/api/v3/billings/search", "billing records", body)
+        items = [BillingRecord.from_data(item) for item in data.get("items") or [] if isinstance(item, dict)]
+        return Page(items=items, total=int(data.get("total") or 0), page=page, page_size=page_size)
+
+    def iter_billings(self, **filters: Any) -> Iterator[BillingRecord]:
+        """Every deduction ``billings`` finds, page after page."""
+        page = 1
+        while True:
+            found = self.billings(page=page, **filters)
+            yield from found.items
+            if found.last:
+                return
+            page += 1
+
+    def webhook_secret(self) -> str:
+        """The key the provider signs webhooks with: its ``whsec_`` secret with the prefix
+        removed, used as it is (wavespeed-api.md, "Signed webhooks")."""
+        data = self._account("GET", "/api/v3/webhook/secret", "webhook secret")
+        secret = str(data.get("secret") or "")
+        if not secret:
+            raise ProviderError("webhook secret: the provider's answer has no secret")
+        return secret.removeprefix("whsec_")

@@ -14,11 +14,13 @@ line can print it by accident.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import yaml
 from pydantic import SecretStr
 
 from .errors import SettingsError
@@ -26,13 +28,23 @@ from .errors import SettingsError
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
 DEFAULT_CONFIGS = Path("configs")
 
-# Account limits by tier, from the provider's documentation (wavespeed-api.md).
-TIERS: dict[str, tuple[int, int]] = {
-    "bronze": (10, 3),
-    "silver": (500, 100),
-    "gold": (3000, 2000),
-    "ultra": (5000, 5000),
-}
+TIERS_FILE = Path(str(resources.files(__package__) / "configs" / "tiers.yaml"))
+
+
+def load_tiers(path: Path = TIERS_FILE) -> tuple[dict[str, tuple[int, int]], str]:
+    """The account levels ``(images per minute, max concurrent)`` by tier, and the default
+    tier, from the packaged ``configs/tiers.yaml`` (the provider's documentation,
+    wavespeed-api.md): when the provider changes them, that file changes, not this code."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    tiers = {str(name): (int(limits["images_per_minute"]), int(limits["max_concurrent"]))
+             for name, limits in raw["tiers"].items()}
+    if raw["default"] not in tiers:
+        raise SettingsError(f"{path}: default tier {raw['default']!r} is not one of {', '.join(tiers)}")
+    return tiers, str(raw["default"])
+
+
+# Account limits by tier, and the tier of an account that says nothing (bronze: new accounts).
+TIERS, DEFAULT_TIER = load_tiers()
 
 
 @dataclass(frozen=True)
@@ -42,9 +54,9 @@ class Settings:
     redis_url: str | None = None
     s3_endpoint_url: str | None = None
     configs_dir: Path = DEFAULT_CONFIGS
-    tier: str = "bronze"
-    images_per_minute: int = TIERS["bronze"][0]
-    max_concurrent: int = TIERS["bronze"][1]
+    tier: str = DEFAULT_TIER
+    images_per_minute: int = TIERS[DEFAULT_TIER][0]
+    max_concurrent: int = TIERS[DEFAULT_TIER][1]
     # Whether the account's limits were set (a tier or numbers) rather than defaulted.
     limits_explicit: bool = False
     request_timeout_s: float = 60.0
@@ -74,7 +86,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        tier = env.get("WAVESPEED_TIER", "bronze").strip().lower()
+        tier = (env.get("WAVESPEED_TIER") or DEFAULT_TIER).strip().lower()
         if tier not in TIERS:
             raise SettingsError(f"WAVESPEED_TIER={tier!r} is not one of {', '.join(TIERS)}")
         per_minute, concurrent = TIERS[tier]

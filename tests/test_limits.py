@@ -189,7 +189,7 @@ def test_try_acquire_reports_the_wait_and_grants_after_it(r, key, backend):
 def test_account_limits_leave_headroom_for_arrival_jitter(r, key, backend):
     limits = AccountLimits.from_settings(backend, Settings.from_env({"WAVESPEED_TIER": "silver"}), account=key)
 
-    assert (limits.rate.per_minute, limits.concurrency.limit) == (500, 100)
+    assert (limits.rate.per_minute, limits.concurrency.limit) == (500, 300)
     assert limits.rate.key == f"ep:limits:{key}:rate"
     assert limits.try_start("a") == 0.0
     # 2% below 500 a minute: 122.4 ms apart instead of 120 ms.
