@@ -16,6 +16,8 @@ Waits are returned, never slept, so a caller can reschedule instead of holding a
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Iterable
 
@@ -23,10 +25,17 @@ from .settings import Settings
 from .state import LimitsBackend, keys
 
 US = 1_000_000
+log = logging.getLogger(__name__)
 
 
 def _us(seconds: float) -> int:
     return max(0, round(seconds * US))
+
+
+def _stated_limit(message: str) -> int | None:
+    """The limit a 429's text names ("... (limit 2)", "limit: 2"), if it names one."""
+    match = re.search(r"\blimit\D{0,3}(\d+)", message, re.IGNORECASE)
+    return int(match.group(1)) if match else None
 
 
 class Throttle:
@@ -276,6 +285,7 @@ class AccountLimits:
         )
         self.concurrency = ConcurrencyLimiter(backend, keys.limit_part(prefix, "leases"), max_concurrent, lease_s)
         self.busy_retry_us = max(1, _us(busy_retry_s))
+        self._told_lower = False
 
     @classmethod
     def from_settings(cls, backend: LimitsBackend, settings: Settings, account: str = "default", **options) -> "AccountLimits":
@@ -329,9 +339,36 @@ class AccountLimits:
         """Keep several slots in one call; returns how many leases were still live."""
         return self.concurrency.renew_many(holders)
 
-    def rate_limited(self, retry_after_s: float | None = None) -> float:
-        """The provider answered 429: pause and slow the whole fleet; returns the pause (s)."""
+    def rate_limited(self, retry_after_s: float | None = None, message: str = "") -> float:
+        """The provider answered 429: pause and slow the whole fleet; returns the pause (s).
+
+        ``message``: the provider's text. When it shows the account's real limit is lower than
+        the one configured (it names a smaller limit, or the 429 came with few predictions in
+        flight), that is logged once per process with the numbers: the usual cause is a tier
+        set higher than the account's (``WAVESPEED_TIER``)."""
+        if not self._told_lower:
+            self._tell_if_lower(message)
         return self.throttle.on_rate_limited(retry_after_s)
+
+    def _tell_if_lower(self, message: str) -> None:
+        stated = _stated_limit(message)
+        in_flight = self.concurrency.in_use()
+        configured = f"{self.rate.per_minute} a minute and {self.concurrency.limit} at once"
+        text = message.lower()
+        # The limit the text is about: starts per minute, tasks at once, or (unsaid) either.
+        ours = (self.rate.per_minute if "minute" in text else self.concurrency.limit if "concurren" in text
+                else min(self.rate.per_minute, self.concurrency.limit))
+        if stated is not None and stated < ours:
+            why = f"the provider names a limit of {stated}"
+        elif stated is None and "minute" not in text and in_flight * 2 < self.concurrency.limit:
+            why = f"it came with {in_flight} of {self.concurrency.limit} predictions in flight"
+        else:
+            return
+        self._told_lower = True
+        log.warning("the provider answered 429 and %s: the account's real limits look lower than the %s "
+                    "configured (WAVESPEED_TIER, or WAVESPEED_IMAGES_PER_MINUTE / WAVESPEED_MAX_CONCURRENT). "
+                    "editpipe slows down on each 429; set the account's real tier to stop them. "
+                    "The provider said: %s", why, configured, message or "(no message)")
 
     def in_use(self) -> int:
         return self.concurrency.in_use()

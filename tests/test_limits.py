@@ -373,3 +373,22 @@ def test_concurrent_pops_hand_out_every_run_exactly_once(redis_url, r, key, conn
 
     assert set(runs) == {(job, i) for job, count in sizes.items() for i in range(count)}
     assert max(runs.values()) == 1
+
+
+def test_a_429_naming_a_lower_limit_than_configured_is_logged_once_with_the_numbers(r, key, backend, caplog):
+    # The account is bronze (2 a minute, 2 at once) but editpipe was told silver (500, 300).
+    limits = AccountLimits.from_settings(backend, Settings.from_env({"WAVESPEED_TIER": "silver"}), account=key)
+    with caplog.at_level("WARNING", logger="pipeline.limits"):
+        for _ in range(3):
+            limits.rate_limited(1.0, "submit: HTTP 429: too many images started per minute (limit 2)")
+    told = [rec.getMessage() for rec in caplog.records if "look lower" in rec.getMessage()]
+    assert len(told) == 1
+    assert "names a limit of 2" in told[0] and "500 a minute and 300 at once" in told[0]
+
+
+def test_a_429_at_the_configured_limit_is_not_called_a_lower_limit(r, key, backend, caplog):
+    limits = AccountLimits.from_settings(backend, Settings.from_env({"WAVESPEED_TIER": "bronze"}), account=key)
+    with caplog.at_level("WARNING", logger="pipeline.limits"):
+        limits.rate_limited(1.0, "submit: HTTP 429: too many images started per minute (limit 2)")
+        limits.rate_limited(1.0, "submit: HTTP 429: too many concurrent tasks (limit 2)")
+    assert not [rec for rec in caplog.records if "look lower" in rec.getMessage()]
