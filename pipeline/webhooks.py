@@ -38,6 +38,7 @@ of ``workers``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -57,6 +58,7 @@ from .webhook_signature import Signed, SignatureRefused, matches, read_headers
 log = logging.getLogger(__name__)
 
 SECRET_REFETCH_S = 60.0  # at most one fetch of the account's secret per minute after the first
+RELEASE_WAIT_S = 2.0  # how long a 503 waits for its event to be unmarked
 
 SendCollect = Callable[[str, int, str, list[str]], None]  # job id, run index, prediction id, outputs
 
@@ -143,10 +145,10 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
             outcome = await handle(*run, prediction_id, status)
             await asyncio.to_thread(events.done, signed.event_id, prediction_id, outcome is True)
         except TryLater as exc:
-            await asyncio.to_thread(drop_quietly, signed.event_id, prediction_id, token)
+            await release(signed.event_id, prediction_id, token)
             return unavailable(exc)
         except UNAVAILABLE as exc:
-            await asyncio.to_thread(drop_quietly, signed.event_id, prediction_id, token)
+            await release(signed.event_id, prediction_id, token)
             return unavailable(TryLater(f"Redis is not answering ({type(exc).__name__})"))
         return web.json_response({"accepted": outcome is not False})
 
@@ -180,11 +182,18 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         counts["collected"] += 1
         return True
 
-    def drop_quietly(event_id: str, prediction_id: str, token: str) -> None:
-        try:
-            events.drop(event_id, prediction_id, token)
-        except UNAVAILABLE:
-            pass  # the mark lapses by itself (``HANDLING_S``)
+    async def release(event_id: str, prediction_id: str, token: str) -> None:
+        """Unmark an event that was not handled, so the provider's retry of it is new. The
+        answer does not wait on a Redis that is away: the drop goes on in its thread (riding
+        the outage out), and the mark lapses by itself anyway (``HANDLING_S``)."""
+        def drop() -> None:
+            try:
+                events.drop(event_id, prediction_id, token)
+            except UNAVAILABLE:
+                pass
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(drop), RELEASE_WAIT_S)
 
     def refused(reason: str, detail: str) -> web.Response:
         counts["refused"] += 1
