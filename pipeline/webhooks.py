@@ -7,9 +7,10 @@ A POST is taken only when all of these hold, checked in this order:
 1. it is signed by the provider (``webhook_signature``): its ``webhook-signature`` is the
    HMAC the account's webhook secret makes over its id, timestamp and raw body, and its
    timestamp is within 300 s of now; else 401. The secret is fetched from the provider with
-   the API key (``WaveSpeedClient.webhook_secret``) at the first webhook and kept; a
-   signature that does not match fetches it again, at most once a minute, so a rotated
-   secret is picked up while forged POSTs cannot make the server hammer the provider;
+   the API key (``WaveSpeedClient.webhook_secret``) at the first webhook and kept (10
+   minutes at most); a signature that does not match fetches it again, at most once a
+   minute, so a rotated secret is picked up while forged POSTs cannot make the server
+   hammer the provider (``AccountSecret``);
 2. its URL token names a run this deployment submitted (``callbacks.checked_run``); else 403;
 3. its event id was not handled before, nor its prediction collected through another event
    (``state.WebhookEvents``); else 401. An event is marked handled only once it was, so the
@@ -58,6 +59,7 @@ from .webhook_signature import Signed, SignatureRefused, matches, read_headers
 log = logging.getLogger(__name__)
 
 SECRET_REFETCH_S = 60.0  # at most one fetch of the account's secret per minute after the first
+SECRET_MAX_AGE_S = 600.0  # and once it is this old
 RELEASE_WAIT_S = 2.0  # how long a 503 waits for its event to be unmarked
 
 SendCollect = Callable[[str, int, str, list[str]], None]  # job id, run index, prediction id, outputs
@@ -70,31 +72,39 @@ class TryLater(Exception):
 class AccountSecret:
     """The key the account's webhooks are signed with, fetched by ``fetch`` and kept.
 
-    ``verify`` fetches it at first use, and again when a signature does not match the key it
-    holds, but at most once per ``refetch_s``: a rotation is picked up within a minute, and a
-    flood of forged POSTs costs the provider one request a minute. A fetch that fails raises
+    ``verify`` fetches it at first use; again when a signature does not match the key it
+    holds, but at most once per ``refetch_s`` (a rotation is picked up within a minute, and
+    a flood of forged POSTs costs the provider one request a minute); and again once the key
+    is ``max_age_s`` old, so a secret rotated away (say, because it leaked) stops signing
+    within that time even if no webhook with the new one came. A fetch that fails raises
     ``TryLater`` (a genuine webhook is then sent again); the key is never logged.
     """
 
-    def __init__(self, fetch: Callable[[], str], refetch_s: float = SECRET_REFETCH_S):
-        self._fetch, self._refetch_s = fetch, refetch_s
+    def __init__(self, fetch: Callable[[], str], refetch_s: float = SECRET_REFETCH_S,
+                 max_age_s: float = SECRET_MAX_AGE_S):
+        self._fetch, self._refetch_s, self._max_age_s = fetch, refetch_s, max_age_s
         self._key: str | None = None
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
 
+    def _held(self) -> str | None:
+        return self._key if time.monotonic() - self._fetched_at < self._max_age_s else None
+
     async def verify(self, signed: Signed, body: bytes) -> bool:
-        key = self._key
+        key = self._held()
         if key is not None and matches(key, signed, body):
             return True
         async with self._lock:
-            if self._key is not None and self._key != key:
-                return matches(self._key, signed, body)  # another request fetched it meanwhile
-            if self._key is not None and time.monotonic() - self._fetched_at < self._refetch_s:
+            held = self._held()
+            if held is not None and held != key:
+                return matches(held, signed, body)  # another request fetched it meanwhile
+            if held is not None and time.monotonic() - self._fetched_at < self._refetch_s:
                 return False
             self._fetched_at = time.monotonic()
             try:
                 self._key = await asyncio.to_thread(self._fetch)
             except ProviderError as exc:
+                self._key = None  # the next webhook tries again
                 raise TryLater(f"the account's webhook secret could not be fetched ({type(exc).__name__})") from None
             return matches(self._key, signed, body)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from conftest import API_KEY, make_image, many_runs_manifest, read_jsonl, run_job
-from pipeline.callbacks import callback_url
+from pipeline.callbacks import callback_url, run_token
 from pipeline.provider import WaveSpeedClient
 from pipeline.report import finalize_job
 from pipeline.simulator import SimConfig
@@ -24,7 +25,7 @@ from pipeline.simulator.webhooks import new_event_id, signed_headers
 from pipeline.state import State
 from pipeline.submission import follow, prepare, submit
 from pipeline.webhook_signature import matches, read_headers
-from pipeline.webhooks import WebhookServer
+from pipeline.webhooks import SECRET_REFETCH_S, WebhookServer
 from workers.celery_app import collect_sender, job_enqueuer
 
 pytestmark = pytest.mark.timeout(120)
@@ -231,3 +232,42 @@ def test_the_simulator_signs_each_attempt_and_keeps_the_event_id_across_retries(
     stats = sim.stats()
     assert stats["webhooks_sent"] == 1 and stats["webhooks_retried"] == 2 and stats["webhooks_refused"] == 2
     assert stats["webhooks_failed"] == 0
+
+
+def test_a_rotated_secret_is_fetched_again_at_most_once_a_minute(tmp_path, settings, sim, state):
+    """At the production refetch bound (60 s), so this test waits a minute."""
+    hooked = settings.with_overrides(webhook_secret=URL_SECRET)
+    job_id = f"rotation-{uuid.uuid4().hex[:8]}"
+    with WaveSpeedClient(sim.base_url, API_KEY) as client:  # two predictions the provider made
+        image = client.upload(make_image(tmp_path / "in.png"))
+        made = [client.submit("/api/v3/openai/gpt-image-2/edit", {"images": [image], "prompt": f"p{i}"})
+                for i in range(2)]
+        deadline = time.monotonic() + 30
+        while not all(client.result(p.id).completed for p in made):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    for index, prediction in enumerate(made):
+        state.runs.record_prediction(job_id, index, prediction.id)
+    sent: list[tuple] = []
+    server = WebhookServer(hooked, lambda *args: sent.append(args)).start()
+    old_secret = sim.config.webhook_secret
+
+    def post(index: int, secret: str) -> int:
+        body = json.dumps({"id": made[index].id, "status": "completed", "outputs": []}).encode()
+        return httpx.post(f"{server.base_url}/webhook", content=body, params={
+            "run": f"{job_id}:{index}", "token": run_token(URL_SECRET.get_secret_value(), job_id, index)},
+            headers=signed_headers(secret, new_event_id(), body)).status_code
+
+    try:
+        assert post(0, old_secret) == 200  # the secret is fetched with this first webhook
+        fetched = time.monotonic()
+        new_secret = f"whsec_{uuid.uuid4().hex}"
+        sim.configure(webhook_secret=new_secret)
+        assert post(1, new_secret) == 401  # within the minute: not fetched again
+        time.sleep(max(0.0, fetched + SECRET_REFETCH_S + 1 - time.monotonic()))
+        assert post(1, new_secret) == 200  # fetched again: the new secret signs
+        assert post(0, old_secret) == 401  # and the old one no longer does
+    finally:
+        server.stop()
+        sim.configure(webhook_secret=old_secret)
+    assert [args[2] for args in sent] == [made[0].id, made[1].id]
