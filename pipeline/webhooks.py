@@ -1,89 +1,231 @@
 """Webhooks: the server the provider POSTs each finished prediction to (``editpipe webhook-server``).
 
 Optional per deployment (``EDITPIPE_WEBHOOK_URL`` and ``EDITPIPE_WEBHOOK_SECRET``): each
-submit carries a callback URL naming its run and signed with the secret (``callbacks``), so
-a POST cannot make editpipe collect anything it did not submit. A completed prediction is
-handed to the ``collect`` task (the poller hands a few at a time to ``collect_runs``; both
-collect through ``execution.collect``), which claims collection once per run, so a webhook
-and a poll that both see it done store and charge it once. Polling stays the fallback: a
-lost webhook only means the next scheduled check finds it. A Redis outage is ridden out (the
-state layer's bound); past it a POST is answered 503 with one plain log line.
+submit carries a callback URL naming its run and signed with that secret (``callbacks``).
+A POST is taken only when all of these hold, checked in this order:
 
-An interface (layer 5). How the ``collect`` task is sent is passed in (``workers.celery_app.
-collect_sender``, by the CLI), so the server itself imports nothing of ``workers``.
+1. it is signed by the provider (``webhook_signature``): its ``webhook-signature`` is the
+   HMAC the account's webhook secret makes over its id, timestamp and raw body, and its
+   timestamp is within 300 s of now; else 401. The secret is fetched from the provider with
+   the API key (``WaveSpeedClient.webhook_secret``) at the first webhook and kept (10
+   minutes at most); a signature that does not match fetches it again, at most once a
+   minute, so a rotated secret is picked up while forged POSTs cannot make the server
+   hammer the provider (``AccountSecret``);
+2. its URL token names a run this deployment submitted (``callbacks.checked_run``); else 403;
+3. its event id was not handled before, nor its prediction collected through another event
+   (``state.WebhookEvents``); else 401. An event is marked handled only once it was, so the
+   provider's retry after our 503 is taken as new; of two deliveries of one event at once,
+   the second gets 409 (try later);
+4. the prediction is the one the run recorded (the one spot where another may be adopted).
+
+What is downloaded is never decided by a webhook's body. On a genuine ``completed`` webhook
+the server asks the provider for the prediction (``client.result``, with the API key) and
+hands the ``collect`` task the outputs of THAT answer; a body claiming other outputs (or
+``completed`` when the provider says otherwise) changes nothing. Chosen over letting the
+collect task poll: the server's one GET costs the same as the poll it saves, the workers'
+collect path stays as it is, and a provider that cannot be asked now is answered 503, so it
+sends the webhook again while the scheduled poll remains the fallback. ``collect`` claims
+collection once per run, so a webhook and a poll that both see it done store and charge it
+once. A failed prediction's webhook is only acknowledged: the poll reads the failure and
+judges its code.
+
+A Redis outage is ridden out (the state layer's bound); past it a POST is answered 503 with
+one plain log line. The API key, the webhook secret and signatures are never logged or
+answered. An interface (layer 5). How the ``collect`` task is sent is passed in
+(``workers.celery_app.collect_sender``, by the CLI), so the server itself imports nothing
+of ``workers``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from aiohttp import web
 
 from .callbacks import checked_run
-from .errors import SettingsError
-from .provider import TERMINAL_OK
+from .errors import ProviderError, SettingsError
+from .provider import TERMINAL_OK, WaveSpeedClient
 from .settings import Settings
 from .state import UNAVAILABLE, State
+from .state.webhook_events import Begun
+from .webhook_signature import Signed, SignatureRefused, matches, read_headers
 
 log = logging.getLogger(__name__)
 
+SECRET_REFETCH_S = 60.0  # at most one fetch of the account's secret per minute after the first
+SECRET_MAX_AGE_S = 600.0  # and once it is this old
+RELEASE_WAIT_S = 2.0  # how long a 503 waits for its event to be unmarked
 
 SendCollect = Callable[[str, int, str, list[str]], None]  # job id, run index, prediction id, outputs
+
+
+class TryLater(Exception):
+    """A webhook that could not be handled now (Redis, the broker or the provider away)."""
+
+
+class AccountSecret:
+    """The key the account's webhooks are signed with, fetched by ``fetch`` and kept.
+
+    ``verify`` fetches it at first use; again when a signature does not match the key it
+    holds, but at most once per ``refetch_s`` (a rotation is picked up within a minute, and
+    a flood of forged POSTs costs the provider one request a minute); and again once the key
+    is ``max_age_s`` old, so a secret rotated away (say, because it leaked) stops signing
+    within that time even if no webhook with the new one came. A fetch that fails raises
+    ``TryLater`` (a genuine webhook is then sent again); the key is never logged.
+    """
+
+    def __init__(self, fetch: Callable[[], str], refetch_s: float = SECRET_REFETCH_S,
+                 max_age_s: float = SECRET_MAX_AGE_S):
+        self._fetch, self._refetch_s, self._max_age_s = fetch, refetch_s, max_age_s
+        self._key: str | None = None
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def _held(self) -> str | None:
+        return self._key if time.monotonic() - self._fetched_at < self._max_age_s else None
+
+    async def verify(self, signed: Signed, body: bytes) -> bool:
+        key = self._held()
+        if key is not None and matches(key, signed, body):
+            return True
+        async with self._lock:
+            held = self._held()
+            if held is not None and held != key:
+                return matches(held, signed, body)  # another request fetched it meanwhile
+            if held is not None and time.monotonic() - self._fetched_at < self._refetch_s:
+                return False
+            self._fetched_at = time.monotonic()
+            try:
+                self._key = await asyncio.to_thread(self._fetch)
+            except ProviderError as exc:
+                self._key = None  # the next webhook tries again
+                raise TryLater(f"the account's webhook secret could not be fetched ({type(exc).__name__})") from None
+            return matches(self._key, signed, body)
 
 
 def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
     if settings.webhook_secret is None or not settings.redis_url:
         raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
-    secret = settings.webhook_secret.get_secret_value()
-    runs = State.from_url(settings.redis_url).runs
-    counts = {"received": 0, "collected": 0, "rejected": 0, "unavailable": 0}
+    client = WaveSpeedClient(settings.base_url, settings.require_api_key(), timeout_s=settings.request_timeout_s)
+    url_secret = settings.webhook_secret.get_secret_value()
+    state = State.from_url(settings.redis_url)
+    runs, events = state.runs, state.webhook_events
+    account = AccountSecret(client.webhook_secret)
+    counts = {"received": 0, "collected": 0, "refused": 0, "rejected": 0, "unavailable": 0}
+    refused_by = {"unsigned": 0, "stale": 0, "bad signature": 0, "replayed": 0}
 
     async def receive(request: web.Request) -> web.Response:
         counts["received"] += 1
-        run = checked_run(secret, request.query.get("run", ""), request.query.get("token", ""))
+        body = await request.read()
+        try:
+            signed = read_headers(request.headers, time.time())
+            if not await account.verify(signed, body):
+                raise SignatureRefused("bad signature", "the signature is not the account's")
+        except SignatureRefused as exc:
+            return refused(exc.reason, str(exc))
+        except TryLater as exc:
+            return unavailable(exc)
+        run = checked_run(url_secret, request.query.get("run", ""), request.query.get("token", ""))
         if run is None:
             counts["rejected"] += 1
             return web.json_response({"error": "unknown run or bad token"}, status=403)
-        job_id, index = run
         try:
-            body = await request.json()
-        except ValueError:
-            return web.json_response({"error": "not JSON"}, status=400)
-        data = body.get("data", body) if isinstance(body, dict) else {}
-        prediction_id, status = str(data.get("id") or ""), data.get("status")
-        # Blocking Redis and broker calls, off the event loop. Both ride out a Redis outage
-        # (the state layer's RIDE_OUT_S, the app's publish retries); past that the provider
-        # is told to try later, and the poll collects the prediction anyway.
+            data = json.loads(body)
+            data = data.get("data", data)  # the prediction object, bare or in an envelope
+            prediction_id, status = str(data.get("id") or ""), str(data.get("status") or "")
+        except (ValueError, AttributeError):
+            return web.json_response({"error": "the body is not a prediction object"}, status=400)
+        if not prediction_id:
+            return web.json_response({"error": "the body names no prediction"}, status=400)
+        try:
+            begun, token = await asyncio.to_thread(events.begin, signed.event_id, prediction_id)
+        except UNAVAILABLE as exc:
+            return unavailable(TryLater(f"Redis is not answering ({type(exc).__name__})"))
+        if begun is Begun.SEEN:
+            return refused("replayed", f"event {signed.event_id} or prediction {prediction_id} was handled before")
+        if begun is Begun.BUSY:
+            return web.json_response({"error": "this event is being handled; try again later"}, status=409)
+        try:
+            outcome = await handle(*run, prediction_id, status)
+            await asyncio.to_thread(events.done, signed.event_id, prediction_id, outcome is True)
+        except TryLater as exc:
+            await release(signed.event_id, prediction_id, token)
+            return unavailable(exc)
+        except UNAVAILABLE as exc:
+            await release(signed.event_id, prediction_id, token)
+            return unavailable(TryLater(f"Redis is not answering ({type(exc).__name__})"))
+        return web.json_response({"accepted": outcome is not False})
+
+    async def handle(job_id: str, index: int, prediction_id: str, status: str) -> bool | None:
+        """Act on one genuine, new event: True when its run's collect was sent, None when
+        there is nothing to do, False when the prediction is not the run's. Blocking calls
+        run off the event loop; Redis and the broker ride out an outage (the state layer's
+        RIDE_OUT_S, the app's publish retries); past that the provider is told to try later
+        (``TryLater``), and the poll collects the run anyway."""
         try:
             known = await asyncio.to_thread(runs.prediction_of, job_id, index)
         except UNAVAILABLE as exc:
-            return unavailable("Redis is not answering", exc)
+            raise TryLater(f"Redis is not answering ({type(exc).__name__})") from None
         if known != prediction_id:
-            # Not (yet) recorded as this run's prediction: the poll will settle it.
-            return web.json_response({"accepted": False})
-        if status == TERMINAL_OK:
-            outputs = [str(o) for o in data.get("outputs") or []]
-            try:
-                await asyncio.to_thread(send_collect, job_id, index, prediction_id, outputs)
-            except Exception as exc:  # noqa: BLE001 - the broker's errors are kombu's; the poll is the fallback
-                return unavailable("the collect task could not be sent", exc)
-            counts["collected"] += 1
-        return web.json_response({"accepted": True})
+            # The prediction is not (yet) the run's recorded one: the poll settles the run.
+            # The one place where a run whose submit answer was lost could adopt it.
+            return False
+        if status != TERMINAL_OK:
+            return None  # a failure is read by the run's poll, which judges its code
+        try:
+            prediction = await asyncio.to_thread(client.result, prediction_id)
+        except ProviderError as exc:
+            raise TryLater(f"the provider's answer for prediction {prediction_id} could not be read "
+                           f"({type(exc).__name__})") from None
+        if not prediction.completed:
+            return None  # the provider does not say so (yet): its own webhook, or the poll, collects it
+        try:
+            await asyncio.to_thread(send_collect, job_id, index, prediction.id, prediction.outputs)
+        except Exception as exc:  # noqa: BLE001 - the broker's errors are kombu's; the poll is the fallback
+            raise TryLater(f"the collect task could not be sent ({type(exc).__name__})") from None
+        counts["collected"] += 1
+        return True
 
-    def unavailable(what: str, exc: Exception) -> web.Response:
+    async def release(event_id: str, prediction_id: str, token: str) -> None:
+        """Unmark an event that was not handled, so the provider's retry of it is new. The
+        answer does not wait on a Redis that is away: the drop goes on in its thread (riding
+        the outage out), and the mark lapses by itself anyway (``HANDLING_S``)."""
+        def drop() -> None:
+            try:
+                events.drop(event_id, prediction_id, token)
+            except UNAVAILABLE:
+                pass
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(drop), RELEASE_WAIT_S)
+
+    def refused(reason: str, detail: str) -> web.Response:
+        counts["refused"] += 1
+        refused_by[reason] += 1
+        log.info("%s", detail)
+        return web.json_response({"error": f"webhook refused: {reason}"}, status=401)
+
+    def unavailable(exc: TryLater) -> web.Response:
         counts["unavailable"] += 1
-        log.warning("webhook not taken: %s (%s); the provider may send it again, and the poll collects it", what, exc)
-        return web.json_response({"error": f"{what}; try again later"}, status=503)
+        log.warning("webhook not taken: %s; the provider may send it again, and the poll collects it", exc)
+        return web.json_response({"error": f"{exc}; try again later"}, status=503)
 
     async def stats(_: web.Request) -> web.Response:
-        return web.json_response(counts)
+        return web.json_response({**counts, "refused_by": refused_by})
+
+    async def close_client(_: web.Application) -> None:
+        client.close()
 
     app = web.Application(client_max_size=1024**2)
     app.router.add_post("/webhook", receive)
     app.router.add_get("/stats", stats)
+    app.on_cleanup.append(close_client)
     return app
 
 

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "pipeline.layout": DOMAIN,
     "pipeline.records": DOMAIN,
     "pipeline.callbacks": DOMAIN,  # a run's signed callback URL
+    "pipeline.webhook_signature": DOMAIN,  # the provider's webhook signature, checked
     "pipeline.schedules_file": DOMAIN,  # the schedules file, read and validated  # a run's result and a ledger line, as typed values  # where a job's files live under its output root
     # The provider client, storage, the state layer (the only holder of a Redis client),
     # and what reads outside sources for them.

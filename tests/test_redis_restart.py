@@ -11,6 +11,7 @@ submitted twice, and the commands a person watches with neither exiting nor hang
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -23,11 +24,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from conftest import API_KEY, AWS_ENV, ROOT, Workers, many_runs_manifest, read_jsonl
+from conftest import API_KEY, AWS_ENV, ROOT, Workers, make_image, many_runs_manifest, read_jsonl
 from pipeline.callbacks import run_token
 from pipeline.embedded import free_port, redis_server_binary, worker_env
 from pipeline.report import finalize_job
+from pipeline.provider import WaveSpeedClient
 from pipeline.settings import Settings
+from pipeline.simulator.webhooks import new_event_id, signed_headers
 from pipeline.state import State, wait_until_up
 from pipeline.submission import follow, prepare, submit
 from pipeline.webhooks import WebhookServer
@@ -204,9 +207,15 @@ def test_a_long_outage_ends_neither_submit_wait_nor_status_and_the_job_finishes(
     assert_all_paid_once(status, own_workers, slow_sim, s3, bucket)
 
 
-def test_the_webhook_server_rides_out_a_redis_restart(own_settings, own_redis):
+def test_the_webhook_server_rides_out_a_redis_restart(own_settings, own_redis, sim, tmp_path):
     hooked = own_settings.with_overrides(webhook_secret=SecretStr("hook-secret"))
-    State.from_url(hooked.redis_url or "").runs.record_prediction("job-1", 3, "pred-3")
+    with WaveSpeedClient(hooked.base_url, API_KEY) as client:  # a prediction the provider made
+        image = client.upload(make_image(tmp_path / "in.png"))
+        prediction = client.submit("/api/v3/openai/gpt-image-2/edit", {"images": [image], "prompt": "p"})
+        wait_for(lambda: client.result(prediction.id).completed)
+        outputs = client.result(prediction.id).outputs
+    State.from_url(hooked.redis_url or "").runs.record_prediction("job-1", 3, prediction.id)
+    body = json.dumps({"id": prediction.id, "status": "completed", "outputs": outputs}).encode()
     sent: list[tuple] = []
     server = WebhookServer(hooked, lambda *args: sent.append(args)).start()
     try:
@@ -214,8 +223,8 @@ def test_the_webhook_server_rides_out_a_redis_restart(own_settings, own_redis):
         answer: list[httpx.Response] = []
         post = threading.Thread(target=lambda: answer.append(httpx.post(
             f"{server.base_url}/webhook", timeout=60,
-            params={"run": "job-1:3", "token": run_token("hook-secret", "job-1", 3)},
-            json={"id": "pred-3", "status": "completed", "outputs": ["http://sim/x.png"]})))
+            params={"run": "job-1:3", "token": run_token("hook-secret", "job-1", 3)}, content=body,
+            headers=signed_headers(sim.config.webhook_secret, new_event_id(), body))))
         post.start()
         time.sleep(3)
         own_redis.start()
@@ -224,4 +233,4 @@ def test_the_webhook_server_rides_out_a_redis_restart(own_settings, own_redis):
         server.stop()
 
     assert answer and answer[0].status_code == 200 and answer[0].json() == {"accepted": True}
-    assert sent == [("job-1", 3, "pred-3", ["http://sim/x.png"])]
+    assert sent == [("job-1", 3, prediction.id, outputs)]

@@ -337,11 +337,14 @@ def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
 
 
 @main.command("webhook-server")
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface, as behind a proxy or in compose).")
 @click.option("--port", default=8780, show_default=True)
 def webhook_server(host: str, port: int) -> None:
-    """Receive the provider's completion POSTs (set EDITPIPE_WEBHOOK_URL to this server's
-    public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike)."""
+    """Receive the provider's signed completion POSTs (set EDITPIPE_WEBHOOK_URL to this
+    server's public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike;
+    the server also needs WAVESPEED_API_KEY, to fetch the account's webhook secret and to
+    read each completed prediction from the provider)."""
     from aiohttp import web
 
     from workers.celery_app import collect_sender

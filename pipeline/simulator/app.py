@@ -175,6 +175,14 @@ async def get_result(request: web.Request) -> web.Response:
     return _envelope(pred.data())
 
 
+async def webhook_secret(request: web.Request) -> web.Response:
+    """The account's webhook signing secret (``whsec_...``); the bearer key is required."""
+    engine = request.app[ENGINE]
+    if (denied := _auth_error(request, engine)) is not None:
+        return denied
+    return _envelope({"secret": engine.cfg.webhook_secret})
+
+
 async def create_upload(request: web.Request) -> web.Response:
     """Upload ticket (the SDK's way): answers where to PUT the bytes and where to GET them."""
     engine = request.app[ENGINE]
@@ -313,6 +321,7 @@ def make_app(engine: Engine) -> web.Application:
     app[ENGINE] = engine
     r = app.router
     # Specific /api/v3 routes first: the catch-all model route would match them too.
+    r.add_get("/api/v3/webhook/secret", webhook_secret)
     r.add_get("/api/v3/predictions/{id}/result", get_result)
     r.add_post("/api/v3/media/uploads", create_upload)
     r.add_post("/api/v3/media/upload/binary", upload_binary)

@@ -7,6 +7,7 @@ set of values.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
@@ -27,9 +28,12 @@ class SimConfig:
 
     Limits: ``tier`` (bronze, silver, gold, ultra) supplies both account limits;
     ``images_per_minute`` / ``max_concurrent`` override it one by one; ``None`` everywhere
-    means unlimited. ``api_key=None`` accepts any non-empty bearer key. The ``*_rate`` fields
-    are probabilities in [0, 1], drawn from ``random.Random(seed)``. ``models_dir`` holds the
-    model specs whose allowed option values a submit is checked against.
+    means unlimited. ``api_key=None`` accepts any non-empty bearer key. ``webhook_secret``
+    (``whsec_...``, one made up per simulator unless set) signs webhooks, which are tried
+    ``webhook_attempts`` times, ``webhook_retry_s`` apart at first (``webhooks``). The
+    ``*_rate`` fields are probabilities in [0, 1], drawn from ``random.Random(seed)``.
+    ``models_dir`` holds the model specs whose allowed option values a submit is checked
+    against.
     """
 
     latency_s: float = 2.0
@@ -38,6 +42,9 @@ class SimConfig:
     max_concurrent: int | None = None
     tier: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    webhook_secret: str = field(default_factory=lambda: f"whsec_{secrets.token_urlsafe(24)}", repr=False)
+    webhook_attempts: int = 4
+    webhook_retry_s: float = 1.0
     fail_rate: float = 0.0
     error_5xx_rate: float = 0.0
     drop_rate: float = 0.0
@@ -64,6 +71,10 @@ class SimConfig:
                 raise ValueError(f"{name} must be at least 1 (or None for unlimited), got {value}")
         if self.latency_s < 0 or self.jitter_s < 0 or self.slow_s < 0:
             raise ValueError("latency_s, jitter_s and slow_s must not be negative")
+        if not isinstance(self.webhook_secret, str) or not self.webhook_secret.startswith("whsec_") or len(self.webhook_secret) <= len("whsec_"):
+            raise ValueError("webhook_secret must be whsec_ followed by the key")
+        if self.webhook_attempts < 1 or self.webhook_retry_s < 0:
+            raise ValueError("webhook_attempts must be at least 1 and webhook_retry_s not negative")
         if self.image_long_side < 1:
             raise ValueError(f"image_long_side must be positive, got {self.image_long_side}")
         if not isinstance(self.price_usd, Decimal):
@@ -106,7 +117,7 @@ class SimConfig:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "api_key":
+            if f.name in ("api_key", "webhook_secret"):
                 value = None if value is None else "***"
             elif isinstance(value, (Decimal, Path)):
                 value = str(value)

@@ -19,6 +19,7 @@ from .config import SimConfig
 from .images import OutputImages, check_image
 from .state import ACTIVE, Prediction, SimState
 from .uploads import MAX_UPLOAD_BYTES, UploadStore
+from .webhooks import deliver
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +139,5 @@ class Engine:
 
     def _notify(self, pred: Prediction, state: SimState) -> None:
         if pred.webhook:
-            self._spawn(self._post_webhook(pred.webhook, pred.data(), state))
-
-    async def _post_webhook(self, url: str, data: dict[str, Any], state: SimState) -> None:
-        assert self._session is not None, "Engine.open() was not awaited"
-        try:
-            async with self._session.post(url, json=data) as resp:
-                await resp.read()
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            # Best effort, as documented by the provider: a lost webhook is only logged.
-            log.info("webhook for prediction %s not delivered: %s", data["id"], exc)
-            return
-        state.counters.webhooks_sent += 1
+            assert self._session is not None, "Engine.open() was not awaited"
+            self._spawn(deliver(self._session, pred.webhook, pred.data(), lambda: self.cfg, state.counters))

@@ -104,6 +104,9 @@ class Counters:
     polls: int = 0
     uploads: int = 0
     webhooks_sent: int = 0
+    webhooks_retried: int = 0
+    webhooks_refused: int = 0
+    webhooks_failed: int = 0
 
 
 class SimState:

@@ -5,7 +5,7 @@ It owns ``keys`` (every key name), ``connection`` (the client and the script loa
 script once per client, shared helpers from ``lua/*_lib.lua``) and one small store per noun,
 each saying what it guarantees: ``Jobs`` (job records), ``Runs`` (a run's claims, marks,
 results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLeases``,
-``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, the limits'
+``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, ``WebhookEvents``, the limits'
 ``LimitsBackend`` and ``Takeover`` (what a dead embedded run held). It may import the domain
 (plan, ledger, errors) and nothing above it.
 
@@ -30,6 +30,7 @@ from .schedules import ScheduleState
 from .takeover import Released, Takeover
 from .tasks import TaskLeases
 from .uploads import Uploads
+from .webhook_events import WebhookEvents
 
 __all__ = [
     "ACTIVE", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
@@ -55,6 +56,7 @@ class State:
         self.index = IndexPending(conn)
         self.limits = LimitsBackend(conn)
         self.takeover = Takeover(conn)
+        self.webhook_events = WebhookEvents(conn)
 
     @classmethod
     def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "State":

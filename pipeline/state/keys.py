@@ -71,3 +71,13 @@ def limits(account: str) -> str:
 def limit_part(prefix: str, part: str) -> str:
     """``rate``, ``leases`` or ``throttle`` of an account's limits; ``last`` of a rate."""
     return f"{prefix}:{part}"
+
+
+def webhook_event(event_id: str) -> str:
+    """A provider webhook event's mark: a delivery's token while handled, then ``done``."""
+    return f"{PREFIX}:webhook:event:{event_id}"
+
+
+def webhook_prediction(prediction_id: str) -> str:
+    """``done`` once a webhook event of this prediction was handled."""
+    return f"{PREFIX}:webhook:prediction:{prediction_id}"
