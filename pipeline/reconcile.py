@@ -170,10 +170,14 @@ def _find_unknown(client: WaveSpeedClient, models: Iterable[str], window: tuple[
 
 def reconcile(storage: Storage, job_id: str, client: WaveSpeedClient) -> Reconciliation:
     """Every difference between the job's stored ledger and the provider's billing records."""
-    lines = parse_ledger(storage.get_text(job_file(job_id, "ledger.jsonl")))
-    results = [RunResult.from_dict(json.loads(line))
-               for line in storage.get_text(job_file(job_id, "results.jsonl")).splitlines() if line.strip()]
-    summary = json.loads(storage.get_text(job_file(job_id, "summary.json")))
+    try:
+        lines = parse_ledger(storage.get_text(job_file(job_id, "ledger.jsonl")))
+        results = [RunResult.from_dict(json.loads(line))
+                   for line in storage.get_text(job_file(job_id, "results.jsonl")).splitlines() if line.strip()]
+        summary = json.loads(storage.get_text(job_file(job_id, "summary.json")))
+    except FileNotFoundError:
+        raise EditpipeError(f"job {job_id}: its records are not under this output root "
+                            "(a job has them once it has finished)") from None
     known = {line.prediction_id for book in read_ledgers(storage) for line in book.lines if line.prediction_id}
     known |= {r.prediction_id for r in results if r.prediction_id}
     own = [line.prediction_id for line in lines if line.prediction_id]

@@ -209,3 +209,25 @@ def test_a_billed_prediction_beyond_the_jobs_lost_submits_is_listed_never_booked
     assert code == 1 and settled["settled"]["replaced"] == [] and settled["settled"]["unbooked"] == [stranger.id]
     assert [(d["kind"], d["billed_usd"]) for d in settled["differences"]] == [("billed_unknown", "0.10")]
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == text
+
+
+def test_with_a_tenth_of_submit_answers_dropped_the_settled_ledger_is_the_bill_to_the_cent(
+    tmp_path, settings, sim, workers, bucket, s3
+):
+    root = f"s3://{bucket}/out"
+    sim.configure(drop_rate=0.1, seed=11)  # a resubmit may lose its answer too
+    workers.start(count=1, concurrency=6)
+    job = start_job(settings, many_runs_manifest(tmp_path, root, sets=60))
+    status = finish(settings, job, sim)
+    stats = sim.stats()
+    ledger = read_jsonl(s3, bucket, f"out/jobs/{job}/ledger.jsonl")
+
+    code, settled = editpipe(settings, "reconcile", job, "--output", root, "--settle")
+    after = read_jsonl(s3, bucket, f"out/jobs/{job}/ledger.jsonl")
+    kinds = Counter(line["kind"] for line in after)
+    print(f"\n10% dropped: {status.total} runs, {status.succeeded} succeeded, {stats['dropped_responses']} dropped "
+          f"answers, billed {stats['billed_count']} = ${stats['billed_usd']}; ledger ${total(ledger)} before settle, "
+          f"${total(after)} after ({dict(kinds)})")
+    assert stats["dropped_responses"] > 0  # (with lost answers adopted at run time, fewer lines to settle)
+    assert code == 0 and settled["differences"] == []
+    assert total(after) == Decimal(stats["billed_usd"]) and "unconfirmed_submit" not in kinds
