@@ -7,12 +7,12 @@
   prediction ids, ``CHUNK`` ids a request, page after page), so each line's amount is
   compared with what was actually deducted;
 - the predictions of the job's model(s) created in the job's time window (from its
-  ``created_at`` to its ``finished_at``, ``PAD`` either side for the clocks) that no ledger
-  under the same output root knows, and their deductions. Those are what a lost submit
-  answer leaves behind: the provider created and billed a prediction whose id editpipe never
-  learnt. Predictions another job's ledger names are left out because another job may run at
-  the same time on the same account; a job still running has no ledger in storage yet, so
-  reconcile once the jobs sharing the account and the window have finished.
+  ``created_at`` to its ``finished_at``, ``PAD`` either side for the clocks) that no job's
+  ledger or results under the same output root name, and their deductions. Those are what a
+  lost submit answer leaves behind: the provider created and billed a prediction whose id
+  editpipe never learnt. Predictions another job names are left out because another job may
+  run at the same time on the same account; a job still running has no records in storage
+  yet, so reconcile once the jobs sharing the account and the window have finished.
 
 Each difference is listed with its amounts, and the totals: the ledger's and the bill's
 (the deductions of the ledger's predictions plus those of the unknown billed ones).
@@ -47,8 +47,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from .errors import EditpipeError
-from .layout import job_file
-from .ledger import LedgerEntry, LineKind, ledger_text, parse_ledger, parse_time, read_ledgers, usd
+from .layout import JOBS, job_file
+from .ledger import LedgerEntry, LineKind, ledger_text, parse_ledger, parse_time, usd
 from .provider import Prediction, WaveSpeedClient
 from .records import RunResult, RunStatus
 from .storage import Storage
@@ -57,7 +57,6 @@ CHUNK = 100  # prediction ids per billing search (its page_size is at most 100 t
 PAGE_SIZE = 100
 PAD = timedelta(seconds=60)  # clock difference between editpipe and the provider, either way
 ZERO = Decimal("0")
-ACTIVE = frozenset({"created", "processing"})
 
 
 class SettleRefused(EditpipeError):
@@ -92,7 +91,7 @@ class Found:
 
     @property
     def running(self) -> bool:
-        return self.prediction.status in ACTIVE
+        return not self.prediction.terminal
 
 
 @dataclass
@@ -145,6 +144,19 @@ def deductions(client: WaveSpeedClient, prediction_ids: Iterable[str]) -> dict[s
     return dict(billed)
 
 
+def _known_ids(storage: Storage) -> set[str]:
+    """Every prediction id a job's ledger or results under the root names (a failed
+    prediction is in its job's results only)."""
+    known: set[str] = set()
+    for key in storage.list_keys(JOBS):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] in ("ledger.jsonl", "results.jsonl"):
+            for line in storage.get_text(key).splitlines():
+                if line.strip() and (pid := json.loads(line).get("prediction_id")):
+                    known.add(str(pid))
+    return known
+
+
 def _window(summary: dict) -> tuple[datetime, datetime]:
     start = _aware(summary.get("created_at")) or _aware(summary.get("started_at"))
     if start is None:
@@ -178,8 +190,7 @@ def reconcile(storage: Storage, job_id: str, client: WaveSpeedClient) -> Reconci
     except FileNotFoundError:
         raise EditpipeError(f"job {job_id}: its records are not under this output root "
                             "(a job has them once it has finished)") from None
-    known = {line.prediction_id for book in read_ledgers(storage) for line in book.lines if line.prediction_id}
-    known |= {r.prediction_id for r in results if r.prediction_id}
+    known = _known_ids(storage)
     own = [line.prediction_id for line in lines if line.prediction_id]
     models = sorted({line.model for line in lines})
     rec = Reconciliation(job_id, lines, deductions(client, own), _find_unknown(client, models, _window(summary), known))
