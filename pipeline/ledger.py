@@ -49,10 +49,21 @@ def parse_time(value: str | None) -> datetime | None:
 
 class LineKind(StrEnum):
     """``completed``: a confirmed charge. ``unconfirmed_submit``: a submit whose answer was
-    lost (the provider may have billed it)."""
+    lost (the provider may have billed it), at the price it may have cost: an estimate.
+    ``editpipe reconcile --settle`` replaces each estimate by what the provider's billing
+    records say: ``settled``, the lost submit's prediction found on the bill (its id, the
+    billed price), or ``not_billed``, a zero line (the provider never created it, or created
+    it and did not bill it)."""
 
     COMPLETED = "completed"
     UNCONFIRMED_SUBMIT = "unconfirmed_submit"
+    SETTLED = "settled"
+    NOT_BILLED = "not_billed"
+
+    @property
+    def settled(self) -> bool:
+        """True when the amount is the provider's, False for an estimate."""
+        return self is not LineKind.UNCONFIRMED_SUBMIT
 
 
 @dataclass(frozen=True)
@@ -100,10 +111,13 @@ class JobLedger:
     schedule: str
     lines: list[LedgerEntry]
 
-    def total(self, day: str | None = None, kind: LineKind | None = None) -> Decimal:
+    def total(self, day: str | None = None, kind: LineKind | None = None, *, settled: bool | None = None) -> Decimal:
+        """The sum of the lines charged on ``day`` (all days by default), of one ``kind`` or,
+        with ``settled``, of the settled lines only (True) or the estimates only (False)."""
         return sum(
             (line.cost_usd for line in self.lines
-             if (day is None or line.charged_at.startswith(day)) and (kind is None or line.kind == kind)),
+             if (day is None or line.charged_at.startswith(day)) and (kind is None or line.kind == kind)
+             and (settled is None or line.kind.settled == settled)),
             Decimal("0"),
         )
 
@@ -111,6 +125,11 @@ class JobLedger:
 def parse_ledger(text: str) -> list[LedgerEntry]:
     """The lines of a ``ledger.jsonl``."""
     return [LedgerEntry.from_dict(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def ledger_text(lines: list[LedgerEntry]) -> str:
+    """A ``ledger.jsonl``'s text: one compact JSON object a line, as finalize writes it."""
+    return "".join(json.dumps(line.to_dict(), separators=(",", ":")) + "\n" for line in lines)
 
 
 def read_ledgers(storage, job_id: str | None = None) -> list[JobLedger]:

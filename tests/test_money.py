@@ -189,12 +189,14 @@ def test_lost_submit_answers_are_charged_as_unconfirmed_and_reconcile_lists_each
     assert stats["billed_count"] - status.succeeded == len(unconfirmed)
     assert ledger_total(ledger) == Decimal(stats["billed_usd"])
     with WaveSpeedClient(settings.base_url, settings.require_api_key()) as client:
-        checked, diffs = reconcile(open_storage(f"s3://{bucket}/out", settings), status.id, client)
+        found = reconcile(open_storage(f"s3://{bucket}/out", settings), status.id, client)
+    checked, diffs = len(found.lines), found.differences
     assert checked == len(ledger)
     assert sorted(d.run_key for d in diffs if d.kind == "unconfirmed_submit") == sorted(
         line["run_key"] for line in unconfirmed
     )
-    assert [d for d in diffs if d.kind != "unconfirmed_submit"] == []
+    # The lost submits' predictions are on the bill, unknown to the ledger (tests/test_reconcile.py).
+    assert {d.kind for d in diffs} <= {"unconfirmed_submit", "billed_unknown", "still_running"}
 
 
 def test_resume_after_cancel_finishes_the_rest_and_pays_only_for_it(tmp_path, settings, sim, workers, bucket, s3):

@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import pytest
 import wavespeed
 from PIL import Image
 
+from pipeline.provider import WaveSpeedClient
 from pipeline.simulator import SimConfig, Simulator
 
 KEY = "sim-test-key-0123456789"
@@ -353,6 +356,154 @@ def test_control_endpoints_change_config_and_reset(api, http, image_url):
     assert httpx.post(f"{api.base_url}/_sim/reset").status_code == 200
     assert httpx.get(f"{api.base_url}/_sim/predictions").json() == []
     assert api.stats()["created"] == 0
+
+
+def _created(http: httpx.Client, image_url: str, prompts: list[str]) -> list[dict[str, Any]]:
+    """Submit one prediction per prompt, a few milliseconds apart, and wait for every one."""
+    ids = []
+    for prompt in prompts:
+        ids.append(submit(http, image_url, prompt).json()["data"]["id"])
+        time.sleep(0.005)  # distinct created_at milliseconds, so a window can split them
+    return [wait_terminal(http, pred_id) for pred_id in ids]
+
+
+def list_recent(http: httpx.Client, **body: Any) -> httpx.Response:
+    return http.post("/api/v3/predictions", json={"page": 1, "page_size": 100, **body})
+
+
+def search_billings(http: httpx.Client, **body: Any) -> httpx.Response:
+    return http.post("/api/v3/billings/search", json={"billing_type": "deduct", "page": 1, "page_size": 100, **body})
+
+
+def test_recent_predictions_lists_every_prediction_newest_first_in_pages(api, http, image_url):
+    done = _created(http, image_url, ["a", "b [sim:fail]", "c", "d", "e"])
+    newest_first = [p["id"] for p in reversed(done)]
+    seen = []
+    for page in (1, 2, 3):
+        data = http.post("/api/v3/predictions", json={"page": page, "page_size": 2}).json()["data"]
+        assert data["page"] == page and data["total"] == 5
+        seen += [item["id"] for item in data["items"]]
+    assert seen == newest_first
+    [item] = [i for i in list_recent(http).json()["data"]["items"] if i["id"] == done[0]["id"]]
+    assert item == done[0]  # the same object as a result answer
+    assert http.post("/api/v3/predictions", json={"page": 4, "page_size": 2}).json()["data"]["items"] == []
+    assert api.stats()["prediction_listings"] == 5
+
+
+def test_recent_predictions_filter_by_model_status_and_creation_window(api, http, image_url):
+    done = _created(http, image_url, ["a", "b [sim:fail]", "c", "d"])
+    ids = [p["id"] for p in done]
+
+    def found(**body: Any) -> list[str]:
+        return [item["id"] for item in list_recent(http, **body).json()["data"]["items"]]
+
+    assert found(model=MODEL) == ids[::-1]
+    assert found(model="someone/else/edit") == []
+    assert found(status="completed") == [ids[3], ids[2], ids[0]]
+    assert found(status="failed") == [ids[1]]
+    # Both bounds inclusive, to the millisecond created_at is written with.
+    assert found(created_after=done[1]["created_at"], created_before=done[2]["created_at"]) == [ids[2], ids[1]]
+    assert found(created_after=done[3]["created_at"]) == [ids[3]]
+    assert found(created_before=done[0]["created_at"], model=MODEL) == [ids[0]]
+    assert found(created_after="2026-01-01T00:00:00+00:00", status="failed") == [ids[1]]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"page": 1}, "page_size is required"),
+    ({"page_size": 10}, "page is required"),
+    ({"page": 1, "page_size": 0}, "page_size must be"),
+    ({"page": 1, "page_size": 101}, "page_size must be"),
+    ({"page": 0, "page_size": 10}, "page must be"),
+    ({"page": 1, "page_size": 10, "created_after": "yesterday"}, "created_after must be an ISO 8601 time"),
+])
+def test_recent_predictions_reject_bad_pages_and_filters(http, body, message):
+    r = http.post("/api/v3/predictions", json=body)
+    assert r.status_code == 400 and message in r.json()["message"]
+    assert http.post("/api/v3/predictions", json={"page": 1, "page_size": 100}).status_code == 200
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"page_size": 0}, "page_size must be"),
+    ({"page_size": 101}, "page_size must be"),
+    ({"sort": "price ASC"}, "sort must be one of"),
+    ({"start_time": "soon"}, "start_time must be milliseconds"),
+    ({"prediction_uuids": "abc"}, "prediction_uuids must be a list"),
+])
+def test_billing_search_rejects_bad_pages_and_filters(http, body, message):
+    r = http.post("/api/v3/billings/search", json=body)
+    assert r.status_code == 400 and message in r.json()["message"]
+
+
+def test_account_endpoints_need_the_key(api):
+    for path in ("/api/v3/predictions", "/api/v3/billings/search"):
+        assert httpx.post(api.base_url + path, json={"page": 1, "page_size": 10}).status_code == 401
+        wrong = httpx.post(api.base_url + path, json={"page": 1, "page_size": 10},
+                           headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "nope" not in wrong.text
+    assert api.stats()["count_401"] == 4
+
+
+def test_a_deduction_is_written_exactly_when_a_prediction_completes(api, http, image_url):
+    api.configure(price_usd="0.1")
+    done = _created(http, image_url, ["a", "b [sim:fail]", "c"])
+    with pytest.raises(httpx.TransportError):
+        submit(http, image_url, "d [sim:drop-once]", run_key="lost")
+    [lost] = [p for p in api.predictions() if p["dropped"]]
+    wait_terminal(http, lost["id"])
+    data = search_billings(http, sort="created_at ASC").json()["data"]
+    assert data["total"] == 3 == api.stats()["billed_count"]
+    assert [item["prediction"]["uuid"] for item in data["items"]] == [done[0]["id"], done[2]["id"], lost["id"]]
+    item = data["items"][0]
+    assert item["billing_type"] == "deduct" and item["price"] == 0.1 and isinstance(item["price"], float)
+    assert item["prediction"] == {"uuid": done[0]["id"], "model_uuid": MODEL, "status": "completed"}
+    assert item["created_at"].endswith("Z") and item["access_key_name"] and isinstance(item["order"], dict)
+    billed = sum(Decimal(str(i["price"])) for i in data["items"])
+    assert billed == Decimal(api.stats()["billed_usd"])
+    assert api.stats()["billing_searches"] == 1
+
+
+def test_billing_search_filters_by_prediction_ids_and_time_and_sorts(api, http, image_url):
+    done = _created(http, image_url, ["a", "b", "c"])
+    ids = [p["id"] for p in done]
+    asc = search_billings(http, sort="created_at ASC").json()["data"]["items"]
+    desc = search_billings(http, sort="created_at DESC").json()["data"]["items"]
+    assert [i["uuid"] for i in desc] == [i["uuid"] for i in reversed(asc)]
+    chosen = search_billings(http, prediction_uuids=[ids[0], ids[2], "unknown"]).json()["data"]
+    assert chosen["total"] == 2 and {i["prediction"]["uuid"] for i in chosen["items"]} == {ids[0], ids[2]}
+
+    def ms(stamp: str) -> int:
+        return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+
+    first, last = ms(asc[0]["created_at"]), ms(asc[-1]["created_at"])
+    assert search_billings(http, start_time=str(first), end_time=str(last)).json()["data"]["total"] == 3
+    assert search_billings(http, start_time=last + 1).json()["data"]["total"] == 0
+    assert search_billings(http, end_time=first).json()["data"]["total"] >= 1
+    paged = [search_billings(http, sort="created_at ASC", page=p, page_size=1).json()["data"] for p in (1, 2, 3)]
+    assert [d["items"][0]["uuid"] for d in paged] == [i["uuid"] for i in asc] and paged[0]["total"] == 3
+    assert search_billings(http, billing_type="recharge").json()["data"]["total"] == 0
+
+
+def test_the_provider_client_reads_both_listings_page_by_page(api, image_url, http):
+    done = _created(http, image_url, ["a", "b [sim:fail]", "c", "d", "e"])
+    completed = [p["id"] for p in done if p["status"] == "completed"]
+    window = {"model": MODEL, "created_after": done[0]["created_at"], "created_before": done[-1]["created_at"]}
+    with WaveSpeedClient(api.base_url, KEY) as client:
+        page = client.recent_predictions(page_size=2, **window)
+        assert page.total == 5 and len(page.items) == 2 and not page.last
+        assert page.items[0].id == done[-1]["id"] and page.items[0].created_at == done[-1]["created_at"]
+        listed = list(client.iter_recent_predictions(page_size=2, **window))
+        assert [p.id for p in listed] == [p["id"] for p in reversed(done)]
+        assert [p.id for p in client.iter_recent_predictions(status="failed", **window)] == [done[1]["id"]]
+
+        first = client.billings(prediction_ids=completed, page_size=3)
+        assert first.total == 4 and len(first.items) == 3 and not first.last
+        records = list(client.iter_billings(prediction_ids=completed, page_size=3))
+        assert [r.prediction_id for r in records] == completed  # oldest first by default
+        assert all(r.price_usd == Decimal("0.1") and r.billing_type == "deduct" for r in records)
+        assert sum(r.price_usd for r in records) == Decimal(api.stats()["billed_usd"])
+        start = int(datetime.fromisoformat(records[1].created_at).timestamp() * 1000)
+        later = list(client.iter_billings(start_ms=start, end_ms=start + 60_000, sort="created_at DESC"))
+        assert [r.prediction_id for r in later] == completed[:0:-1]
 
 
 class TestSdkConformance:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ..errors import EditpipeError, JobNotFound, ManifestError, SettingsError
 from ..state import UNAVAILABLE, State
-from ..ledger import LineKind, usd
+from ..ledger import usd
 from ..settings import Settings
 from .output import (
     EXIT_FAILED_RUNS,
@@ -274,7 +274,9 @@ def _output_roots(settings: Settings, outputs: tuple[str, ...]) -> list[str]:
 @click.option("--output", "outputs", multiple=True, help="Output root(s) to read (default: those of known jobs).")
 @click.option("--json", "as_json", is_flag=True)
 def ledger(job_id: str | None, day: str | None, schedule: str | None, outputs: tuple[str, ...], as_json: bool) -> None:
-    """Totals from the ledger files in storage (the record), per job."""
+    """Totals from the ledger files in storage (the record), per job: settled (confirmed or
+    settled against the bill) and unsettled (lost submits still booked at an estimate;
+    `editpipe reconcile JOB --settle` settles them)."""
     from decimal import Decimal
 
     from ..ledger import read_ledgers
@@ -292,48 +294,76 @@ def ledger(job_id: str | None, day: str | None, schedule: str | None, outputs: t
             rows.append({
                 "job_id": book.job_id, "schedule": book.schedule or None, "output": root,
                 "lines": len(lines),
-                "completed_usd": usd(book.total(day, LineKind.COMPLETED)),
-                "unconfirmed_usd": usd(book.total(day, LineKind.UNCONFIRMED_SUBMIT)),
+                "settled_usd": usd(book.total(day, settled=True)),
+                "unsettled_usd": usd(book.total(day, settled=False)),
+                "unsettled_lines": sum(1 for line in lines if not line.kind.settled),
                 "total_usd": usd(book.total(day)),
             })
     total = sum((Decimal(r["total_usd"]) for r in rows), Decimal("0"))
+    unsettled = sum((Decimal(r["unsettled_usd"]) for r in rows), Decimal("0"))
     if as_json:
-        click.echo(json.dumps({"jobs": rows, "total_usd": usd(total)}, indent=2))
+        click.echo(json.dumps({"jobs": rows, "settled_usd": usd(total - unsettled), "unsettled_usd": usd(unsettled),
+                               "total_usd": usd(total)}, indent=2))
         return
     table = Table()
-    for col in ("job", "schedule", "lines", "completed", "unconfirmed", "total"):
+    for col in ("job", "schedule", "lines", "settled", "unsettled", "total"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["job_id"], r["schedule"] or "", str(r["lines"]), f"${r['completed_usd']}",
-                      f"${r['unconfirmed_usd']}", f"${r['total_usd']}")
+        table.add_row(r["job_id"], r["schedule"] or "", str(r["lines"]), f"${r['settled_usd']}",
+                      f"${r['unsettled_usd']} ({r['unsettled_lines']} lines)" if r["unsettled_lines"] else "$0.00",
+                      f"${r['total_usd']}")
     console.print(table)
-    console.print(f"Total: ${usd(total)}", markup=False)
+    console.print(f"Total: ${usd(total)} (settled ${usd(total - unsettled)}, unsettled estimates ${usd(unsettled)})",
+                  markup=False)
 
 
 @main.command()
 @click.argument("job_id")
 @click.option("--output", help="The job's output root (default: from Redis).")
+@click.option("--settle", is_flag=True, help="Replace each unconfirmed_submit line by what the bill says.")
 @click.option("--json", "as_json", is_flag=True)
-def reconcile(job_id: str, output: str | None, as_json: bool) -> None:
-    """Check a job's ledger against the provider and its results; list every difference.
-    Exit 0 when none, 1 otherwise."""
+def reconcile(job_id: str, output: str | None, settle: bool, as_json: bool) -> None:
+    """Check a finished job's ledger against the provider's billing records; list every
+    difference and the totals (ledger vs bill). With --settle, write the lost submits found on
+    the bill into the job's ledger.jsonl. Exit 0 when no difference is left, 1 otherwise."""
     from ..provider import WaveSpeedClient
     from ..reconcile import reconcile as check
+    from ..reconcile import settle as settle_ledger
     from ..storage import open_storage
 
     settings = _settings()
     root = output or _state(settings).jobs.status(job_id).output
+    storage = open_storage(root, settings)
+    settled = None
     with WaveSpeedClient(settings.base_url, settings.require_api_key()) as client:
-        checked, diffs = check(open_storage(root, settings), job_id, client)
+        found = check(storage, job_id, client)
+        if settle:
+            settled = settle_ledger(storage, found, in_flight_s=settings.request_timeout_s)
+            if settled.replaced:
+                found = check(storage, job_id, client)
     if as_json:
-        click.echo(json.dumps({"job_id": job_id, "ledger_lines": checked,
-                               "differences": [d.to_dict() for d in diffs]}, indent=2))
+        out = found.to_dict()
+        if settled is not None:
+            out["settled"] = {"replaced": [new.to_dict() for _, new in settled.replaced], "by_order": settled.by_order,
+                              "unbooked": [f.prediction.id for f in settled.unbooked]}
+        click.echo(json.dumps(out, indent=2))
     else:
-        console.print(f"{job_id}: {checked} ledger lines checked, {len(diffs)} difference(s)", markup=False)
-        for d in diffs:
-            console.print(f"  {d.kind}: run {d.run_key or '-'} prediction {d.prediction_id or '-'}: {d.detail}",
+        if settled is not None:
+            console.print(f"{job_id}: settled {len(settled.replaced)} unconfirmed line(s)"
+                          + (f" ({settled.by_order} paired by order, not by time)" if settled.by_order else "")
+                          + (f"; {len(settled.unbooked)} billed prediction(s) beyond the job's lost submits "
+                             "left unbooked" if settled.unbooked else ""), markup=False)
+            for old, new in settled.replaced:
+                console.print(f"  run {new.run_key}: ${usd(old.cost_usd)} estimate -> {new.kind.value} "
+                              f"${usd(new.cost_usd)} (prediction {new.prediction_id or 'none'})", markup=False)
+        console.print(f"{job_id}: {len(found.lines)} ledger lines checked, {len(found.differences)} difference(s); "
+                      f"ledger ${usd(found.ledger_usd)}, bill ${usd(found.bill_usd)}", markup=False)
+        for d in found.differences:
+            amounts = "".join(f", {name} ${usd(value)}" for name, value in
+                              (("ledger", d.ledger_usd), ("billed", d.billed_usd)) if value is not None)
+            console.print(f"  {d.kind}: run {d.run_key or '-'} prediction {d.prediction_id or '-'}: {d.detail}{amounts}",
                           markup=False)
-    sys.exit(EXIT_OK if not diffs else EXIT_FAILED_RUNS)
+    sys.exit(EXIT_OK if not found.differences else EXIT_FAILED_RUNS)
 
 
 @main.command("webhook-server")

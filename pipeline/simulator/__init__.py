@@ -1,7 +1,8 @@
 """An HTTP simulator of the WaveSpeed v3 API, for tests and for dry runs that pay nothing.
 
 It speaks the real API's routes and envelopes (submit, poll, sync mode, base64 output,
-uploads, webhooks), enforces the account limits of a tier, renders real output images, bills
+uploads, webhooks, and the account endpoints: recent predictions and billing records, see
+``account.py``), enforces the account limits of a tier, renders real output images, bills
 each completed prediction once, and injects faults on demand: random by rate, or exactly
 where a test wants them through markers in the prompt (``[sim:fail]``, ``[sim:400]``,
 ``[sim:500-once]``, ``[sim:drop-once]``, ``[sim:slow]``, ``[sim:output-500-once]``: the first

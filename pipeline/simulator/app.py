@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 from typing import Any, NoReturn
 
 from aiohttp import web
 
+from . import account
 from .config import SimConfig
 from .engine import Engine
 from .images import CONTENT_TYPES
+from .replies import ENGINE
+from .replies import auth_error as _auth_error
+from .replies import envelope as _envelope
+from .replies import error as _error
+from .replies import json_body as _json_body
 from .state import Prediction, SimState
 from .submission import BadRequest, find_spec, parse_submission
 from .uploads import MAX_UPLOAD_BYTES, Upload, download_path
 
-ENGINE = web.AppKey("engine", Engine)
 RUN_KEY_HEADER = "X-Editpipe-Run-Key"
 SYNC_TIMEOUT_CODE = 5004
 SLOW_MARKER_FACTOR = 3
@@ -30,31 +34,8 @@ SLOW_MARKER_FACTOR = 3
 _MAX_BODY = MAX_UPLOAD_BYTES + (1 << 20)
 
 
-def _envelope(data: Any, *, message: str = "success") -> web.Response:
-    return web.json_response({"code": 200, "message": message, "data": data})
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"code": status, "message": message, "data": None}, status=status, headers=headers)
-
-
 def _origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
-
-
-def _auth_error(request: web.Request, engine: Engine) -> web.Response | None:
-    """A 401 if the bearer key is missing or wrong; the answer never repeats the key."""
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    key = key.strip()
-    expected = engine.cfg.api_key
-    if scheme.lower() != "bearer" or not key:
-        message = "missing API key: send Authorization: Bearer <key>"
-    elif expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
-        message = "invalid API key"
-    else:
-        return None
-    engine.state.counters.count_401 += 1
-    return _error(401, message)
 
 
 def _run_key(request: web.Request, body: Any) -> str:
@@ -63,13 +44,6 @@ def _run_key(request: web.Request, body: Any) -> str:
         return header
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
 
 
 def _drop_response(request: web.Request) -> NoReturn:
@@ -325,6 +299,8 @@ def make_app(engine: Engine) -> web.Application:
     r.add_get("/api/v3/predictions/{id}/result", get_result)
     r.add_post("/api/v3/media/uploads", create_upload)
     r.add_post("/api/v3/media/upload/binary", upload_binary)
+    r.add_post("/api/v3/predictions", account.predictions)
+    r.add_post("/api/v3/billings/search", account.billings)
     r.add_post("/api/v3/{model:.+}", submit)
     r.add_put("/_sim/upload/{token}", put_upload)
     r.add_get("/_sim/media/{token}/{name}", get_media)

@@ -1,4 +1,4 @@
-"""What the simulated provider remembers: predictions, limits, billing and counters.
+"""What the simulated provider remembers: predictions, limits, billing records and counters.
 
 Everything here is touched from the simulator's one event loop only, and no method awaits,
 so "check the limits, then create" is atomic without locks.
@@ -19,11 +19,18 @@ from .images import Rendered
 from .limits import StartWindow
 
 ACTIVE = frozenset({"created", "processing"})
+ACCESS_KEY_NAME = "default"  # the name the provider's console gives an account's first key
 
 
-def utc_stamp() -> str:
-    """Now in UTC as the provider writes it: ``2026-11-23T12:00:00.000Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def utc_stamp(at: datetime | None = None) -> str:
+    """``at`` (default now) in UTC as the provider writes it: ``2026-11-23T12:00:00.000Z``."""
+    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_stamp(stamp: str) -> datetime:
+    """A ``utc_stamp`` (or any ISO 8601 time; one without a zone is taken as UTC) as an aware datetime."""
+    at = datetime.fromisoformat(stamp)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -83,6 +90,37 @@ class Prediction:
         }
 
 
+@dataclass(frozen=True)
+class Billing:
+    """One deduction from the account: written once, when its prediction completes."""
+
+    uuid: str
+    prediction: Prediction = field(repr=False)
+    price_usd: Decimal
+    created: datetime  # UTC, at millisecond precision like every stamp the provider writes
+
+    @property
+    def created_ms(self) -> int:
+        return int(self.created.timestamp() * 1000)
+
+    def data(self) -> dict[str, Any]:
+        """As ``POST /api/v3/billings/search`` lists it; ``price`` a JSON number, as the
+        provider sends it (``float`` only to serialise: its repr is the shortest decimal)."""
+        stamp = utc_stamp(self.created)
+        pred = self.prediction
+        return {
+            "uuid": self.uuid,
+            "billing_type": "deduct",
+            "price": float(self.price_usd),
+            "created_at": stamp,
+            "updated_at": stamp,
+            "order": {"uuid": f"order-{self.uuid}", "type": "prediction", "status": "paid",
+                      "amount": float(self.price_usd)},
+            "prediction": {"uuid": pred.id, "model_uuid": pred.model, "status": pred.status},
+            "access_key_name": ACCESS_KEY_NAME,
+        }
+
+
 @dataclass
 class Counters:
     """The numbers ``GET /_sim/stats`` reports, apart from those derived from live state."""
@@ -107,19 +145,23 @@ class Counters:
     webhooks_retried: int = 0
     webhooks_refused: int = 0
     webhooks_failed: int = 0
+    prediction_listings: int = 0  # POST /api/v3/predictions (the account's recent predictions)
+    billing_searches: int = 0  # POST /api/v3/billings/search
 
 
 class SimState:
     """Predictions and account state of one simulated API account.
 
-    Guarantees: a prediction is billed at most once, and only when it completes; rejected
+    Guarantees: a prediction is billed at most once, and only when it completes, and then
+    it has exactly one deduction in ``billings`` (failed and cancelled ones have none); rejected
     submits leave no trace but their counters; ``max_starts_60s`` and ``peak_concurrency``
     are exact over everything created since the last reset.
     """
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.predictions: dict[str, Prediction] = {}
+        self.predictions: dict[str, Prediction] = {}  # in creation order
+        self.billings: list[Billing] = []  # in creation order: one per completed prediction
         self.counters = Counters()
         self.window = StartWindow()
         self.in_flight = 0
@@ -171,6 +213,7 @@ class SimState:
         pred.inference_ms = inference_ms
         pred.billed = True
         pred.cost_usd = price
+        self.billings.append(Billing(uuid.uuid4().hex, pred, price, parse_stamp(utc_stamp())))
         c = self.counters
         c.completed += 1
         c.billed_count += 1
