@@ -46,6 +46,8 @@ from .settings import Settings
 from .state import Jobs, State
 from .storage import Storage, s3_object_etag
 
+LOST_ANSWER_KINDS = frozenset({LineKind.UNCONFIRMED_SUBMIT, LineKind.SETTLED, LineKind.NOT_BILLED})
+
 Finalize = Callable[[State, Storage, str], object]
 EnqueueRuns = Callable[[str, list[int]], None]
 MANIFEST = "manifest.yaml"
@@ -244,8 +246,10 @@ class _Runs:
             else:
                 left.append(run.index)
         index_of = {run.run_key: run.index for run in plan.runs}
+        # The lines of lost submit answers, estimated or settled by `reconcile --settle`: no
+        # result names their prediction, and they are kept as they are.
         unconfirmed = [(index_of[line.run_key], line) for line in stored_ledger
-                       if line.kind is LineKind.UNCONFIRMED_SUBMIT and line.run_key in index_of]
+                       if line.kind in LOST_ANSWER_KINDS and line.run_key in index_of]
         return cls(plan, finished, ledger, unconfirmed, left)
 
     def count(self, status: RunStatus) -> int:
