@@ -28,7 +28,9 @@ class SimConfig:
     Limits: ``tier`` (bronze, silver, gold, ultra) supplies both account limits;
     ``images_per_minute`` / ``max_concurrent`` override it one by one; ``None`` everywhere
     means unlimited. ``api_key=None`` accepts any non-empty bearer key. The ``*_rate`` fields
-    are probabilities in [0, 1], drawn from ``random.Random(seed)``. ``models_dir`` holds the
+    are probabilities in [0, 1], drawn from ``random.Random(seed)``; a prediction that
+    ``fail_rate`` fails ends with ``fail_code`` (None: without a code; see ``faults`` for the
+    prompt markers). ``models_dir`` holds the
     model specs whose allowed option values a submit is checked against.
     """
 
@@ -39,6 +41,7 @@ class SimConfig:
     tier: str | None = None
     api_key: str | None = field(default=None, repr=False)
     fail_rate: float = 0.0
+    fail_code: int | None = 5000
     error_5xx_rate: float = 0.0
     drop_rate: float = 0.0
     slow_rate: float = 0.0
@@ -66,6 +69,8 @@ class SimConfig:
             raise ValueError("latency_s, jitter_s and slow_s must not be negative")
         if self.image_long_side < 1:
             raise ValueError(f"image_long_side must be positive, got {self.image_long_side}")
+        if self.fail_code is not None and (isinstance(self.fail_code, bool) or not isinstance(self.fail_code, int)):
+            raise ValueError(f"fail_code must be a whole number or None, got {self.fail_code!r}")
         if not isinstance(self.price_usd, Decimal):
             raise ValueError("price_usd must be a Decimal")
 
