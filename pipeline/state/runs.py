@@ -221,13 +221,13 @@ class Runs:
 
     def drop_failed_prediction(self, job_id: str, index: int, prediction_id: str, most: int) -> int:
         """Count a run's prediction ``prediction_id`` as failed and, while the run has had no
-        more than ``most`` such, forget it as the run's prediction, so that its next start
-        submits it again (``drop_failed_prediction.lua``). Returns the failed predictions
+        more than ``most`` such, forget it as the run's prediction (and the finished start's
+        claim), so that its next start submits it again (``drop_failed_prediction.lua``). Returns the failed predictions
         counted for the run, or 0 when nothing changed: the run has finished, or its
         prediction is no longer this one (another check of it got here first)."""
         return int(self._drop_failed(
             keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "pred"),
-                  keys.job(job_id, "failed")],
+                  keys.job(job_id, "failed"), keys.run_claim(job_id, index)],
             args=[str(index), prediction_id, most]))
 
     def prediction_of(self, job_id: str, index: int) -> str | None:
