@@ -8,6 +8,8 @@ is on the wire.
 
 No double pay: a run's prediction id is stored the moment the submit answers, and every
 later delivery of the run polls that prediction instead of submitting again.
+A prediction the provider fails for now (``failures.classify``: not billed) is given up in
+one atomic step and its run started again through the same start path, after a backoff.
 """
 
 from __future__ import annotations
