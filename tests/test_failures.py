@@ -181,7 +181,9 @@ def test_a_transient_failure_starts_the_run_again_once_with_its_reservation_kept
     assert failed_id in {p["id"] for p in predictions if not p["billed"]}
 
 
-def test_a_run_whose_predictions_keep_failing_ends_failed_once_its_retries_are_spent(tmp_path, fresh, sim, bucket):
+def test_a_run_whose_predictions_keep_failing_ends_failed_once_its_retries_are_spent_and_resume_retries_it(
+    tmp_path, fresh, sim, bucket
+):
     sim.configure(latency_s=0.0, jitter_s=0.0)
     ctx = Context.from_settings(fresh.with_overrides(max_transient_retries=2))
     job_id = one_run_job(tmp_path, fresh, Dispatch(ctx, NoTasks()), bucket, "A shot. [sim:fail:5003]")
@@ -196,6 +198,11 @@ def test_a_run_whose_predictions_keep_failing_ends_failed_once_its_retries_are_s
     assert result["status"] == "failed" and result["error_kind"] == "provider_error" and result["code"] == 5003
     assert result["retryable"] is True and "gave up after 3 failed predictions" in result["error"]
     assert ctx.state.jobs.status(job_id).spent_usd == 0 and sim.stats()["billed_count"] == 0
+    # Spent retries are for now: `editpipe resume` runs it again, from its last prediction.
+    finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)
+    assert resume(ctx.state, job_id, lambda job, indices: None) == [0]
+    assert start_run(ctx, job_id, 0, token="after-resume").action == "poll"
+    assert poll_run(ctx, job_id, 0).action == "submit" and len(sim.predictions()) == 3
 
 
 # ---- a job through workers ---------------------------------------------------------------------
@@ -231,15 +238,17 @@ def test_transient_failures_are_submitted_again_and_only_permanent_ones_fail(
           f"{Counter(r['status'] for r in results)}")
     assert len(results) == 60 and status.status == "partial"
     # Every run a transient failure met succeeded on a later submit, timeouts included.
-    assert all(r["status"] == "succeeded" for p in ("plain", "studio", "slow") for r in by_prompt[p]), workers.logs()[-3000:]
-    assert len(failed_5000) >= 5 and {p["status"] for p in failed_5000} == {"failed"}
+    transient = by_prompt["plain"] + by_prompt["studio"] + by_prompt["slow"]
+    assert all(r["status"] == "succeeded" for r in transient), workers.logs()[-3000:]
+    assert len(failed_5000) >= 3 and {p["status"] for p in failed_5000} == {"failed"}
     succeeded_keys = {r["run_key"] for r in results if r["status"] == "succeeded"}
     assert {p["run_key"] for p in failed_5000 if p["run_key"] in succeeded_keys}  # retried, then succeeded
     assert sum(p["status"] == "timeout" for p in predictions) == 12
     # Exactly the moderated runs failed with 1200, tried once each; the cancelled ones likewise.
     failed = [r for r in results if r["status"] == "failed"]
     assert sorted(r["prompt"] for r in failed) == ["dropped"] * 12 + ["refused"] * 12
-    assert all((r["code"], r["error_kind"], r["retryable"]) == (1200, "moderation", False) for r in by_prompt["refused"])
+    assert all((r["code"], r["error_kind"], r["retryable"]) == (1200, "moderation", False)
+               for r in by_prompt["refused"])
     assert all("moderation" in r["error"] for r in by_prompt["refused"])
     assert all((r["error_kind"], r["retryable"]) == ("cancelled", False) for r in by_prompt["dropped"])
     tried = Counter(p["run_key"] for p in predictions)
