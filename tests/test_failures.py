@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import API_KEY, make_image, read_jsonl, run_job
-from pipeline.dispatch import Dispatch
+from pipeline.dispatch import Dispatch, poll_due, pump
 from pipeline.execution import Context, poll_run, start_run
 from pipeline.failures import ErrorKind, classify
 from pipeline.report import finalize_job
@@ -179,6 +179,28 @@ def test_a_transient_failure_starts_the_run_again_once_with_its_reservation_kept
     predictions = sim.predictions()
     assert len(predictions) == 2 and [p["billed"] for p in predictions].count(True) == 1
     assert failed_id in {p["id"] for p in predictions if not p["billed"]}
+
+
+def test_a_poller_that_dies_after_giving_up_a_failed_prediction_loses_nothing(tmp_path, fresh, sim, bucket):
+    # Through the due index: the run is popped and submitted by a pump, then the check that
+    # saw its prediction fail dies right after giving it up (before filing the new start).
+    sim.configure(latency_s=0.0, jitter_s=0.0)
+    ctx = Context.from_settings(fresh)
+    dispatch = Dispatch(ctx, NoTasks())
+    job_id = one_run_job(tmp_path, fresh, dispatch, bucket, "A shot. [sim:fail-once:5004]")
+    assert pump(dispatch, "pump") is False
+    failed_id = ctx.state.runs.prediction_of(job_id, 0)
+    wait_ended(sim, 1)
+    assert ctx.state.runs.drop_failed_prediction(job_id, 0, failed_id, 6) == 1  # what the dead check did
+
+    deadline = time.monotonic() + 20
+    while len(sim.predictions()) < 2 or sim.predictions()[-1]["status"] != "completed":
+        assert time.monotonic() < deadline, sim.predictions()
+        poll_due(dispatch)  # its check comes due again, finds no prediction, and starts the run
+        time.sleep(0.2)
+
+    assert len(sim.predictions()) == 2 and sim.stats()["billed_count"] == 1
+    assert ctx.state.runs.prediction_of(job_id, 0) == sim.predictions()[-1]["id"]
 
 
 def test_a_run_whose_predictions_keep_failing_ends_failed_once_its_retries_are_spent_and_resume_retries_it(
