@@ -16,7 +16,9 @@ editpipe says about itself:
 - ledger minus bill, and how much of it is unconfirmed lines (each at most one price);
 - seconds from each fault to the next run the provider saw started (a worker kill: from the
   kill; a Redis restart: from when Redis answered again), while runs were still waiting;
-- worker processes that exited on their own (a Redis restart must stop none).
+- worker processes that exited on their own (a Redis restart must stop none);
+- runs that ended failed on a code the provider calls transient (5000: the simulator's
+  failed predictions, which editpipe submits again), and the failed runs by ``error_kind``.
 
     .venv/bin/python bench/chaos.py [--runs 400] [--faults 6] [--seed 1]
 
@@ -166,7 +168,8 @@ def main() -> int:
           f"once, {DROP:.0%} answers dropped, {ERROR_5XX:.0%} 5xx, {FAIL:.0%} predictions failed; "
           f"{WORKERS} workers × {CONCURRENCY}; {args.faults} faults (SIGKILL of a worker's process group, "
           f"or Redis SIGTERMed and back after {REDIS_DOWN_S:g} s); production visibility timeout; seed {args.seed}")
-    print(f"targets: 0 runs lost; 0 duplicate paid submissions beyond unconfirmed lines; ledger − bill only "
+    print(f"targets: 0 runs lost; 0 runs failed on a transient code; 0 duplicate paid submissions beyond "
+          f"unconfirmed lines; ledger − bill only "
           f"unconfirmed lines, each ≤ one price; ≤ {TARGET_FAULT_TO_START_S:g} s from each fault to the next start; "
           f"no worker exits on its own\n")
 
@@ -249,6 +252,8 @@ def print_figures(args, report: dict, predictions: list[dict], stats: dict, out:
     statuses = Counter(r["status"] for r in results)
     lost = args.runs - len(results) + sum(1 for r in results if r["status"] == "failed" and not r.get("error"))
     missing_outputs = sum(1 for r in results if r["status"] == "succeeded" and not (out / r["output"]).exists())
+    failed_transient = sum(1 for r in results if r["status"] == "failed" and r.get("code") == 5000)
+    kinds = Counter(r.get("error_kind") or "unknown" for r in results if r["status"] == "failed")
 
     billed = [p for p in predictions if p["billed"]]
     billed_per_run = Counter(p["run_key"] for p in billed)
@@ -278,6 +283,9 @@ def print_figures(args, report: dict, predictions: list[dict], stats: dict, out:
     print(f"runs lost: {lost}  (succeeded without an output file: {missing_outputs})  {verdict(lost == 0 and missing_outputs == 0)}")
     print(f"provider: {stats['created']} predictions created, {stats['billed_count']} billed = ${bill}; "
           f"duplicate submissions it counted: {stats.get('duplicate_submissions')}")
+    print(f"predictions failed by the provider (code 5000): {sum(p.get('code') == 5000 for p in predictions)}; "
+          f"runs that ended failed on it: {failed_transient}  {verdict(failed_transient == 0)}; failed runs by kind: "
+          + (", ".join(f"{n} {k}" for k, n in kinds.most_common()) or "none"))
     print(f"duplicate paid submissions beyond recorded unconfirmed lines: {beyond}  {verdict(beyond == 0)}")
     print(f"ledger ${ledger_total} − bill ${bill} = ${ledger_total - bill}; unconfirmed_submit lines: "
           f"{len(unconfirmed)} = ${unconfirmed_total} (largest ${largest_unconfirmed}); confirmed lines match billed "
@@ -291,6 +299,7 @@ def print_figures(args, report: dict, predictions: list[dict], stats: dict, out:
     for line in report["exited"]:
         print(f"  {line}")
     ok = (report["done"] and lost == 0 and missing_outputs == 0 and beyond == 0 and confirmed_match
+          and failed_transient == 0
           and ledger_total - bill <= unconfirmed_total and worst <= TARGET_FAULT_TO_START_S and not report["exited"])
     return 0 if ok else 1
 

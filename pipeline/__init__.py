@@ -2,7 +2,7 @@
 
 The library, in five layers; a module imports only from its own layer or the ones below
 (``tests/test_layers.py`` holds the map and checks every import):
-1. domain: ``manifest``, ``plan``, ``modelspec``, ``records``, ``ledger``, ``layout``,
+1. domain: ``manifest``, ``plan``, ``modelspec``, ``records``, ``failures``, ``ledger``, ``layout``,
    ``callbacks``, ``webhook_signature``, ``schedules_file``, ``settings``, ``errors``; pure,
    no I/O clients;
 2. adapters: ``provider``, ``simulator``, ``storage``, ``catalog``, ``run_index``,

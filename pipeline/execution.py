@@ -8,6 +8,8 @@ is on the wire.
 
 No double pay: a run's prediction id is stored the moment the submit answers, and every
 later delivery of the run polls that prediction instead of submitting again.
+A prediction the provider fails for now (``failures.classify``: not billed) is given up in
+one atomic step and its run started again through the same start path, after a backoff.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .errors import (
     SubmitUnconfirmed,
     UploadInProgress,
 )
+from .failures import ErrorKind, classify
 from .layout import sidecar_key
 from .ledger import LedgerEntry, LineKind, to_micros, usd, utc_now
 from .limits import AccountLimits
@@ -141,12 +144,13 @@ def request_payload(run: Run, images: list[str]) -> dict:
 
 
 def fail_run(ctx: Context, job_id: str, run: Run, error: str, prediction_id: str | None = None, *,
-             retryable: bool = False, not_started: bool = False) -> Next:
-    """Finish a run as failed; its budget reservation and slot (if any) go back first."""
+             kind: ErrorKind, code: int | None = None, retryable: bool = False, not_started: bool = False) -> Next:
+    """Finish a run as failed, saying why in ``kind`` (and the provider's failure ``code``, if
+    any); its budget reservation and slot (if any) go back first."""
     ctx.state.budget.release(job_id, run.index)
     ctx.free_slot(job_id, run.index)
     result = RunResult.of(run, RunStatus.FAILED, prediction_id=prediction_id, error=error, retryable=retryable,
-                          not_started=not_started)
+                          not_started=not_started, error_kind=kind, code=code)
     finished = ctx.state.runs.finish_run(job_id, run.index, outcome=RunStatus.FAILED, result=result.to_dict())
     return Next("finalize") if finished.last else DONE
 
@@ -223,12 +227,14 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         # could pay twice; record what it may have cost and let a person resume it.
         charge_lost_answer(ctx, job_id, run, claim.attempts, price)
         runs.end_submit(job_id, index)
-        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), retryable=True)
+        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), kind=ErrorKind.LOST_ANSWER,
+                        retryable=True)
     stop = claim.stop_reason
     # A run whose price was reserved before the budget ran out still goes: that money was
     # set aside for it (it was only waiting for the account's limits).
     if stop and not (stop.startswith(BUDGET_EXHAUSTED) and claim.reserved):
-        return fail_run(ctx, job_id, run, f"not started: {stop}", retryable=True, not_started=True)
+        return fail_run(ctx, job_id, run, f"not started: {stop}", kind=_not_started_kind(stop), retryable=True,
+                        not_started=True)
     if claim.paused:
         # An `editpipe run` stopping cleanly: the run goes back to the queue untouched (nothing
         # reserved, nothing uploaded) and starts once the pause is lifted or lapses.
@@ -246,8 +252,8 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         )
         jobs.stop(job_id, reason)
         jobs.flag(job_id, BUDGET_EXHAUSTED)
-        return fail_run(ctx, job_id, run, f"not started: {jobs.stop_reason(job_id)}", retryable=True,
-                        not_started=True)
+        return fail_run(ctx, job_id, run, f"not started: {jobs.stop_reason(job_id)}",
+                        kind=ErrorKind.BUDGET_EXHAUSTED, retryable=True, not_started=True)
     jobs.mark_running(job_id)
     try:
         images = prepare_inputs(ctx, run)
@@ -260,7 +266,9 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     except AuthFailed as exc:
         return _stop_job(ctx, job_id, run, exc)
     except (ProviderError, StorageError, OSError) as exc:
-        return fail_run(ctx, job_id, run, f"reference image: {exc}", retryable=isinstance(exc, StorageError))
+        storage_failed = isinstance(exc, StorageError)
+        return fail_run(ctx, job_id, run, f"reference image: {exc}", retryable=storage_failed,
+                        kind=ErrorKind.STORAGE if storage_failed else ErrorKind.MEDIA_UNREACHABLE)
 
     if admit is not None:
         wait = admit(slot_holder(job_id, index))
@@ -286,7 +294,8 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         charge_lost_answer(ctx, job_id, run, attempt, price)
         runs.end_submit(job_id, index)
         if runs.count_lost(job_id, index) >= 2:
-            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), retryable=True)
+            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), kind=ErrorKind.LOST_ANSWER,
+                            retryable=True)
         runs.release_claim(job_id, index)
         ctx.free_slot(job_id, index)
         return Next("submit", backoff_s(1), failures)  # at most once more
@@ -298,7 +307,8 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
             return _retry_submit(ctx, job_id, run, exc, failures)
         if isinstance(exc, AuthFailed):
             return _stop_job(ctx, job_id, run, exc)
-        return fail_run(ctx, job_id, run, str(exc))
+        kind = ErrorKind.BAD_INPUT if isinstance(exc, RunRejected) else ErrorKind.PROVIDER_ERROR
+        return fail_run(ctx, job_id, run, str(exc), kind=kind)
     runs.record_prediction(job_id, index, prediction.id)
     return Next("poll", ctx.settings.poll_initial_s)
 
@@ -307,7 +317,11 @@ def _stop_job(ctx: Context, job_id: str, run: Run, exc: AuthFailed) -> Next:
     """The key was rejected: no run of this job can be paid for; stop submitting them."""
     ctx.state.jobs.stop(job_id, str(exc))
     ctx.state.jobs.set_error(job_id, str(exc))
-    return fail_run(ctx, job_id, run, str(exc), retryable=True, not_started=True)
+    return fail_run(ctx, job_id, run, str(exc), kind=ErrorKind.AUTH, retryable=True, not_started=True)
+
+
+def _not_started_kind(stop_reason: str) -> ErrorKind:
+    return ErrorKind.BUDGET_EXHAUSTED if stop_reason.startswith(BUDGET_EXHAUSTED) else ErrorKind.NOT_STARTED
 
 
 def _retry_submit(ctx: Context, job_id: str, run: Run, exc: ProviderTransient, failures: int) -> Next:
@@ -317,7 +331,7 @@ def _retry_submit(ctx: Context, job_id: str, run: Run, exc: ProviderTransient, f
         return Next("submit", backoff_s(failures, exc.retry_after), failures)
     if failures + 1 > ctx.settings.max_transient_retries:
         return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}",
-                        retryable=True, not_started=True)
+                        kind=ErrorKind.PROVIDER_ERROR, retryable=True, not_started=True)
     return Next("submit", backoff_s(failures + 1, exc.retry_after), failures + 1)
 
 
@@ -331,14 +345,16 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
         return DONE
     run = ctx.state.runs.run(job_id, index)
     if prediction_id is None:
-        return fail_run(ctx, job_id, run, "internal: polled a run that was never submitted")
+        # Its failed prediction was given up (``_prediction_failed``) by a check that died
+        # before it filed the new start, or it was never submitted: start it (the start
+        # claim and the submit marks see to it that nothing is submitted twice).
+        return Next("submit", 0.0)
     try:
         prediction = ctx.client.result(prediction_id)
         if not prediction.terminal:
             return Next("poll", poll_interval_s(ctx.settings, attempt), failures)
         if prediction.failed:
-            reason = prediction.error or f"prediction ended {prediction.status}"
-            return fail_run(ctx, job_id, run, f"the provider failed the edit: {reason}", prediction_id)
+            return _prediction_failed(ctx, job_id, run, prediction)
         # Its slot is given back once the output is stored (``_store_and_charge``), so that
         # the predictions paid for and not yet stored never pass the concurrency cap: the
         # bound on what a Redis that lost its data may have paid twice (``recovery``).
@@ -346,14 +362,45 @@ def poll_run(ctx: Context, job_id: str, index: int, *, attempt: int = 0, failure
     except ProviderTransient as exc:
         if failures + 1 > ctx.settings.max_transient_retries and not isinstance(exc, RateLimited):
             return fail_run(ctx, job_id, run, f"gave up after {failures + 1} transient errors; last: {exc}",
-                            prediction_id, retryable=True)
+                            prediction_id, kind=ErrorKind.PROVIDER_ERROR, retryable=True)
         bump = 0 if isinstance(exc, RateLimited) else 1
         return Next("poll", max(2.0, backoff_s(failures + bump, exc.retry_after)), failures + bump)
     except (AuthFailed, RunRejected, ProviderError) as exc:
-        if isinstance(exc, AuthFailed):
+        auth = isinstance(exc, AuthFailed)
+        if auth:
             jobs.stop(job_id, str(exc))
             jobs.set_error(job_id, str(exc))
-        return fail_run(ctx, job_id, run, str(exc), prediction_id, retryable=isinstance(exc, AuthFailed))
+        return fail_run(ctx, job_id, run, str(exc), prediction_id, retryable=auth,
+                        kind=ErrorKind.AUTH if auth else ErrorKind.PROVIDER_ERROR)
+
+
+def _prediction_failed(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
+    """The provider ended the run's prediction without an output (not billed). A transient
+    failure (``failures.classify``) is submitted again after a backoff, as a new start of
+    the run through the due index, the start claim, the limits and the budget, like any
+    other; a permanent one, or one past ``max_transient_retries`` failed predictions, ends
+    the run ``failed``.
+
+    The prediction id is forgotten, and the failure counted, in one step that only the first
+    check to see this prediction failed takes (``Runs.drop_failed_prediction``); a check that
+    dies after it leaves a run without a prediction, which its next check starts (see
+    ``poll_run``). The run's budget reservation is kept for the new submit (nothing was
+    charged); its concurrency slot is given back until the new submit takes one."""
+    failure = classify(prediction.status, prediction.code, prediction.error)
+    reason = failure.reason
+    if not failure.transient:
+        return fail_run(ctx, job_id, run, reason, prediction.id, kind=failure.kind, code=failure.code)
+    most = ctx.settings.max_transient_retries
+    failed = ctx.state.runs.drop_failed_prediction(job_id, run.index, prediction.id, most)
+    if failed == 0:
+        return DONE  # another check of this run saw it first and settled it
+    if failed > most:
+        return fail_run(ctx, job_id, run, f"gave up after {failed} failed predictions; last: {reason}", prediction.id,
+                        kind=failure.kind, code=failure.code, retryable=True)
+    ctx.free_slot(job_id, run.index)
+    log.info("run %s of %s: prediction %s failed (%s); submitting it again (%d of %d)", run.index, job_id,
+             prediction.id, reason, failed, most)
+    return Next("submit", backoff_s(failed))
 
 
 def collect(ctx: Context, job_id: str, index: int, prediction: Prediction) -> Next:
@@ -370,7 +417,8 @@ def collect(ctx: Context, job_id: str, index: int, prediction: Prediction) -> Ne
 
 def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Prediction) -> Next:
     if not prediction.outputs:
-        return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id)
+        return fail_run(ctx, job_id, run, "the provider completed the edit but returned no output", prediction.id,
+                        kind=ErrorKind.PROVIDER_ERROR)
     data = ctx.client.download(prediction.outputs[0])
     output_root = ctx.state.jobs.output_root(job_id)
     storage = ctx.storage(output_root)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .failures import ErrorKind
 from .ledger import usd, utc_now
 
 if TYPE_CHECKING:
@@ -43,8 +44,9 @@ class JobState(StrEnum):
 @dataclass(frozen=True)
 class RunResult:
     """How one run ended. ``thumbnail``: the small picture the report shows, when one was
-    made at collection. ``retryable`` (``editpipe resume`` may run it again) and
-    ``not_started`` (it was never sent) mean something for a failed run only."""
+    made at collection. ``retryable`` (``editpipe resume`` may run it again), ``not_started``
+    (it was never sent), ``error_kind`` (why it failed, one of ``ErrorKind``) and ``code``
+    (the provider's failure code, when it gave one) mean something for a failed run only."""
 
     index: int
     run_key: str
@@ -61,16 +63,19 @@ class RunResult:
     thumbnail: str | None = None
     retryable: bool = False
     not_started: bool = False
+    error_kind: ErrorKind | None = None
+    code: int | None = None
 
     @classmethod
     def of(cls, run: Run, status: RunStatus, *, output: str | None = None, prediction_id: str | None = None,
            cost_usd: Decimal = Decimal("0"), error: str | None = None, thumbnail: str | None = None,
-           retryable: bool = False, not_started: bool = False) -> "RunResult":
+           retryable: bool = False, not_started: bool = False, error_kind: ErrorKind | None = None,
+           code: int | None = None) -> "RunResult":
         """Run ``run``'s result, finished now."""
         return cls(index=run.index, run_key=run.run_key, image_set=run.image_set, prompt=run.prompt_id,
                    variant=run.variant, options=run.options, status=status, output=output,
                    prediction_id=prediction_id, cost_usd=cost_usd, error=error, thumbnail=thumbnail,
-                   retryable=retryable, not_started=not_started)
+                   retryable=retryable, not_started=not_started, error_kind=error_kind, code=code)
 
     @property
     def failed(self) -> bool:
@@ -102,6 +107,8 @@ class RunResult:
         if self.failed:
             result["retryable"] = self.retryable
             result["not_started"] = self.not_started
+            result["error_kind"] = self.error_kind.value if self.error_kind else None
+            result["code"] = self.code
         return result
 
     def public(self) -> dict[str, Any]:
@@ -129,7 +136,17 @@ class RunResult:
             thumbnail=data.get("thumbnail"),
             retryable=bool(data.get("retryable")),
             not_started=bool(data.get("not_started")),
+            error_kind=_kind(data.get("error_kind")),
+            code=data.get("code") if isinstance(data.get("code"), int) else None,
         )
+
+
+def _kind(raw: Any) -> ErrorKind | None:
+    """A stored ``error_kind``; None for a line written before kinds were kept."""
+    try:
+        return ErrorKind(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def skipped_result(run: Run, existing_output: str) -> RunResult:

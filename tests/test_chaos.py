@@ -1,7 +1,8 @@
 """Chaos: one job through every fault at once, at the production visibility timeout.
 
 A redis-server of the test's own (append-only file on), three workers, and a simulator that
-drops 5% of submit answers, answers 5% of requests with a 5xx and fails 5% of predictions.
+drops 5% of submit answers, answers 5% of requests with a 5xx and fails 5% of predictions
+(code 5000: submitted again).
 Mid-job a worker's process group is SIGKILLed (and started again), Redis is restarted, and
 another worker is SIGKILLed and not replaced. What is proven is what storage and the
 provider saw: every planned run has a result (a failed one with its reason), no prediction
@@ -94,6 +95,8 @@ def test_kills_a_redis_restart_and_a_faulty_provider_lose_no_run_and_pay_nothing
     assert len(results) == 80 and len({r["run_key"] for r in results}) == 80  # no run lost
     assert all(r["status"] == "succeeded" or (r["status"] == "failed" and r["error"]) for r in results)
     assert sum(r["status"] == "succeeded" for r in results) >= 60
+    # A prediction the provider failed for now (code 5000) is submitted again, never the run's end.
+    assert not [r for r in results if r["status"] == "failed" and r.get("code") == 5000]
     billed = [p for p in sim.predictions() if p["billed"]]
     unconfirmed = [line for line in ledger if line["kind"] == "unconfirmed_submit"]
     per_run, recorded = Counter(p["run_key"] for p in billed), Counter(line["run_key"] for line in unconfirmed)

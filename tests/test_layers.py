@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "pipeline.ledger": DOMAIN,
     "pipeline.layout": DOMAIN,
     "pipeline.records": DOMAIN,
+    "pipeline.failures": DOMAIN,  # why a run failed (a closed set of kinds), and which failures pass
     "pipeline.callbacks": DOMAIN,  # a run's signed callback URL
     "pipeline.webhook_signature": DOMAIN,  # the provider's webhook signature, checked
     "pipeline.schedules_file": DOMAIN,  # the schedules file, read and validated  # a run's result and a ledger line, as typed values  # where a job's files live under its output root

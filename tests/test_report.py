@@ -23,6 +23,7 @@ from chromium import ARTIFACTS, Chromium, ChromiumUnavailable, body_data, find_o
 from conftest import API_KEY, make_image, run_job, write_manifest
 from pipeline.embedded import free_port
 from pipeline.errors import EditpipeError
+from pipeline.failures import ErrorKind
 from pipeline.ledger import LedgerEntry, LineKind, utc_now
 from pipeline.state import State
 from pipeline.notify import notify
@@ -223,13 +224,16 @@ def test_a_thousand_run_job_finalizes_quickly_and_a_second_finalize_reuses_the_t
 def test_a_result_and_a_ledger_line_keep_their_json_through_the_typed_values():
     run = Run(4, "c" * 64, "shoes", "studio", 2, "m", "prompt", {"aspect_ratio": "3:2"},
               (InputRef("/in/a.png", "local", "sha256:" + "ab" * 32),), "shoes/studio-2.png", {})
-    failed = RunResult.of(run, RunStatus.FAILED, error="boom", retryable=True).to_dict()
+    failed = RunResult.of(run, RunStatus.FAILED, error="boom", retryable=True, error_kind=ErrorKind.MODERATION,
+                          code=1200).to_dict()
     succeeded = RunResult.of(run, RunStatus.SUCCEEDED, output=run.output_key, prediction_id="p1",
                              cost_usd=Decimal("0.1"), thumbnail="t.jpg").to_dict()
     line = LedgerEntry("p1", run.run_key, "j", "m", Decimal("0.035"), utc_now(), LineKind.UNCONFIRMED_SUBMIT)
 
     assert list(failed) == ["index", "run_key", "image_set", "prompt", "variant", "options", "status", "output",
-                            "prediction_id", "cost_usd", "error", "finished_at", "retryable", "not_started"]
+                            "prediction_id", "cost_usd", "error", "finished_at", "retryable", "not_started",
+                            "error_kind", "code"]
+    assert failed["error_kind"] == "moderation" and failed["code"] == 1200
     assert succeeded["cost_usd"] == "0.10" and succeeded["thumbnail"] == "t.jpg" and "retryable" not in succeeded
     for stored in (failed, succeeded):
         assert RunResult.from_dict(json.loads(json.dumps(stored))).to_dict() == stored

@@ -89,8 +89,12 @@ def job_summary(state: State, status: JobStatus, results: list[RunResult], *, fi
         {"reason": reason, "count": count}
         for reason, count in Counter(r.error or "unknown" for r in failed).most_common()
     ]
+    # By kind (``failures.ErrorKind``): what a machine counts ("unknown": a line written before kinds were kept).
+    kinds = Counter(r.error_kind.value if r.error_kind else "unknown" for r in failed)
+    summary["failure_kinds"] = dict(kinds.most_common())
     summary["failures"] = [
-        {"run_key": r.run_key, "image_set": r.image_set, "prompt": r.prompt, "variant": r.variant, "error": r.error}
+        {"run_key": r.run_key, "image_set": r.image_set, "prompt": r.prompt, "variant": r.variant, "error": r.error,
+         "error_kind": r.error_kind.value if r.error_kind else None, "code": r.code}
         for r in failed
     ]
     # Runs never sent (budget used up, cancelled, key rejected): `editpipe resume` runs them.

@@ -204,12 +204,18 @@ def _failures(sheet: Sheet, summary: dict, option_names: list[str], page_size: i
         rows.append(
             f'<tr><td class="num"><a href="{_E(anchor)}">#{r.index + 1}</a></td><td>{_E(r.image_set)}</td>'
             f'<td>{_E(r.prompt)}</td><td class="num">{r.variant}</td><td>{_options(r, option_names)}</td>'
-            f'<td class="reason">{_E(r.error or "unknown")}</td></tr>'
+            f'<td>{_kind(r)}</td><td class="reason">{_E(r.error or "unknown")}</td></tr>'
         )
     more = (f'<p class="note">… and {len(failed) - MAX_FAILURE_ROWS} more in results.jsonl</p>'
             if len(failed) > MAX_FAILURE_ROWS else "")
     return (f"{by_reason}<h2>Failed runs ({len(failed)})</h2><table><tr><th>run</th><th>image set</th>"
-            f"<th>prompt</th><th>v</th><th>options</th><th>reason</th></tr>{''.join(rows)}</table>{more}")
+            f"<th>prompt</th><th>v</th><th>options</th><th>kind</th><th>reason</th></tr>{''.join(rows)}</table>{more}")
+
+
+def _kind(result: RunResult) -> str:
+    """A failed run's kind and the provider's code, as the failures table shows them."""
+    kind = result.error_kind.value.replace("_", " ") if result.error_kind else "unknown"
+    return _E(kind) + (f' <span class="code">{result.code}</span>' if result.code is not None else "")
 
 
 def _options(result: RunResult, option_names: list[str]) -> str:
@@ -264,7 +270,8 @@ def _card(sheet: Sheet, result: RunResult, option_names: list[str]) -> str:
     if output:
         out = _img(sheet.output(result), "out")
     else:
-        out = f'<div class="out none"><b>{_E(status)}</b>{_E(result.error or "no output")}</div>'
+        kind = f" · {_kind(result)}" if result.failed else ""
+        out = f'<div class="out none"><b>{_E(status)}{kind}</b>{_E(result.error or "no output")}</div>'
     opts = [part for part in (_options(result, option_names), f"${_E(usd(result.cost_usd))}") if part]
     if output:
         opts.append(f'<a href="{_E(sheet.links.key(sidecar_key(output)))}">details</a>')

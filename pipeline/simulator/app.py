@@ -17,6 +17,7 @@ from aiohttp import web
 from . import account
 from .config import SimConfig
 from .engine import Engine
+from .faults import planned_ending
 from .images import CONTENT_TYPES
 from .replies import ENGINE
 from .replies import auth_error as _auth_error
@@ -77,7 +78,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     if (refused := _refuse_before_creating(state, cfg, sub.prompt, run_key, loop.time())) is not None:
         return refused
 
-    will_fail = "[sim:fail]" in sub.prompt or state.chance(cfg.fail_rate)
+    ending = planned_ending(sub.prompt, run_key, state, cfg)
     duration = cfg.latency_s + (state.rng.uniform(-cfg.jitter_s, cfg.jitter_s) if cfg.jitter_s else 0.0)
     if "[sim:slow]" in sub.prompt:
         duration *= SLOW_MARKER_FACTOR
@@ -91,7 +92,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         output_format=sub.output_format,
         base64_output=sub.base64_output,
         webhook=webhook,
-        will_fail=will_fail,
+        ending=ending,
         output_failures=1 if "[sim:output-500-once]" in sub.prompt else 0,
     )
     engine.launch(pred, max(0.0, duration))

@@ -42,6 +42,8 @@ _rate = click.FloatRange(0.0, 1.0)
 @click.option("--api-key", default=None,
               help="Accept only this bearer key (default: any non-empty key). WAVESPEED_API_KEY is not read.")
 @click.option("--fail-rate", type=_rate, default=0.0, show_default=True, help="Share of predictions that fail.")
+@click.option("--fail-code", type=int, default=_DEFAULTS.fail_code, show_default=True,
+              help="Failure code of the predictions --fail-rate fails (5000: internal error, submitted again).")
 @click.option("--error-5xx-rate", type=_rate, default=0.0, show_default=True,
               help="Share of submits answered 500/502/503 before anything is created.")
 @click.option("--drop-rate", type=_rate, default=0.0, show_default=True,

@@ -31,9 +31,10 @@ class SimConfig:
     means unlimited. ``api_key=None`` accepts any non-empty bearer key. ``webhook_secret``
     (``whsec_...``, one made up per simulator unless set) signs webhooks, which are tried
     ``webhook_attempts`` times, ``webhook_retry_s`` apart at first (``webhooks``). The
-    ``*_rate`` fields are probabilities in [0, 1], drawn from ``random.Random(seed)``.
-    ``models_dir`` holds the model specs whose allowed option values a submit is checked
-    against.
+    ``*_rate`` fields are probabilities in [0, 1], drawn from ``random.Random(seed)``; a
+    prediction that ``fail_rate`` fails ends with ``fail_code`` (None: without a code; see
+    ``faults`` for the prompt markers). ``models_dir`` holds the model specs whose allowed
+    option values a submit is checked against.
     """
 
     latency_s: float = 2.0
@@ -46,6 +47,7 @@ class SimConfig:
     webhook_attempts: int = 4
     webhook_retry_s: float = 1.0
     fail_rate: float = 0.0
+    fail_code: int | None = 5000
     error_5xx_rate: float = 0.0
     drop_rate: float = 0.0
     slow_rate: float = 0.0
@@ -77,6 +79,8 @@ class SimConfig:
             raise ValueError("webhook_attempts must be at least 1 and webhook_retry_s not negative")
         if self.image_long_side < 1:
             raise ValueError(f"image_long_side must be positive, got {self.image_long_side}")
+        if self.fail_code is not None and (isinstance(self.fail_code, bool) or not isinstance(self.fail_code, int)):
+            raise ValueError(f"fail_code must be a whole number or None, got {self.fail_code!r}")
         if not isinstance(self.price_usd, Decimal):
             raise ValueError("price_usd must be a Decimal")
 

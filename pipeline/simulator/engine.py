@@ -24,7 +24,7 @@ from .webhooks import deliver
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 10.0
-SIMULATED_FAILURE = "simulated failure"
+INPUT_UNREACHABLE_CODE = 1402
 
 
 def _load_specs(cfg: SimConfig) -> dict[str, ModelSpec]:
@@ -100,13 +100,13 @@ class Engine:
             reasons = await asyncio.gather(*(self._fetch_input(url) for url in pred.images))
             for index, reason in enumerate(reasons, 1):
                 if reason is not None:
-                    state.fail(pred, f"could not fetch input image {index}: {reason}")
+                    state.fail(pred, f"could not fetch input image {index}: {reason}", INPUT_UNREACHABLE_CODE)
                     self._notify(pred, state)
                     return
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, finish_at - loop.time()))
-        if pred.will_fail:
-            state.fail(pred, SIMULATED_FAILURE)
+        if pred.ending is not None:
+            state.fail(pred, pred.ending.error, pred.ending.code, pred.ending.status)
         else:
             cfg = self.cfg
             pred.rendered = self.images.get(pred.aspect_ratio, pred.output_format, cfg.image_long_side)

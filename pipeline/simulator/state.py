@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from .config import SimConfig
+from .faults import Ending
 from .images import Rendered
 from .limits import StartWindow
 
@@ -46,11 +47,12 @@ class Prediction:
     output_format: str
     base64_output: bool
     webhook: str | None
-    will_fail: bool
+    ending: Ending | None  # how it ends if it is not to complete (``faults``)
     created_mono: float
     created_at: str = field(default_factory=utc_stamp)
     status: str = "created"
     error: str = ""
+    code: int | None = None  # a failed prediction's failure code
     outputs: list[str] = field(default_factory=list)
     inference_ms: int | None = None
     billed: bool = False
@@ -62,7 +64,7 @@ class Prediction:
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def data(self) -> dict[str, Any]:
-        return {
+        data = {
             "id": self.id,
             "model": self.model,
             "status": self.status,
@@ -73,6 +75,9 @@ class Prediction:
             "error": self.error,
             "timings": {} if self.inference_ms is None else {"inference": self.inference_ms},
         }
+        if self.code is not None:
+            data["code"] = self.code
+        return data
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -84,6 +89,7 @@ class Prediction:
             "cost_usd": str(self.cost_usd),
             "created_at": self.created_at,
             "error": self.error,
+            "code": self.code,
             "dropped": self.dropped,
             "polls": self.polls,
             "images": list(self.images),
@@ -219,9 +225,12 @@ class SimState:
         c.billed_count += 1
         c.billed_usd += price
 
-    def fail(self, pred: Prediction, error: str) -> None:
-        if self._end(pred, "failed"):
+    def fail(self, pred: Prediction, error: str, code: int | None = None, status: str = "failed") -> None:
+        """End ``pred`` without an output, unbilled: ``failed`` with ``code``, or ``status``
+        (``timeout``, ``cancelled``, ``deleted``)."""
+        if self._end(pred, status):
             pred.error = error
+            pred.code = code
             self.counters.failed += 1
 
     def cancel(self, pred: Prediction, reason: str) -> None:

@@ -2,7 +2,8 @@
 
 Per job, hashes keyed by run index: ``runs`` (planned, JSON), ``pred`` (prediction id),
 ``results`` (result line), ``submitting``/``submitting_open``/``lost`` (submit marks),
-``reserved`` (see ``budget``), and ``ledger`` (entry id -> ledger line); per run, a start
+``failed`` (failed predictions given up for a new submit), ``reserved`` (see ``budget``),
+and ``ledger`` (entry id -> ledger line); per run, a start
 claim and a collect claim that expire by themselves.
 
 Guaranteed: a run is finished once (``finish_run``: a second call changes nothing), its
@@ -83,6 +84,7 @@ class Runs:
         self._start_claim = conn.script("start_claim.lua")
         self._collect_claim = conn.script("collect_claim.lua")
         self._begin_submit = conn.script("begin_submit.lua")
+        self._drop_failed = conn.script("drop_failed_prediction.lua")
         self._cache: OrderedDict[tuple[str, int], Run] = OrderedDict()
 
     # planned runs
@@ -217,6 +219,17 @@ class Runs:
         pipe.hdel(keys.job(job_id, "submitting_open"), str(index))
         pipe.execute()
 
+    def drop_failed_prediction(self, job_id: str, index: int, prediction_id: str, most: int) -> int:
+        """Count a run's prediction ``prediction_id`` as failed and, while the run has had no
+        more than ``most`` such, forget it as the run's prediction (and the finished start's
+        claim), so that its next start submits it again (``drop_failed_prediction.lua``). Returns the failed predictions
+        counted for the run, or 0 when nothing changed: the run has finished, or its
+        prediction is no longer this one (another check of it got here first)."""
+        return int(self._drop_failed(
+            keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "pred"),
+                  keys.job(job_id, "failed"), keys.run_claim(job_id, index)],
+            args=[str(index), prediction_id, most]))
+
     def prediction_of(self, job_id: str, index: int) -> str | None:
         return self._r.hget(keys.job(job_id, "pred"), str(index))
 
@@ -284,6 +297,8 @@ class Runs:
         )
 
     def forget_attempts(self, job_id: str, index: int) -> None:
-        """Clear a run's claim and lost-answer count so a resumed run starts afresh."""
+        """Clear a run's claim and its counts of lost answers and failed predictions, so a
+        resumed run starts afresh."""
         self._r.delete(keys.run_claim(job_id, index))
         self._r.hdel(keys.job(job_id, "lost"), str(index))
+        self._r.hdel(keys.job(job_id, "failed"), str(index))
