@@ -92,7 +92,8 @@ def sim(simulator: Simulator) -> Simulator:
     simulator.configure(
         latency_s=0.3, jitter_s=0.1, api_key=API_KEY, fail_rate=0.0, error_5xx_rate=0.0,
         drop_rate=0.0, slow_rate=0.0, images_per_minute=None, max_concurrent=None,
-        image_long_side=SimConfig().image_long_side,
+        image_long_side=SimConfig().image_long_side, fail_code=SimConfig().fail_code,
+        webhook_attempts=SimConfig().webhook_attempts, webhook_retry_s=SimConfig().webhook_retry_s,
     )
     return simulator
 
