@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from . import adoption
 from .callbacks import callback_url
 from .errors import (
     AuthFailed,
@@ -52,8 +53,9 @@ UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
 COLLECT_CLAIM_S = 30  # a collector that dies lets the next check collect after this
 PAUSED_RETRY_S = 2.0  # how often a paused job's run is offered again
 LOST_ANSWER = (
-    "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
-    "line in the ledger); `editpipe resume` submits it again"
+    "the submit's answer was lost{how} and its prediction could not be told apart from others in the "
+    "account's recent predictions: the provider may have billed it (an unconfirmed_submit line in the "
+    "ledger); `editpipe resume` submits it again"
 )
 
 
@@ -219,11 +221,29 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     spec = ctx.specs[run.model]
     price = spec.price_for(run.options)
     if claim.submit_open:
-        # The delivery before this one died with the submit on the wire. Submitting again
-        # could pay twice; record what it may have cost and let a person resume it.
-        charge_lost_answer(ctx, job_id, run, claim.attempts, price)
+        # An earlier submit's answer was lost (or its worker died with it on the wire): look
+        # for its prediction before paying for another (``adoption``). Meanwhile the run keeps
+        # its slot and its reservation: the prediction may exist and be running.
+        found = adoption.look(ctx.state, ctx.client, job_id, index,
+                              ambiguous_for_s=adoption.LOOKS_AT_S[-1] + start_claim_s(ctx.settings))
+        if found.outcome == "adopted":
+            return Next("poll")
+        if found.outcome == "look_again":
+            runs.release_claim(job_id, index)
+            if ctx.limits is not None:
+                ctx.limits.heartbeat(slot_holder(job_id, index))
+            return Next("submit", found.delay_s, failures)
+        if found.outcome == "ambiguous":
+            # Not told apart from another's: it was most likely made and billed, and another
+            # submit would surely be. Booked as possibly paid; a person resumes it.
+            charge_lost_answer(ctx, job_id, run, claim.attempts, price)
+            how = " with its worker" if found.with_worker else ""
+            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=how), retryable=True)
+        if found.outcome == "nothing" and failures + 1 > ctx.settings.max_transient_retries:
+            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} lost submit answers", retryable=True)
+        failures += found.outcome == "nothing"
         runs.end_submit(job_id, index)
-        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), retryable=True)
+        ctx.free_slot(job_id, index)  # the provider made nothing: submitted again below, as any start
     stop = claim.stop_reason
     # A run whose price was reserved before the budget ran out still goes: that money was
     # set aside for it (it was only waiting for the account's limits).
@@ -272,26 +292,30 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         # The claim lapsed under this step (Redis was away longer than it) and may be
         # another's: submitting now could pay twice. Look again shortly, as a new start.
         return Next("submit", random.uniform(0.5, 1.5), failures)
+    ctx.state.lost.on_wire(job_id, index, attempt, run.model, start_claim_s(ctx.settings) + 10)
     try:
         prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key,
                                        webhook=callback_url(ctx.settings, job_id, index))
     except RateLimited as exc:
         # Not a failure of the run: the whole fleet slows down, and the run waits its turn.
-        runs.end_submit(job_id, index)
+        ctx.state.lost.settled(job_id, index)
         runs.release_claim(job_id, index)
         ctx.free_slot(job_id, index)
         pause = ctx.limits.rate_limited(exc.retry_after) if ctx.limits else backoff_s(failures, exc.retry_after)
         return Next("wait", pause, failures)
     except SubmitUnconfirmed:
-        charge_lost_answer(ctx, job_id, run, attempt, price)
-        runs.end_submit(job_id, index)
-        if runs.count_lost(job_id, index) >= 2:
-            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), retryable=True)
+        # Looked for in the account's recent predictions shortly (the start after this one,
+        # ``claim.submit_open``); the slot and the reservation stay with the run meanwhile.
+        ctx.state.lost.lost(job_id, index)
         runs.release_claim(job_id, index)
-        ctx.free_slot(job_id, index)
-        return Next("submit", backoff_s(1), failures)  # at most once more
+        return Next("submit", adoption.LOOKS_AT_S[0], failures)
     except ProviderError as exc:
-        runs.end_submit(job_id, index)
+        if isinstance(exc, ProviderTransient) and exc.status is not None and not isinstance(exc, RateLimited):
+            # An answer without a prediction id (a 5xx, say): the provider may still have made
+            # one. Its record stays as a tombstone, so no lost answer is ever given it.
+            if (record := ctx.state.lost.lost(job_id, index)) is not None:
+                ctx.state.lost.give_up(record)
+        ctx.state.lost.settled(job_id, index)
         if isinstance(exc, ProviderTransient):
             runs.release_claim(job_id, index)
             ctx.free_slot(job_id, index)
@@ -299,7 +323,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         if isinstance(exc, AuthFailed):
             return _stop_job(ctx, job_id, run, exc)
         return fail_run(ctx, job_id, run, str(exc))
-    runs.record_prediction(job_id, index, prediction.id)
+    ctx.state.lost.answered(job_id, index, prediction.id, adoption.created_ms(prediction))
     return Next("poll", ctx.settings.poll_initial_s)
 
 

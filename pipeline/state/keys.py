@@ -71,3 +71,12 @@ def limits(account: str) -> str:
 def limit_part(prefix: str, part: str) -> str:
     """``rate``, ``leases`` or ``throttle`` of an account's limits; ``last`` of a rate."""
     return f"{prefix}:{part}"
+
+# Lost submit answers (``lost_submits``), account-wide: every submit on the wire or whose
+# answer was lost, and the prediction ids runs know, so that a lost answer's prediction is
+# told apart from the others the account's list shows.
+SUBMITS = f"{PREFIX}:submits"  # hash: run member -> submit record (JSON)
+SUBMITS_BY_START = f"{PREFIX}:submits:start"  # sorted set: run member -> start (ms)
+KNOWN_PREDICTIONS = f"{PREFIX}:known-predictions"  # hash: prediction id -> "<job id>#<index>"
+KNOWN_AT = f"{PREFIX}:known-predictions:at"  # sorted set: prediction id -> when recorded (ms)
+PROVIDER_CLOCK = f"{PREFIX}:provider-clock"  # list: "lo|hi|at" samples of the provider's clock offset (ms)
