@@ -42,6 +42,7 @@ what it may have made is never given to another run.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -50,10 +51,11 @@ from .provider import Prediction, WaveSpeedClient
 from .state import State
 from .state.lost_submits import SubmitRecord
 
+log = logging.getLogger(__name__)
 LOOKS_AT_S = (2.0, 5.0, 10.0, 20.0, 30.0)  # after the loss; the provider's list may lag
 SKEW_S = 2.0  # the clock offset's bound without recent samples
-MARGIN_MS = 5  # on each side of a window measured from samples (drift, rounding)
-SAMPLES_FRESH_S = 120.0
+MARGIN_MS = 2  # on each side of a window measured from fresh samples (drift)
+SAMPLES_FRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def look(state: State, client: WaveSpeedClient, job_id: str, index: int, *, ambi
         if not _others_cover(snap.records, record, offset, created_ms(found) or 0):
             outcome = state.lost.adopt(job_id, index, found.id)
             if outcome == "adopted":
+                log.info("run %s of %s: its lost submit answer found: prediction %s", index, job_id, found.id)
                 return Found("adopted", prediction_id=found.id, candidates=1)
             if outcome in ("finished", "submitted"):
                 return Found("adopted", prediction_id=state.runs.prediction_of(job_id, index), candidates=1)
@@ -151,6 +154,9 @@ def look(state: State, client: WaveSpeedClient, job_id: str, index: int, *, ambi
             return Found("nothing")
         return Found("look_again", wait)
     if elapsed_s >= ambiguous_for_s:
+        log.warning("run %s of %s: its lost submit answer cannot be told apart: %d unknown prediction(s) in its "
+                    "window of %d ms (clock offset known to %d ms)", index, job_id, len(candidates), high - low,
+                    offset.hi_ms - offset.lo_ms)
         state.lost.give_up(record)
         return Found("ambiguous", candidates=len(candidates), with_worker=record.end_ms == record.deadline_ms)
     # Another submit on the wire resolves within its deadline; a lost one may be found.
