@@ -7,7 +7,10 @@ never blocks: a submitted run is polled by short tasks scheduled with a growing 
 is on the wire.
 
 No double pay: a run's prediction id is stored the moment the submit answers, and every
-later delivery of the run polls that prediction instead of submitting again.
+later delivery of the run polls that prediction instead of submitting again. A submit whose
+answer was lost is looked for among the account's recent predictions before the run is
+submitted again (``adoption``); every submit is recorded account-wide while on the wire
+(``State.lost``) so that the look can tell its prediction from the others.
 """
 
 from __future__ import annotations
@@ -202,10 +205,10 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
               admit: Admit | None = None) -> Next:
     """Submit one run, unless it is finished, already submitted, or its job stopped.
 
-    In order: claim the run (one execution at a time), hand it back while its job is paused,
-    reserve its price against the budgets, ask ``admit`` (the account's limits: 0 = go, else
-    seconds to wait), mark the submit as on the wire, submit, and store the prediction id at
-    once.
+    In order: claim the run (one execution at a time), look for the prediction of an earlier
+    submit whose answer was lost, hand it back while its job is paused, reserve its price
+    against the budgets, ask ``admit`` (the account's limits: 0 = go, else seconds to wait),
+    mark the submit as on the wire, submit, and store the prediction id at once.
     """
     jobs, runs = ctx.state.jobs, ctx.state.runs
     # A delivery that finds the claim taken (another one is submitting, or died doing so)
@@ -222,28 +225,10 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     price = spec.price_for(run.options)
     if claim.submit_open:
         # An earlier submit's answer was lost (or its worker died with it on the wire): look
-        # for its prediction before paying for another (``adoption``). Meanwhile the run keeps
-        # its slot and its reservation: the prediction may exist and be running.
-        found = adoption.look(ctx.state, ctx.client, job_id, index,
-                              ambiguous_for_s=adoption.LOOKS_AT_S[-1] + start_claim_s(ctx.settings))
-        if found.outcome == "adopted":
-            return Next("poll")
-        if found.outcome == "look_again":
-            runs.release_claim(job_id, index)
-            if ctx.limits is not None:
-                ctx.limits.heartbeat(slot_holder(job_id, index))
-            return Next("submit", found.delay_s, failures)
-        if found.outcome == "ambiguous":
-            # Not told apart from another's: it was most likely made and billed, and another
-            # submit would surely be. Booked as possibly paid; a person resumes it.
-            charge_lost_answer(ctx, job_id, run, claim.attempts, price)
-            how = " with its worker" if found.with_worker else ""
-            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=how), retryable=True)
-        if found.outcome == "nothing" and failures + 1 > ctx.settings.max_transient_retries:
-            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} lost submit answers", retryable=True)
-        failures += found.outcome == "nothing"
-        runs.end_submit(job_id, index)
-        ctx.free_slot(job_id, index)  # the provider made nothing: submitted again below, as any start
+        # for its prediction before paying for another (``adoption``).
+        looked, failures = _look_for_lost_answer(ctx, job_id, run, claim.attempts, price, failures)
+        if looked is not None:
+            return looked
     stop = claim.stop_reason
     # A run whose price was reserved before the budget ran out still goes: that money was
     # set aside for it (it was only waiting for the account's limits).
@@ -325,6 +310,43 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         return fail_run(ctx, job_id, run, str(exc))
     ctx.state.lost.answered(job_id, index, prediction.id, adoption.created_ms(prediction))
     return Next("poll", ctx.settings.poll_initial_s)
+
+
+def _look_for_lost_answer(ctx: Context, job_id: str, run: Run, attempts: int, price: Decimal,
+                          failures: int) -> tuple[Next | None, int]:
+    """What follows one look for a lost submit answer's prediction; None when the provider
+    made none and the run is to be submitted now (with ``failures`` counted). Until the look
+    settles, the run keeps its slot and its reservation: the prediction may exist and run."""
+    index = run.index
+    try:
+        found = adoption.look(ctx.state, ctx.client, job_id, index,
+                              ambiguous_for_s=adoption.LOOKS_AT_S[-1] + start_claim_s(ctx.settings))
+    except AuthFailed as exc:
+        charge_lost_answer(ctx, job_id, run, attempts, price)
+        return _stop_job(ctx, job_id, run, exc), failures
+    except ProviderError as exc:  # the list failed for now: look again later
+        found = adoption.Found("look_again", backoff_s(1, getattr(exc, "retry_after", None)))
+    if found.outcome == "adopted":
+        return Next("poll"), failures
+    if found.outcome == "look_again":
+        ctx.state.runs.release_claim(job_id, index)
+        if ctx.limits is not None:
+            ctx.limits.heartbeat(slot_holder(job_id, index))
+        return Next("submit", found.delay_s, failures), failures
+    if found.outcome == "ambiguous":
+        # Not told apart from another's: it was most likely made and billed, and another
+        # submit would surely be. Booked as possibly paid; a person resumes it.
+        charge_lost_answer(ctx, job_id, run, attempts, price)
+        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker" if found.with_worker else ""),
+                        retryable=True), failures
+    if found.outcome == "nothing":
+        if failures + 1 > ctx.settings.max_transient_retries:
+            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} lost submit answers",
+                            retryable=True), failures
+        failures += 1
+    ctx.state.runs.end_submit(job_id, index)
+    ctx.free_slot(job_id, index)  # the provider made nothing: submitted again, as any start
+    return None, failures
 
 
 def _stop_job(ctx: Context, job_id: str, run: Run, exc: AuthFailed) -> Next:

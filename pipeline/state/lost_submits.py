@@ -3,9 +3,10 @@ prediction ids runs know, so that ``pipeline.adoption`` can tell a lost answer's
 apart from everything else the provider's list of recent predictions shows.
 
 Keys (``keys``): ``SUBMITS`` (run member -> submit record: job, index, attempt, model,
-start, deadline, end, state), ``SUBMITS_BY_START``, ``KNOWN_PREDICTIONS`` (prediction id ->
-the run that has it) with ``KNOWN_AT``, and ``PROVIDER_CLOCK`` (samples of the offset
-between the provider's clock and Redis's). Times are Redis's (``TIME``), in ms.
+start, deadline, end, state) with ``SUBMITS_BY_START``, ``GAVE_UP`` (tombstones: records of
+lost answers not found) with ``GAVE_UP_BY_END``, ``KNOWN_PREDICTIONS`` (prediction id -> the
+run that has it) with ``KNOWN_AT``, and ``PROVIDER_CLOCK`` (samples of the offset between
+the provider's clock and Redis's). Times are Redis's (``TIME``), in ms.
 
 Guaranteed, each by one atomic script: a submit's record exists from before its request is
 sent (``on_wire``) until its prediction id is recorded and known account-wide in the same
@@ -14,8 +15,10 @@ lost answer's record turns into a tombstone kept for the retention (``give_up``)
 every instant each prediction editpipe's submits created is known, or its submit's record
 is there and covers its creation time. ``adopt`` gives a run a prediction only while the
 run is still looking (no result, no prediction, its record lost) and no run knows the id.
-Records and known ids are trimmed by age: ids at least ``KEEP_KNOWN_S`` and back to before
-the oldest record; nothing past ``RETENTION_S`` (the provider lists 7 days).
+Known ids and tombstones are kept at least ``KEEP_KNOWN_S`` and back to before the oldest
+open record (only a look from an open record reads them); nothing past ``RETENTION_S`` (the
+provider lists 7 days). So their number is what an hour of submits makes, unless a record
+stays open longer (a worker died with it and its run has not started again yet).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class Snapshot:
 
     now_ms: int
     owners: dict[str, str]  # of the ids asked about, those a run knows -> that run's member
-    records: list[SubmitRecord]  # every submit record (on the wire, lost, tombstones)
+    records: list[SubmitRecord]  # every submit record (on the wire, lost) and tombstone
     clock: list[tuple[int, int, int]]  # (lo, hi, at): provider time - Redis time is in [lo, hi]
 
 
@@ -101,7 +104,8 @@ class LostSubmits:
         """Just before a submit's request is sent (after ``Runs.begin_submit``); returns its start."""
         record = json.dumps({"job": job_id, "index": index, "attempt": attempt, "model": model})
         return int(self._on_wire(
-            keys=[keys.SUBMITS, keys.SUBMITS_BY_START, keys.KNOWN_PREDICTIONS, keys.KNOWN_AT],
+            keys=[keys.SUBMITS, keys.SUBMITS_BY_START, keys.KNOWN_PREDICTIONS, keys.KNOWN_AT, keys.GAVE_UP,
+                  keys.GAVE_UP_BY_END],
             args=[member(job_id, index), record, int(deadline_s * 1000), KEEP_KNOWN_S * 1000, RETENTION_S * 1000]))
 
     def answered(self, job_id: str, index: int, prediction_id: str, created_ms: int | None) -> None:
@@ -136,11 +140,12 @@ class LostSubmits:
         if ids:
             pipe.hmget(keys.KNOWN_PREDICTIONS, ids)
         pipe.hvals(keys.SUBMITS)
+        pipe.hvals(keys.GAVE_UP)
         pipe.lrange(keys.PROVIDER_CLOCK, 0, -1)
         replies = pipe.execute()
         seconds, micros = replies[0]
         owners_raw = replies[1] if ids else []
-        records = [SubmitRecord.from_json(raw) for raw in replies[-2]]
+        records = [SubmitRecord.from_json(raw) for raw in replies[-3] + replies[-2]]
         clock = [_sample(raw) for raw in replies[-1]]
         return Snapshot(
             now_ms=int(seconds) * 1000 + int(micros) // 1000,
@@ -148,10 +153,6 @@ class LostSubmits:
             records=records,
             clock=clock,
         )
-
-    def owner(self, prediction_id: str) -> str | None:
-        """The run (its member) that knows ``prediction_id``, if any."""
-        return self._r.hget(keys.KNOWN_PREDICTIONS, prediction_id)
 
     def clock(self) -> list[tuple[int, int, int]]:
         """The clock samples alone (see ``Snapshot.clock``)."""
@@ -168,5 +169,6 @@ class LostSubmits:
         """The lost answer was not found: its record becomes a tombstone and the run may be
         submitted again."""
         return bool(self._gave_up(
-            keys=[keys.SUBMITS, keys.SUBMITS_BY_START, keys.job(record.job_id, "submitting_open")],
+            keys=[keys.SUBMITS, keys.SUBMITS_BY_START, keys.job(record.job_id, "submitting_open"), keys.GAVE_UP,
+                  keys.GAVE_UP_BY_END],
             args=[record.member, f"{record.member}#{record.attempt}", str(record.index)]))
