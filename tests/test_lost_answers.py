@@ -79,7 +79,7 @@ def send_and_die(ctx: Context, job_id: str, index: int) -> str | None:
     claim = ctx.state.runs.claim_start(job_id, index, "dying", start_claim_s(ctx.settings))
     run = claim.run
     spec = ctx.specs[run.model]
-    ctx.state.budget.reserve(job_id, index, spec.price_for(run.options), day="2026-12-03", day_cap=None)
+    ctx.state.budget.reserve(job_id, index, spec.price_for(run.options), day=time.strftime("%Y-%m-%d", time.gmtime()), day_cap=None)
     attempt = ctx.state.runs.begin_submit(job_id, index, "dying")
     ctx.state.lost.on_wire(job_id, index, attempt, run.model, start_claim_s(ctx.settings) + 10)
     try:
