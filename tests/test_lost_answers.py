@@ -255,3 +255,33 @@ def test_with_a_tenth_of_answers_dropped_few_are_paid_twice(tmp_path, settings, 
         if result["status"] == "succeeded":
             assert made[result["prediction_id"]] == result["run_key"]
     assert status.succeeded + len(unconfirmed) == status.total
+
+
+def test_a_submit_whose_worker_died_on_the_wire_is_adopted_not_paid_again(tmp_path, settings, sim, ctx, bucket):
+    job_id = new_job(tmp_path, settings, ctx, bucket, ["A ring on slate."])
+    made = send_and_die(ctx, job_id, 0)
+
+    assert drive(ctx, job_id, 0).action == "finalize"
+
+    [result] = ctx.state.runs.results(job_id)
+    assert result["status"] == "succeeded" and result["prediction_id"] == made
+    assert [line["kind"] for line in ctx.state.runs.ledger(job_id)] == ["completed"]
+    assert sim.stats()["created"] == 1 and sim.stats()["billed_count"] == 1
+
+
+def test_a_prediction_no_run_made_in_the_window_stops_the_adoption(tmp_path, settings, sim, ctx, bucket):
+    # Someone else on the account (the website, another editpipe) makes a prediction while
+    # run 0's submit is lost with its worker: two unknown predictions in its window, and
+    # nothing says which is its own. It takes neither.
+    job_id = new_job(tmp_path, settings, ctx, bucket, ["A ring on slate."])
+    made = send_and_die(ctx, job_id, 0)
+    spec = ctx.specs[ctx.state.runs.run(job_id, 0).model]
+    image = ctx.client.upload(tmp_path / "img.png")
+    foreign = ctx.client.submit(spec.endpoint, {"images": [image], "prompt": "someone else's edit"}).id
+
+    drive(ctx, job_id, 0)
+
+    [result] = ctx.state.runs.results(job_id)
+    assert result["status"] == "failed" and result["prediction_id"] is None
+    assert [line["kind"] for line in ctx.state.runs.ledger(job_id)] == ["unconfirmed_submit"]
+    assert {made, foreign} <= {p["id"] for p in sim.predictions()} and sim.stats()["created"] == 2
