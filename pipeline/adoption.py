@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
+from .errors import AuthFailed, ProviderError, ProviderTransient
 from .provider import Prediction, WaveSpeedClient
 from .state import State
 from .state.lost_submits import SubmitRecord
@@ -62,7 +63,8 @@ SAMPLES_FRESH_S = 60.0
 class Found:
     """What a look found. ``adopted``: the run has ``prediction_id`` now (poll it).
     ``look_again``: look once more after ``delay_s``. ``nothing``: the provider made none; submit
-    again. ``ambiguous``: the run cannot be told its own; submit again as a possibly paid one.
+    again. ``ambiguous``: the run's prediction cannot be told apart from others (or the list
+    cannot be read at all): book it as possibly paid.
     ``unsent``: the run has no record, so its submit was never sent."""
 
     outcome: Literal["adopted", "look_again", "nothing", "ambiguous", "unsent"]
@@ -128,8 +130,21 @@ def look(state: State, client: WaveSpeedClient, job_id: str, index: int, *, ambi
         return Found("look_again", LOOKS_AT_S[0])  # a tombstone's run is being submitted again
     offset = Offset.of(state.lost.clock(), record.lost_at_ms or record.start_ms)
     low, high = offset.window(record.start_ms, record.until_ms)
-    listed = [p for p in client.iter_recent_predictions(model=record.model, created_after=_iso(low - 1000),
-                                                        created_before=_iso(high + 1000))]
+    try:
+        listed = list(client.iter_recent_predictions(model=record.model, created_after=_iso(low - 1000),
+                                                     created_before=_iso(high + 1000)))
+    except AuthFailed:
+        state.lost.give_up(record)  # the job stops; its run is booked as possibly paid
+        raise
+    except ProviderError as exc:
+        # The list cannot be read: for now (look again, within the same bound), or at all
+        # (refused: then nothing can be told apart).
+        lost_for_s = max(0.0, (state.lost.snapshot([]).now_ms - (record.lost_at_ms or 0)) / 1000)
+        if isinstance(exc, ProviderTransient) and lost_for_s < ambiguous_for_s:
+            return Found("look_again", max(LOOKS_AT_S[0], exc.retry_after or 0.0))
+        log.warning("run %s of %s: its lost submit answer cannot be looked for: %s", index, job_id, exc)
+        state.lost.give_up(record)
+        return Found("ambiguous", with_worker=record.end_ms == record.deadline_ms)
     in_window = {p.id: p for p in listed if (ms := created_ms(p)) is not None and low <= ms <= high}
     # Read after the list: a prediction made meanwhile by a submit answered meanwhile is known
     # by now, or its submit is still on the wire.

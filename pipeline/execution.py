@@ -324,8 +324,6 @@ def _look_for_lost_answer(ctx: Context, job_id: str, run: Run, attempts: int, pr
     except AuthFailed as exc:
         charge_lost_answer(ctx, job_id, run, attempts, price)
         return _stop_job(ctx, job_id, run, exc), failures
-    except ProviderError as exc:  # the list failed for now: look again later
-        found = adoption.Found("look_again", backoff_s(1, getattr(exc, "retry_after", None)))
     if found.outcome == "adopted":
         return Next("poll"), failures
     if found.outcome == "look_again":
