@@ -10,6 +10,9 @@ No double pay: a run's prediction id is stored the moment the submit answers, an
 later delivery of the run polls that prediction instead of submitting again.
 A prediction the provider fails for now (``failures.classify``: not billed) is given up in
 one atomic step and its run started again through the same start path, after a backoff.
+A submit whose answer was lost is looked for among the account's recent predictions before
+the run is submitted again (``adoption``); every submit is recorded account-wide while on
+the wire (``State.lost``) so that the look can tell its prediction from the others.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from . import adoption
 from .callbacks import callback_url
 from .errors import (
     AuthFailed,
@@ -55,8 +59,9 @@ UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
 COLLECT_CLAIM_S = 30  # a collector that dies lets the next check collect after this
 PAUSED_RETRY_S = 2.0  # how often a paused job's run is offered again
 LOST_ANSWER = (
-    "the submit's answer was lost{how}: the provider may have billed it (an unconfirmed_submit "
-    "line in the ledger); `editpipe resume` submits it again"
+    "the submit's answer was lost{how} and its prediction could not be told apart from others in the "
+    "account's recent predictions: the provider may have billed it (an unconfirmed_submit line in the "
+    "ledger); `editpipe resume` submits it again"
 )
 
 
@@ -204,10 +209,10 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
               admit: Admit | None = None) -> Next:
     """Submit one run, unless it is finished, already submitted, or its job stopped.
 
-    In order: claim the run (one execution at a time), hand it back while its job is paused,
-    reserve its price against the budgets, ask ``admit`` (the account's limits: 0 = go, else
-    seconds to wait), mark the submit as on the wire, submit, and store the prediction id at
-    once.
+    In order: claim the run (one execution at a time), look for the prediction of an earlier
+    submit whose answer was lost, hand it back while its job is paused, reserve its price
+    against the budgets, ask ``admit`` (the account's limits: 0 = go, else seconds to wait),
+    mark the submit as on the wire, submit, and store the prediction id at once.
     """
     jobs, runs = ctx.state.jobs, ctx.state.runs
     # A delivery that finds the claim taken (another one is submitting, or died doing so)
@@ -223,12 +228,11 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     spec = ctx.specs[run.model]
     price = spec.price_for(run.options)
     if claim.submit_open:
-        # The delivery before this one died with the submit on the wire. Submitting again
-        # could pay twice; record what it may have cost and let a person resume it.
-        charge_lost_answer(ctx, job_id, run, claim.attempts, price)
-        runs.end_submit(job_id, index)
-        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker"), kind=ErrorKind.LOST_ANSWER,
-                        retryable=True)
+        # An earlier submit's answer was lost (or its worker died with it on the wire): look
+        # for its prediction before paying for another (``adoption``).
+        looked, failures = _look_for_lost_answer(ctx, job_id, run, claim.attempts, price, failures)
+        if looked is not None:
+            return looked
     stop = claim.stop_reason
     # A run whose price was reserved before the budget ran out still goes: that money was
     # set aside for it (it was only waiting for the account's limits).
@@ -280,27 +284,30 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         # The claim lapsed under this step (Redis was away longer than it) and may be
         # another's: submitting now could pay twice. Look again shortly, as a new start.
         return Next("submit", random.uniform(0.5, 1.5), failures)
+    ctx.state.lost.on_wire(job_id, index, attempt, run.model, start_claim_s(ctx.settings) + 10)
     try:
         prediction = ctx.client.submit(spec.endpoint, request_payload(run, images), run_key=run.run_key,
                                        webhook=callback_url(ctx.settings, job_id, index))
     except RateLimited as exc:
         # Not a failure of the run: the whole fleet slows down, and the run waits its turn.
-        runs.end_submit(job_id, index)
+        ctx.state.lost.settled(job_id, index)
         runs.release_claim(job_id, index)
         ctx.free_slot(job_id, index)
         pause = ctx.limits.rate_limited(exc.retry_after) if ctx.limits else backoff_s(failures, exc.retry_after)
         return Next("wait", pause, failures)
     except SubmitUnconfirmed:
-        charge_lost_answer(ctx, job_id, run, attempt, price)
-        runs.end_submit(job_id, index)
-        if runs.count_lost(job_id, index) >= 2:
-            return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" twice"), kind=ErrorKind.LOST_ANSWER,
-                            retryable=True)
+        # Looked for in the account's recent predictions shortly (the start after this one,
+        # ``claim.submit_open``); the slot and the reservation stay with the run meanwhile.
+        ctx.state.lost.lost(job_id, index)
         runs.release_claim(job_id, index)
-        ctx.free_slot(job_id, index)
-        return Next("submit", backoff_s(1), failures)  # at most once more
+        return Next("submit", adoption.LOOKS_AT_S[0], failures)
     except ProviderError as exc:
-        runs.end_submit(job_id, index)
+        if isinstance(exc, ProviderTransient) and exc.status is not None and not isinstance(exc, RateLimited):
+            # An answer without a prediction id (a 5xx, say): the provider may still have made
+            # one. Its record stays as a tombstone, so no lost answer is ever given it.
+            if (record := ctx.state.lost.lost(job_id, index)) is not None:
+                ctx.state.lost.give_up(record)
+        ctx.state.lost.settled(job_id, index)
         if isinstance(exc, ProviderTransient):
             runs.release_claim(job_id, index)
             ctx.free_slot(job_id, index)
@@ -309,8 +316,43 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
             return _stop_job(ctx, job_id, run, exc)
         kind = ErrorKind.BAD_INPUT if isinstance(exc, RunRejected) else ErrorKind.PROVIDER_ERROR
         return fail_run(ctx, job_id, run, str(exc), kind=kind)
-    runs.record_prediction(job_id, index, prediction.id)
+    ctx.state.lost.answered(job_id, index, prediction.id, adoption.created_ms(prediction))
     return Next("poll", ctx.settings.poll_initial_s)
+
+
+def _look_for_lost_answer(ctx: Context, job_id: str, run: Run, attempts: int, price: Decimal,
+                          failures: int) -> tuple[Next | None, int]:
+    """What follows one look for a lost submit answer's prediction; None when the provider
+    made none and the run is to be submitted now (with ``failures`` counted). Until the look
+    settles, the run keeps its slot and its reservation: the prediction may exist and run."""
+    index = run.index
+    try:
+        found = adoption.look(ctx.state, ctx.client, job_id, index,
+                              ambiguous_for_s=adoption.LOOKS_AT_S[-1] + start_claim_s(ctx.settings))
+    except AuthFailed as exc:
+        charge_lost_answer(ctx, job_id, run, attempts, price)
+        return _stop_job(ctx, job_id, run, exc), failures
+    if found.outcome == "adopted":
+        return Next("poll"), failures
+    if found.outcome == "look_again":
+        ctx.state.runs.release_claim(job_id, index)
+        if ctx.limits is not None:
+            ctx.limits.heartbeat(slot_holder(job_id, index))
+        return Next("submit", found.delay_s, failures), failures
+    if found.outcome == "ambiguous":
+        # Not told apart from another's: it was most likely made and billed, and another
+        # submit would surely be. Booked as possibly paid; a person resumes it.
+        charge_lost_answer(ctx, job_id, run, attempts, price)
+        return fail_run(ctx, job_id, run, LOST_ANSWER.format(how=" with its worker" if found.with_worker else ""),
+                        kind=ErrorKind.LOST_ANSWER, retryable=True), failures
+    if found.outcome == "nothing":
+        if failures + 1 > ctx.settings.max_transient_retries:
+            return fail_run(ctx, job_id, run, f"gave up after {failures + 1} lost submit answers",
+                            kind=ErrorKind.LOST_ANSWER, retryable=True), failures
+        failures += 1
+    ctx.state.runs.end_submit(job_id, index)
+    ctx.free_slot(job_id, index)  # the provider made nothing: submitted again, as any start
+    return None, failures
 
 
 def _stop_job(ctx: Context, job_id: str, run: Run, exc: AuthFailed) -> Next:

@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     # Limits, dispatch, the steps of a run, recovery.
     "pipeline.limits": ENGINE,
     "pipeline.dispatch": ENGINE,
+    "pipeline.adoption": ENGINE,  # a lost submit answer found among the recent predictions
     "pipeline.execution": ENGINE,
     "pipeline.submission": ENGINE,
     "pipeline.reconcile": ENGINE,

@@ -184,8 +184,9 @@ def test_lost_submit_answers_are_charged_as_unconfirmed_and_reconcile_lists_each
           f"${stats['billed_usd']}, dropped answers {stats['dropped_responses']}, ledger ${ledger_total(ledger)} "
           f"({len(unconfirmed)} unconfirmed_submit), duplicates {stats['duplicate_submissions']}")
     assert stats["dropped_responses"] > 0
-    # Every prediction billed beyond the runs that succeeded is an unconfirmed ledger line.
-    assert len(unconfirmed) == stats["dropped_responses"]
+    # Every prediction billed beyond the runs that succeeded is an unconfirmed ledger line: a
+    # lost answer that could not be told apart from another's (most are found and adopted).
+    assert len(unconfirmed) <= stats["dropped_responses"]
     assert stats["billed_count"] - status.succeeded == len(unconfirmed)
     assert ledger_total(ledger) == Decimal(stats["billed_usd"])
     with WaveSpeedClient(settings.base_url, settings.require_api_key()) as client:

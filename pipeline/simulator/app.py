@@ -75,6 +75,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
     cfg, state = engine.cfg, engine.state
     loop = asyncio.get_running_loop()
     run_key = _run_key(request, body)
+    if "[sim:drop-uncreated-once]" in sub.prompt and state.first_time("drop-uncreated-once", run_key):
+        # An answer lost before the provider made anything: nothing to find, nothing billed.
+        state.counters.dropped_responses += 1
+        _drop_response(request)
     if (refused := _refuse_before_creating(state, cfg, sub.prompt, run_key, loop.time())) is not None:
         return refused
 

@@ -6,8 +6,9 @@ script once per client, shared helpers from ``lua/*_lib.lua``) and one small sto
 each saying what it guarantees: ``Jobs`` (job records), ``Runs`` (a run's claims, marks,
 results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLeases``,
 ``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, ``WebhookEvents``, the limits'
-``LimitsBackend`` and ``Takeover`` (what a dead embedded run held). It may import the domain
-(plan, ledger, errors) and nothing above it.
+``LimitsBackend``, ``Takeover`` (what a dead embedded run held) and ``LostSubmits``
+(submits on the wire or whose answer was lost, and the prediction ids runs know). It may
+import the domain (plan, ledger, errors) and nothing above it.
 
 ``State.from_url(url)`` opens one connection and exposes the stores on it. The connection
 rides out a Redis outage of up to ``RIDE_OUT_S`` (``connection``); past it, the error raised
@@ -23,6 +24,7 @@ from .connection import RIDE_OUT_S, UNAVAILABLE, Connection, flush, wait_until_u
 from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
 from .latency import Latency
 from .limits import LimitsBackend
+from .lost_submits import LostSubmits
 from .queue import Due, DueIndex, FairQueue
 from .run_index import IndexPending
 from .runs import Finished, Runs, RunState, StartClaim
@@ -34,7 +36,7 @@ from .webhook_events import WebhookEvents
 
 __all__ = [
     "ACTIVE", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
-    "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "Released",
+    "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "LostSubmits", "Released",
     "RunState", "Runs", "ScheduleState", "StartClaim", "State", "Takeover", "TaskLeases", "Uploads", "flush",
     "new_job_id", "wait_until_up",
 ]
@@ -57,6 +59,7 @@ class State:
         self.limits = LimitsBackend(conn)
         self.takeover = Takeover(conn)
         self.webhook_events = WebhookEvents(conn)
+        self.lost = LostSubmits(conn)
 
     @classmethod
     def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "State":

@@ -21,8 +21,8 @@ already. Every script here is written to be run twice (claims carry their holder
 charges are keyed by prediction id, a finished run stays finished), so the worst a repeat
 does is delay a run; it never submits or charges one twice. A submit on the wire when Redis
 goes away has its prediction id written once Redis answers again; if Redis stays away past
-the bound, the run's open submit is found by the next delivery and charged as
-``unconfirmed_submit``, never submitted again (``execution.start_run``).
+the bound, the run's open submit is found by the next delivery and looked for among the
+provider's recent predictions before anything is submitted again (``adoption``).
 """
 
 from __future__ import annotations

@@ -81,3 +81,15 @@ def webhook_event(event_id: str) -> str:
 def webhook_prediction(prediction_id: str) -> str:
     """``done`` once a webhook event of this prediction was handled."""
     return f"{PREFIX}:webhook:prediction:{prediction_id}"
+
+
+# Lost submit answers (``lost_submits``), account-wide: every submit on the wire or whose
+# answer was lost, and the prediction ids runs know, so that a lost answer's prediction is
+# told apart from the others the account's list shows.
+SUBMITS = f"{PREFIX}:submits"  # hash: run member -> submit record (JSON)
+SUBMITS_BY_START = f"{PREFIX}:submits:start"  # sorted set: run member -> start (ms)
+GAVE_UP = f"{PREFIX}:submits:gave-up"  # hash: tombstone member -> submit record (JSON)
+GAVE_UP_BY_END = f"{PREFIX}:submits:gave-up:end"  # sorted set: tombstone member -> its window's end (ms)
+KNOWN_PREDICTIONS = f"{PREFIX}:known-predictions"  # hash: prediction id -> "<job id>#<index>"
+KNOWN_AT = f"{PREFIX}:known-predictions:at"  # sorted set: prediction id -> when recorded (ms)
+PROVIDER_CLOCK = f"{PREFIX}:provider-clock"  # list: "lo|hi|at" samples of the provider's clock offset (ms)
