@@ -48,6 +48,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from .adoption import settle_by_callback
 from .callbacks import checked_run
 from .errors import ProviderError, SettingsError
 from .provider import TERMINAL_OK, WaveSpeedClient
@@ -117,7 +118,7 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
     state = State.from_url(settings.redis_url)
     runs, events = state.runs, state.webhook_events
     account = AccountSecret(client.webhook_secret)
-    counts = {"received": 0, "collected": 0, "refused": 0, "rejected": 0, "unavailable": 0}
+    counts = {"received": 0, "collected": 0, "adopted": 0, "refused": 0, "rejected": 0, "unavailable": 0}
     refused_by = {"unsigned": 0, "stale": 0, "bad signature": 0, "replayed": 0}
 
     async def receive(request: web.Request) -> web.Response:
@@ -173,9 +174,20 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         except UNAVAILABLE as exc:
             raise TryLater(f"Redis is not answering ({type(exc).__name__})") from None
         if known != prediction_id:
-            # The prediction is not (yet) the run's recorded one: the poll settles the run.
-            # The one place where a run whose submit answer was lost could adopt it.
-            return False
+            # Not the run's recorded prediction. When the run's submit answer was lost (it is
+            # looking for it), this is its prediction: only that run's submit gave the provider
+            # this URL, whose run token is ours and whose body the account signed
+            # (``adoption.settle_by_callback``). Otherwise the poll settles the run.
+            try:
+                adopted = known is None and await asyncio.to_thread(
+                    settle_by_callback, state, job_id, index, prediction_id)
+            except UNAVAILABLE as exc:
+                raise TryLater(f"Redis is not answering ({type(exc).__name__})") from None
+            if not adopted:
+                return False
+            counts["adopted"] += 1
+            log.info("run %s of %s: its lost submit answer settled by the provider's callback (prediction %s)",
+                     index, job_id, prediction_id)
         if status != TERMINAL_OK:
             return None  # a failure is read by the run's poll, which judges its code
         try:

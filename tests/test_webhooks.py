@@ -271,3 +271,31 @@ def test_a_rotated_secret_is_fetched_again_at_most_once_a_minute(tmp_path, setti
         server.stop()
         sim.configure(webhook_secret=old_secret)
     assert [args[2] for args in sent] == [made[0].id, made[1].id]
+
+
+def test_a_callback_naming_a_run_whose_submit_answer_was_lost_settles_it_to_that_prediction(
+    tmp_path, settings, sim, workers, bucket, s3, webhook_server
+):
+    # Every run's first submit answer is dropped after the provider made the prediction; its
+    # signed webhook, to the URL only that run's submit gave, names the run before any look.
+    sim.configure(latency_s=1.0, jitter_s=0.0)
+    hooked = hooked_settings(settings, webhook_server)
+    workers.settings = hooked
+    workers.start()
+    manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=3, prompts=1)
+    manifest.write_text(manifest.read_text().replace("text: Prompt 0 for the {product}.",
+                                                         'text: "[sim:drop-once] Prompt 0 for the {product}."'))
+
+    status = run_job(hooked, manifest)
+
+    stats, received = sim.stats(), server_stats(webhook_server)
+    assert status.status == "succeeded" and status.succeeded == 3
+    assert stats["dropped_responses"] == 3 and stats["created"] == 3 and stats["duplicate_submissions"] == 0
+    assert received["adopted"] == 3 and received["collected"] == 3
+    ledger = read_jsonl(s3, bucket, f"out/jobs/{status.id}/ledger.jsonl")
+    assert [line["kind"] for line in ledger] == ["completed"] * 3
+    assert sum(Decimal(x["cost_usd"]) for x in ledger) == Decimal(stats["billed_usd"]) == Decimal("0.30")
+    # Each run's output is the prediction the provider made for that run's run key.
+    by_key = {p["run_key"]: p["id"] for p in sim.predictions()}
+    results = read_jsonl(s3, bucket, f"out/jobs/{status.id}/results.jsonl")
+    assert all(by_key[r["run_key"]] == r["prediction_id"] for r in results)
