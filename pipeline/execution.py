@@ -230,7 +230,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     if claim.submit_open:
         # An earlier submit's answer was lost (or its worker died with it on the wire): look
         # for its prediction before paying for another (``adoption``).
-        looked, failures = _look_for_lost_answer(ctx, job_id, run, claim.attempts, price, failures)
+        looked, failures = _look_for_lost_answer(ctx, job_id, run, claim.attempts, price, failures, token)
         if looked is not None:
             return looked
     stop = claim.stop_reason
@@ -242,7 +242,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     if claim.paused:
         # An `editpipe run` stopping cleanly: the run goes back to the queue untouched (nothing
         # reserved, nothing uploaded) and starts once the pause is lifted or lapses.
-        runs.release_claim(job_id, index)
+        runs.release_claim(job_id, index, token)
         return Next("wait", PAUSED_RETRY_S, failures)
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     held = ctx.state.budget.reserve(job_id, index, price, day=day, day_cap=ctx.settings.daily_budget_usd)
@@ -262,10 +262,10 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     try:
         images = prepare_inputs(ctx, run)
     except UploadInProgress:
-        runs.release_claim(job_id, index)
+        runs.release_claim(job_id, index, token)
         return Next("submit", random.uniform(0.5, 1.5), failures)
     except ProviderTransient as exc:
-        runs.release_claim(job_id, index)
+        runs.release_claim(job_id, index, token)
         return _retry_submit(ctx, job_id, run, exc, failures)
     except AuthFailed as exc:
         return _stop_job(ctx, job_id, run, exc)
@@ -277,7 +277,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     if admit is not None:
         wait = admit(slot_holder(job_id, index))
         if wait > 0:
-            runs.release_claim(job_id, index)
+            runs.release_claim(job_id, index, token)
             return Next("wait", wait, failures)
     attempt = runs.begin_submit(job_id, index, token)
     if attempt == 0:
@@ -291,7 +291,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     except RateLimited as exc:
         # Not a failure of the run: the whole fleet slows down, and the run waits its turn.
         ctx.state.lost.settled(job_id, index)
-        runs.release_claim(job_id, index)
+        runs.release_claim(job_id, index, token)
         ctx.free_slot(job_id, index)
         pause = ctx.limits.rate_limited(exc.retry_after) if ctx.limits else backoff_s(failures, exc.retry_after)
         return Next("wait", pause, failures)
@@ -299,7 +299,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         # Looked for in the account's recent predictions shortly (the start after this one,
         # ``claim.submit_open``); the slot and the reservation stay with the run meanwhile.
         ctx.state.lost.lost(job_id, index)
-        runs.release_claim(job_id, index)
+        runs.release_claim(job_id, index, token)
         return Next("submit", adoption.LOOKS_AT_S[0], failures)
     except ProviderError as exc:
         if isinstance(exc, ProviderTransient) and exc.status is not None and not isinstance(exc, RateLimited):
@@ -309,7 +309,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
                 ctx.state.lost.give_up(record)
         ctx.state.lost.settled(job_id, index)
         if isinstance(exc, ProviderTransient):
-            runs.release_claim(job_id, index)
+            runs.release_claim(job_id, index, token)
             ctx.free_slot(job_id, index)
             return _retry_submit(ctx, job_id, run, exc, failures)
         if isinstance(exc, AuthFailed):
@@ -321,7 +321,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
 
 
 def _look_for_lost_answer(ctx: Context, job_id: str, run: Run, attempts: int, price: Decimal,
-                          failures: int) -> tuple[Next | None, int]:
+                          failures: int, token: str) -> tuple[Next | None, int]:
     """What follows one look for a lost submit answer's prediction; None when the provider
     made none and the run is to be submitted now (with ``failures`` counted). Until the look
     settles, the run keeps its slot and its reservation: the prediction may exist and run."""
@@ -335,7 +335,7 @@ def _look_for_lost_answer(ctx: Context, job_id: str, run: Run, attempts: int, pr
     if found.outcome == "adopted":
         return Next("poll"), failures
     if found.outcome == "look_again":
-        ctx.state.runs.release_claim(job_id, index)
+        ctx.state.runs.release_claim(job_id, index, token)
         if ctx.limits is not None:
             ctx.limits.heartbeat(slot_holder(job_id, index))
         return Next("submit", found.delay_s, failures), failures

@@ -87,7 +87,7 @@ def send_and_die(ctx: Context, job_id: str, index: int) -> str | None:
                                      run_key=run.run_key)
     except SubmitUnconfirmed:
         answered = None
-    ctx.state.runs.release_claim(job_id, index)  # the claim lapses with its worker
+    ctx.state.runs.release_claim(job_id, index, "dying")  # the claim lapses with its worker
     return answered.id if answered else None
 
 

@@ -82,6 +82,7 @@ class Runs:
         self._finish = conn.script("finish_run.lua", "budget_lib.lua")
         self._reopen = conn.script("reopen_run.lua")
         self._start_claim = conn.script("start_claim.lua")
+        self._release_claim = conn.script("release_claim.lua")
         self._collect_claim = conn.script("collect_claim.lua")
         self._begin_submit = conn.script("begin_submit.lua")
         self._drop_failed = conn.script("drop_failed_prediction.lua")
@@ -190,8 +191,9 @@ class Runs:
             paused=bool(paused),
         )
 
-    def release_claim(self, job_id: str, index: int) -> None:
-        self._r.delete(keys.run_claim(job_id, index))
+    def release_claim(self, job_id: str, index: int, token: str) -> None:
+        """Give the start claim back, if ``token`` still holds it (``release_claim.lua``)."""
+        self._release_claim(keys=[keys.run_claim(job_id, index)], args=[token])
 
     def begin_submit(self, job_id: str, index: int, token: str) -> int:
         """Mark a submit as on the wire, just before it is sent; returns its attempt number,
