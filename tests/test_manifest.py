@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -637,3 +639,19 @@ def test_a_feed_byte_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_pat
     path = write(tmp_path, FEED_MANIFEST)
 
     assert issues_of(path, specs) == [f"{feed}:4:27: feed: byte 0xe9 is not UTF-8; a feed is UTF-8 text"]
+
+
+def test_an_alias_bomb_is_refused_at_its_anchor_without_expanding_it(tmp_path, specs):
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    path = write(tmp_path, "l0: &l0 [lol, lol]\n" + levels + BASE.lstrip("\n") + "matrix: {aspect_ratio: *l9}\n")
+    started = time.perf_counter()
+    (issue,) = issues_of(path, specs)  # 2 × 10 ** 9 strings, were it expanded
+    assert time.perf_counter() - started < 2
+    assert re.match(rf"{re.escape(str(path))}:\d+:\d+: manifest: aliases repeat more than 100,000 nodes", issue)
+
+
+def test_a_control_character_is_reported_at_its_line_and_column(tmp_path, specs):
+    path = write(tmp_path, BASE.replace("A photo of", "A \x07photo of"))
+    assert issues_of(path, specs) == [
+        f"{path}:10:13: yaml: invalid YAML: character #x0007: control characters are not allowed"
+    ]

@@ -115,7 +115,7 @@ def _parse(
     max_runs: int | None,
 ) -> Manifest:
     data, locations, issues = read_yaml(text, filename)
-    if data is None:
+    if issues and data is None:
         raise ManifestError(issues)
     if not isinstance(data, dict):
         issues.append(locations.issue((), "the manifest must be a mapping of fields (version, name, output, …)"))
@@ -202,6 +202,8 @@ def _parse(
 
 def _resolve_output(output: str, base_dir: Path) -> tuple[str | None, str | None]:
     """(resolved output, problem): ``s3://bucket[/prefix]`` as written, or an absolute directory."""
+    if any(ord(c) < 0x20 for c in output):
+        return None, "output must not contain a control character"
     if output.startswith("s3://"):
         bucket = output[len("s3://") :].split("/", 1)[0]
         return (output.rstrip("/"), None) if bucket else (None, "an s3 output needs a bucket: s3://bucket/prefix")
