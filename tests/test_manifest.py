@@ -655,3 +655,9 @@ def test_a_control_character_is_reported_at_its_line_and_column(tmp_path, specs)
     assert issues_of(path, specs) == [
         f"{path}:10:13: yaml: invalid YAML: character #x0007: control characters are not allowed"
     ]
+
+
+def test_an_issue_at_line_100_is_printed_as_written_not_as_an_emoji(tmp_path, specs):
+    path = write(tmp_path, BASE + "#\n" * 89 + "nmae: x\n")
+    result = editpipe("validate", str(path))
+    assert result.stderr.splitlines()[0] == f"{path}:100:1: nmae: unknown key 'nmae' (did you mean 'name'?)"
