@@ -21,7 +21,11 @@ class SettingsError(EditpipeError):
 
 @dataclass(frozen=True)
 class ManifestIssue:
-    """One problem in a manifest, located for a person: ``file:line:col: field: message``."""
+    """One problem in a manifest, located for a person: ``file:line:col: field: message``.
+
+    As text, it is one line whatever a feed or manifest put in it: control characters and
+    line separators are shown escaped (``\\x1e``), never sent to the terminal.
+    """
 
     file: str
     line: int
@@ -30,7 +34,12 @@ class ManifestIssue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}: {self.field}: {self.message}"
+        return f"{self.file}:{self.line}:{self.col}: {self.field}: {self.message}".translate(_ESCAPED)
+
+
+# C0 and C1 controls, DEL, and what str.splitlines also ends a line at.
+_ESCAPED = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+            for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
 
 
 class ManifestError(EditpipeError):

@@ -174,7 +174,8 @@ def _plan_again(settings: Settings, storage: Storage, stored: StoredJob) -> tupl
     if not base.is_dir():
         base = Path.cwd()
     key = job_file(stored.job_id, MANIFEST)
-    manifest = parse_manifest(storage.get_text(key), storage.location(key), base, specs, sources=Sources(settings))
+    manifest = parse_manifest(storage.get_text(key), storage.location(key), base, specs, sources=Sources(settings),
+                               max_runs=settings.max_runs)
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
     if mark is None:  # closed, or the job was finalized: as it would have been at its submit
         summary = stored.summary or {}

@@ -82,6 +82,9 @@ class Settings:
     # or under ``state_home`` for an s3:// one.
     state_dir: Path | None = None
     state_home: Path = Path("~/.local/state").expanduser()
+    # Runs one job may have (EDITPIPE_MAX_RUNS; None: the default of ``pipeline.size``); a
+    # manifest's own ``max_runs`` takes precedence.
+    max_runs: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -117,6 +120,7 @@ class Settings:
             schedules_file=Path(env.get("EDITPIPE_SCHEDULES") or configs_dir / "schedules.yaml"),
             state_dir=Path(env["EDITPIPE_STATE_DIR"]).expanduser().absolute() if env.get("EDITPIPE_STATE_DIR") else None,
             state_home=Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME") or "~").expanduser() / ".local" / "state"),
+            max_runs=_int(env, "EDITPIPE_MAX_RUNS", 0) or None,
         )
 
     def with_tier(self, tier: str) -> "Settings":

@@ -41,6 +41,7 @@ from .run_index import (
     write_recovered,
 )
 from .settings import Settings
+from .size import Size, size_of
 from .state import UNAVAILABLE, Jobs, JobStatus, State, new_job_id
 from .storage import Storage, open_storage, s3_object_etag
 
@@ -134,8 +135,12 @@ def _found_by_sidecars(storage: Storage, plan: Plan, found: dict[str, str], jobs
     return recovered
 
 
-def prepare(path: Path, settings: Settings, *, force: bool = False, state: State | None = None) -> Prepared:
+def prepare(path: Path, settings: Settings, *, force: bool = False, state: State | None = None,
+            counted: Callable[[Size], None] | None = None) -> Prepared:
     """Load, validate and plan a manifest; raises ``ManifestError`` with every issue.
+
+    ``counted`` is told the plan's size (by arithmetic: runs, cost) once the manifest is
+    valid, before a run is built.
 
     Unless ``force``, runs already done under the same output root are found, and only the
     others are priced. With the workers' ``state``, that includes the outputs of jobs still
@@ -143,7 +148,9 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, state: State
     Redis lost (``look_up_done``).
     """
     specs = load_model_specs(settings.models_dir)
-    manifest = load_manifest(path, specs, sources=Sources(settings))
+    manifest = load_manifest(path, specs, sources=Sources(settings), max_runs=settings.max_runs)
+    if counted is not None:
+        counted(size_of(manifest, specs))
     plan = plan_runs(manifest, specs, s3_etag=lambda uri: s3_object_etag(uri, settings))
     storage = open_storage(manifest.output, settings)
     # Redis before storage: a line that leaves Redis in between was written to storage first.

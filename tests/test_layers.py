@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "pipeline.modelspec": DOMAIN,
     "pipeline.manifest": DOMAIN,
     "pipeline.plan": DOMAIN,
+    "pipeline.size": DOMAIN,  # a plan's runs, cost and dimensions, by arithmetic
     "pipeline.ledger": DOMAIN,
     "pipeline.layout": DOMAIN,
     "pipeline.records": DOMAIN,

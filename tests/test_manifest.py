@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import make_image
 from conftest import write_yaml as write
+from pipeline.cli import main
 from pipeline.errors import ManifestError
 from pipeline.manifest import (
     DEFAULT_OUTPUT_KEY,
@@ -478,3 +482,182 @@ def test_json_schema_without_specs_still_describes_the_structure():
     schema = manifest_json_schema()
     assert "image_sets" in schema["properties"]
     assert schema["$defs"]["Prompt"]["additionalProperties"] == {"type": "string"}
+
+
+# ---- the size of a plan, counted before it is built ------------------------------------------
+
+# 1 set × 1 prompt × a 15 × 3 × 3 × 3 matrix × 10,000 variants: 4,050,000 runs at $0.10.
+HUGE = BASE + """defaults:
+  variants: 10000
+matrix:
+  aspect_ratio: ["1:1", "2:3", "3:2", "1:2", "2:1", "1:3", "3:1", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "9:21", "21:9"]
+  resolution: [1k, 2k, 4k]
+  quality: [low, medium, high]
+  output_format: [png, jpeg, webp]
+output_key: "{image_set}/{prompt}/{aspect_ratio}/{resolution}/{quality}/{output_format}/{variant}"
+"""
+
+
+def editpipe(*args: str, env: dict[str, str] | None = None):
+    """The CLI in this process, as a user runs it (exit code, stdout, stderr)."""
+    return CliRunner().invoke(main, list(args), env={"EDITPIPE_MAX_RUNS": "", **(env or {})})
+
+
+def test_a_manifest_over_the_cap_is_refused_by_arithmetic_at_its_largest_dimension(tmp_path, specs):
+    path = write(tmp_path, HUGE)
+
+    for command in ("validate", "plan"):
+        result = editpipe(command, str(path))
+        assert result.exit_code == 2, result.output
+        (line, summary) = result.stderr.strip().splitlines()
+        # defaults.variants (10,000) multiplies most: the issue is at its line.
+        assert line.startswith(f"{path}:12:13: defaults.variants: 4,050,000 runs (estimated $405,000.00) are more "
+                               "than the 1,000,000 a job may have (the default cap): ")
+        assert "1 image sets × 1 prompts" not in line  # a dimension of 1 multiplies nothing
+        assert "15 aspect_ratio values × 3 resolution values × 3 quality values × 3 output_format values" in line
+        assert line.endswith("raise the cap: max_runs: 4050000 at the manifest's top level, "
+                             "or EDITPIPE_MAX_RUNS=4050000")
+        assert summary == "1 error(s); nothing was submitted."
+        assert "Traceback" not in result.stderr
+
+
+def test_the_cap_is_raised_in_the_manifest_or_the_environment(tmp_path, specs):
+    path = write(tmp_path, HUGE.replace("variants: 10000", "variants: 10"))  # 4,050 runs
+    assert editpipe("validate", str(path)).exit_code == 0
+
+    result = editpipe("validate", str(path), env={"EDITPIPE_MAX_RUNS": "4049"})
+    assert result.exit_code == 2
+    # Now the matrix's 15 aspect ratios multiply most.
+    assert f"{path}:14:17: matrix.aspect_ratio: 4,050 runs (estimated $405.00) are more than the 4,049 a job may " \
+           "have (EDITPIPE_MAX_RUNS): " in result.stderr
+    assert editpipe("validate", str(path), env={"EDITPIPE_MAX_RUNS": "4050"}).exit_code == 0
+
+    own = write(tmp_path, "max_runs: 4050\n" + path.read_text(), name="own.yaml")
+    result = editpipe("validate", str(own), env={"EDITPIPE_MAX_RUNS": "4049"})
+    assert result.exit_code == 0, result.stderr
+    assert "ok, 4050 runs" in result.stdout
+    # The manifest's own cap comes first, lower than the environment's too.
+    lowered = write(tmp_path, "max_runs: 100\n" + BASE.lstrip("\n") + "defaults: {variants: 101}\n", name="low.yaml")
+    result = editpipe("validate", str(lowered), env={"EDITPIPE_MAX_RUNS": "1000"})
+    assert result.exit_code == 2
+    assert "101 runs (estimated $10.10) are more than the 100 a job may have (max_runs, line 1)" in result.stderr
+
+
+def test_max_runs_must_be_a_positive_whole_number(tmp_path, specs):
+    path = write(tmp_path, BASE + "max_runs: 0\n")
+    assert prefixes(path, specs) == [f"{path}:11:11: max_runs:"]
+    result = editpipe("validate", str(write(tmp_path, BASE, name="ok.yaml")), env={"EDITPIPE_MAX_RUNS": "lots"})
+    assert result.exit_code == 2 and "EDITPIPE_MAX_RUNS must be a whole number" in result.stderr
+
+
+def test_plan_prints_the_count_and_cost_before_the_runs(tmp_path, specs):
+    path = write(tmp_path, HUGE.replace("variants: 10000", "variants: 2"))
+    result = editpipe("plan", str(path), "--limit", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: 810 runs, estimated $81.00 if all are new")
+
+
+# ---- inputs checked before anything is paid ------------------------------------------------
+
+
+def test_a_text_file_named_jpg_is_refused_at_validate_on_its_line(tmp_path, specs):
+    (tmp_path / "front.jpg").write_text("not an image at all\n")
+    make_image(tmp_path / "back.png")
+    path = write(tmp_path, BASE.replace("[https://cdn.example.com/a.jpg]", "[back.png, front.jpg]"))
+
+    result = editpipe("validate", str(path))
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:6:24: image_sets[0].images[1]: 'front.jpg' is not an image "
+        "(JPG, PNG, WebP, GIF, BMP, TIFF are accepted)"
+    )
+
+
+def test_an_image_format_the_provider_does_not_take_or_too_large_is_refused(tmp_path, specs):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.ico")
+    with (tmp_path / "big.png").open("wb") as f:
+        f.truncate(21 * 1024 * 1024)
+    path = write(tmp_path, BASE.replace("[https://cdn.example.com/a.jpg]", "[a.ico, big.png]"))
+    assert issues_of(path, specs) == [
+        f"{path}:6:14: image_sets[0].images[0]: 'a.ico' is a ICO image; the provider accepts JPG, PNG, WebP, GIF, BMP, TIFF",
+        f"{path}:6:21: image_sets[0].images[1]: 'big.png' is 21.0 MB; the provider accepts images up to 20 MB",
+    ]
+
+
+FEED_MANIFEST = """
+version: 1
+name: feed
+output: out
+catalog:
+  feed: products.csv
+  id: sku
+  images: [image]
+  on_bad_row: fail
+prompts:
+  - id: p
+    text: A photo.
+"""
+
+
+def test_a_feed_row_naming_a_local_file_that_is_not_an_image_is_refused_at_the_feeds_line(tmp_path, specs):
+    make_image(tmp_path / "ok.png")
+    (tmp_path / "notes.png").write_bytes(b"%PDF-1.4 not a png")
+    (tmp_path / "products.csv").write_text("sku,image\na,ok.png\nb,https://cdn.example.com/b.jpg\nc,notes.png\n")
+    path = write(tmp_path, FEED_MANIFEST)
+
+    result = editpipe("validate", str(path))
+
+    assert result.exit_code == 2
+    feed = tmp_path / "products.csv"
+    assert result.stderr.splitlines()[0] == (
+        f"{feed}:4:1: image: 'notes.png' is not an image (JPG, PNG, WebP, GIF, BMP, TIFF are accepted)"
+    )
+
+
+def test_a_byte_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_path, specs):
+    text = write(tmp_path, BASE).read_bytes()
+    lines = text.splitlines(keepends=True)
+    assert lines[8] == b"  - id: p\n"
+    lines[8] = b"  - id: \xc3\xa9\xff\n"  # an é, then a byte no UTF-8 text has
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"".join(lines))
+
+    result = editpipe("validate", str(path))
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[0] == f"{path}:9:10: manifest: byte 0xff is not UTF-8; a manifest is UTF-8 text"
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_feed_byte_that_is_not_utf8_is_reported_at_its_line_and_column(tmp_path, specs, newline):
+    rows = ["sku,image", "a,https://cdn.example.com/a.jpg", "caf\u00e9,https://cdn.example.com/b.jpg"]
+    feed = tmp_path / "products.csv"
+    feed.write_bytes(newline.join(rows).encode() + newline.encode() + b"d,https://cdn.example.com/\xe9.jpg" + newline.encode())
+    path = write(tmp_path, FEED_MANIFEST)
+
+    assert issues_of(path, specs) == [f"{feed}:4:27: feed: byte 0xe9 is not UTF-8; a feed is UTF-8 text"]
+
+
+def test_an_alias_bomb_is_refused_at_its_anchor_without_expanding_it(tmp_path, specs):
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    path = write(tmp_path, "l0: &l0 [lol, lol]\n" + levels + BASE.lstrip("\n") + "matrix: {aspect_ratio: *l9}\n")
+    started = time.perf_counter()
+    (issue,) = issues_of(path, specs)  # 2 × 10 ** 9 strings, were it expanded
+    assert time.perf_counter() - started < 2
+    assert re.match(rf"{re.escape(str(path))}:\d+:\d+: manifest: aliases repeat more than 100,000 nodes", issue)
+
+
+def test_a_control_character_is_reported_at_its_line_and_column(tmp_path, specs):
+    path = write(tmp_path, BASE.replace("A photo of", "A \x07photo of"))
+    assert issues_of(path, specs) == [
+        f"{path}:10:13: yaml: invalid YAML: character #x0007: control characters are not allowed"
+    ]
+
+
+def test_an_issue_at_line_100_is_printed_as_written_not_as_an_emoji(tmp_path, specs):
+    path = write(tmp_path, BASE + "#\n" * 89 + "nmae: x\n")
+    result = editpipe("validate", str(path))
+    assert result.stderr.splitlines()[0] == f"{path}:100:1: nmae: unknown key 'nmae' (did you mean 'name'?)"

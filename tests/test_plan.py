@@ -21,8 +21,10 @@ from conftest import write_yaml as write
 from pipeline.errors import ManifestError
 from pipeline.manifest import DEFAULT_OUTPUT_KEY, load_manifest, unsafe_key
 from pipeline.manifest.checks.keys import distinct_by_shape
+from pipeline.modelspec import DEFAULT_MODEL, PriceRule
 from pipeline.modelspec import PACKAGED_MODELS as CONFIGS
 from pipeline.plan import InputRef, Plan, Run, count_runs, pair_runs, plan_runs, render_output_keys, run_key
+from pipeline.size import size_of
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "manifests"
 
@@ -465,6 +467,21 @@ runs:
 def test_runs_counted_before_expanding_are_the_runs_planned(tmp_path, specs, case):
     manifest = load_manifest(three_by_two(tmp_path, COUNT_CASES[case]), specs)
     assert count_runs(manifest) == len(plan_runs(manifest, specs).runs)
+
+
+@pytest.mark.parametrize("case", sorted(COUNT_CASES))
+def test_size_by_arithmetic_is_the_count_and_cost_of_the_plan(tmp_path, specs, case):
+    spec = specs[DEFAULT_MODEL]
+    priced = {spec.name: replace(spec, price_rules=(
+        PriceRule({"resolution": "2k"}, Decimal("0.30")),
+        PriceRule({"aspect_ratio": "2:3", "quality": "medium"}, Decimal("0.17")),
+    ))}
+    manifest = load_manifest(three_by_two(tmp_path, COUNT_CASES[case]), specs)
+    for prices in (specs, priced):
+        plan = plan_runs(manifest, prices)
+        size = size_of(manifest, prices)
+        assert (size.runs, size.usd) == (len(plan.runs), plan.estimated_cost(prices))
+    assert size_of(manifest, {}).usd is None  # a model without a spec has no price
 
 
 def test_runs_of_a_feed_are_counted_without_reading_an_input(tmp_path, specs):

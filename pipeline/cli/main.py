@@ -30,6 +30,7 @@ from .output import (
 )
 
 if TYPE_CHECKING:
+    from ..size import Size
     from ..submission import Finalize
 
 
@@ -103,7 +104,12 @@ def plan(manifest: Path, limit: int, force: bool) -> None:
     would cost. Pays nothing."""
     from ..submission import prepare
 
-    prepared = prepare(manifest, _settings(), force=force)
+    def counted(size: Size) -> None:
+        cost = f"${usd(size.usd)}" if size.usd is not None else "unknown"
+        console.print(f"{manifest}: {size.runs:,} runs, estimated {cost} if all are new (counted before "
+                      "planning them)", markup=False)
+
+    prepared = prepare(manifest, _settings(), force=force, counted=counted)
     runs = prepared.plan.runs
     table = Table(title=f"{prepared.manifest.name}: {len(runs)} runs")
     option_names = list(runs[0].options) if runs else []

@@ -10,8 +10,9 @@ from ..state import JobStatus, State
 from ..ledger import usd
 from ..records import JobState, RunResult
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes: an issue at line 100, col 3 would print ":100:" as 💯.
+console = Console(stderr=False, highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_INVALID = 0, 1, 2
 

@@ -20,11 +20,14 @@ Modules, each about one thing:
 - ``checks``: what the values mean, against the model specs;
 - ``feeds``: a catalog's feed rows and folders parsed, and what opens their locations;
 - ``catalog_rows``: a catalog's rows judged one by one;
-- ``references``: whether an image reference can be fetched;
+- ``references``: whether an image reference can be fetched (a local one: an image the
+  provider accepts, by its header);
 - ``load``: the steps put together.
 
-Domain layer: imports ``errors``, ``modelspec`` and ``plan`` (which runs a manifest means:
-the checks judge the output keys of exactly those), never a layer above; what reads a feed
+Domain layer: imports ``errors``, ``modelspec``, ``plan`` (which runs a manifest means:
+the checks judge the output keys of exactly those) and ``size`` (how many, by arithmetic:
+a manifest over its cap of runs is refused before any is expanded), and Pillow to read an
+image's header; never a layer above; what reads a feed
 over the network is passed in (``pipeline.catalog.Sources``).
 """
 

@@ -16,7 +16,7 @@ from ..errors import CatalogUnreadable, ManifestIssue, MissingColumns
 from ..modelspec import ModelSpec
 from ..plan import model_of
 from .checks.context import MAX_RUN_ISSUES
-from .feeds import CatalogSources, Entry, read_feed, read_folder
+from .feeds import CatalogSources, Entry, FeedNotText, read_feed, read_folder
 from .reader import DocPath, Locations
 from .references import References
 from .schema import Catalog, Defaults, Prompt, RunSpec
@@ -28,8 +28,9 @@ class CatalogReader:
     """Turns a catalog's entries into ``CatalogSet``s, judging each on its own.
 
     A row (or folder) is bad when it has no id, an id another image set already has or that
-    cannot be part of an output key, no image, an image reference that cannot be fetched, or
-    more images than a model it meets accepts. Its issue is located in the feed
+    cannot be part of an output key, no image, an image reference that cannot be fetched (a
+    local file that is not an image the provider accepts, judged by its header), or more
+    images than a model it meets accepts. Its issue is located in the feed
     (``feed:line:1: column: message``), or for a folder at the manifest's ``catalog.prefix``.
     Whatever stops the whole catalog (an unreadable feed, a missing column) is located at the
     manifest's own lines.
@@ -102,6 +103,8 @@ class CatalogReader:
             for column in exc.columns:
                 message = f"no column {column!r} in {self.label} (its header has: {header})"
                 issues.append(self.locations.issue(self._column_path(column), message))
+        except FeedNotText as exc:
+            issues.append(ManifestIssue(self.label, exc.line, exc.col, "feed", str(exc)))
         except CatalogUnreadable as exc:
             issues.append(self.locations.issue(source, str(exc)))
 
@@ -132,11 +135,10 @@ class CatalogReader:
         if not entry.images:
             columns = self.catalog.images or []
             return self._bad(entry, "images", f"no image: {', '.join(columns)} {'is' if len(columns) == 1 else 'are'} empty")
-        if self.catalog.feed is not None:
-            for column, ref in entry.images:
-                problem = self.references.problem(ref)
-                if problem is not None:
-                    return self._bad(entry, column, problem)
+        for column, ref in entry.images:
+            problem = self.references.problem(ref)
+            if problem is not None:
+                return self._bad(entry, column or "images", problem)
         if self.limit is not None and len(entry.images) > self.limit.max_images:
             limit = f"{self.limit.name} accepts at most {self.limit.max_images}"
             return self._bad(entry, "images", f"{len(entry.images)} images; {limit}")

@@ -14,7 +14,6 @@ locations too.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
@@ -142,17 +141,55 @@ def read_feed(
     image_columns, var_columns = tuple(image_columns), tuple(var_columns)
     parse = _csv_rows if fmt == "csv" else _jsonl_rows
     with sources.open(resolve(location, base_dir)) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if fmt == "csv" else None)
         try:
-            yield from parse(text, id_column, image_columns, var_columns)
-        except UnicodeDecodeError:
-            raise CatalogUnreadable(f"{location} is not UTF-8 text") from None
+            yield from parse(_text_lines(raw), id_column, image_columns, var_columns)
         except OSError as exc:
             raise CatalogUnreadable(f"reading {location} failed: {exc}") from None
 
 
+class FeedNotText(CatalogUnreadable):
+    """A feed byte that is not UTF-8, at its 1-based ``line`` and ``col`` (in characters)."""
+
+    def __init__(self, message: str, line: int, col: int):
+        super().__init__(message)
+        self.line = line
+        self.col = col
+
+
+def _text_lines(raw: BinaryIO) -> Iterator[str]:
+    """The feed's lines as text, each with its end (``\\n``, ``\\r\\n`` or a lone ``\\r``, as
+    universal newlines split them), a UTF-8 byte-order mark dropped. Raises ``FeedNotText``
+    at the first byte that is not UTF-8."""
+    number = 0  # lines yielded so far
+    for chunk in raw:  # split after each b"\\n"
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            pieces = _lines(chunk[: exc.start].decode("utf-8"))
+            if pieces and not pieces[-1].endswith("\r"):
+                line, col = number + len(pieces), len(pieces[-1]) + 1
+            else:
+                line, col = number + len(pieces) + 1, 1
+            raise FeedNotText(f"byte 0x{chunk[exc.start]:02x} is not UTF-8; a feed is UTF-8 text", line, col) from None
+        if number == 0 and text.startswith("\ufeff"):
+            text = text[1:]
+        for piece in _lines(text):
+            number += 1
+            yield piece
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` (at most one ``\\n``, at its end) split after each lone ``\\r`` too."""
+    if "\r" not in text[:-2]:
+        return [text] if text else []
+    return [piece for piece in _LONE_CR.split(text) if piece]
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
 def _csv_rows(
-    text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]
+    text: Iterable[str], id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]
 ) -> Iterator[Entry]:
     reader = csv.reader(text)
     try:
@@ -184,7 +221,7 @@ def _csv_rows(
 
 
 def _jsonl_rows(
-    text: io.TextIOBase, id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]
+    text: Iterable[str], id_column: str, image_columns: tuple[str, ...], var_columns: tuple[str, ...]
 ) -> Iterator[Entry]:
     for line, raw in enumerate(text, start=1):
         if not raw.strip():

@@ -18,10 +18,11 @@ from pydantic import TypeAdapter, ValidationError
 from ..errors import ManifestError, ManifestIssue
 from ..modelspec import ModelSpec
 from ..plan import gc_paused
+from ..size import DEFAULT_MAX_RUNS
 from .catalog_rows import CatalogReader, feed_label, max_images_spec
-from .checks import check_manifest
+from .checks import Cap, check_manifest
 from .feeds import LOCAL_FILES, CatalogSources
-from .reader import DocPath, as_value, read_yaml
+from .reader import DocPath, Locations, as_value, read_yaml
 from .references import References
 from .schema import (
     DEFAULT_OUTPUT_KEY,
@@ -40,20 +41,32 @@ from .value import CatalogSet, Manifest
 
 
 def load_manifest(
-    path: Path, specs: Mapping[str, ModelSpec], *, sources: CatalogSources = LOCAL_FILES
+    path: Path,
+    specs: Mapping[str, ModelSpec],
+    *,
+    sources: CatalogSources = LOCAL_FILES,
+    max_runs: int | None = None,
 ) -> Manifest:
     """Read and validate the manifest at ``path``; issues name the file as given.
 
     A ``catalog`` is read here (streamed, row by row) through ``sources``: the default reads
     local files only; ``pipeline.catalog.Sources`` reads https and ``s3://`` ones too.
-    Raises ``ManifestError`` with every issue found (an unreadable file is one issue).
+    ``max_runs`` is the cap on the job's runs (``EDITPIPE_MAX_RUNS``; None: the default),
+    unless the manifest sets its own. Raises ``ManifestError`` with every issue found (an
+    unreadable file, or a byte that is not UTF-8, is one issue).
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise ManifestError([ManifestIssue(str(path), 1, 1, "manifest", f"cannot read the manifest: {exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, col = byte_position(raw, exc.start)
+        message = f"byte 0x{raw[exc.start]:02x} is not UTF-8; a manifest is UTF-8 text"
+        raise ManifestError([ManifestIssue(str(path), line, col, "manifest", message)]) from None
     with gc_paused():
-        return _parse(text, str(path), Path(os.path.abspath(path.parent)), specs, path, sources)
+        return _parse(text, str(path), Path(os.path.abspath(path.parent)), specs, path, sources, max_runs)
 
 
 def parse_manifest(
@@ -63,15 +76,33 @@ def parse_manifest(
     specs: Mapping[str, ModelSpec],
     *,
     sources: CatalogSources = LOCAL_FILES,
+    max_runs: int | None = None,
 ) -> Manifest:
     """Validate manifest text not on disk (e.g. fetched from S3).
 
     ``filename`` names it in issues; local paths (images, a local output, a local catalog)
     resolve against ``base_dir``. A catalog is read through ``sources`` (a location they
-    cannot read is an issue). Raises ``ManifestError`` with every issue found.
+    cannot read is an issue); ``max_runs`` as for ``load_manifest``. Raises
+    ``ManifestError`` with every issue found.
     """
     with gc_paused():
-        return _parse(text, filename, base_dir, specs, None, sources)
+        return _parse(text, filename, base_dir, specs, None, sources, max_runs)
+
+
+def byte_position(raw: bytes, offset: int) -> tuple[int, int]:
+    """The 1-based line and column (in characters) of the byte at ``offset`` of UTF-8 text
+    that is valid before it."""
+    start = raw.rfind(b"\n", 0, offset) + 1
+    return raw.count(b"\n", 0, offset) + 1, len(raw[start:offset].decode("utf-8", "replace")) + 1
+
+
+def _cap(data: Mapping[str, Any], locations: Locations, max_runs: int | None) -> Cap:
+    own = as_value(data.get("max_runs"))
+    if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
+        return Cap(own, f"max_runs, line {locations.at(('max_runs',))[0]}")
+    if max_runs is not None:
+        return Cap(max_runs, "EDITPIPE_MAX_RUNS")
+    return Cap(DEFAULT_MAX_RUNS, "the default cap")
 
 
 def _parse(
@@ -81,9 +112,10 @@ def _parse(
     specs: Mapping[str, ModelSpec],
     path: Path | None,
     sources: CatalogSources,
+    max_runs: int | None,
 ) -> Manifest:
     data, locations, issues = read_yaml(text, filename)
-    if data is None:
+    if issues and data is None:
         raise ManifestError(issues)
     if not isinstance(data, dict):
         issues.append(locations.issue((), "the manifest must be a mapping of fields (version, name, output, …)"))
@@ -161,7 +193,7 @@ def _parse(
         skipped_rows=tuple(skipped),
         s3_etags=s3_etags,
     )
-    check_manifest(manifest, specs, issues, references)
+    check_manifest(manifest, specs, issues, references, _cap(data, locations, max_runs))
     if issues:
         # The manifest's own issues first, then those located in a feed.
         raise ManifestError(sorted(issues, key=lambda i: (i.file != filename, i.line, i.col)))
@@ -170,6 +202,8 @@ def _parse(
 
 def _resolve_output(output: str, base_dir: Path) -> tuple[str | None, str | None]:
     """(resolved output, problem): ``s3://bucket[/prefix]`` as written, or an absolute directory."""
+    if any(ord(c) < 0x20 for c in output):
+        return None, "output must not contain a control character"
     if output.startswith("s3://"):
         bucket = output[len("s3://") :].split("/", 1)[0]
         return (output.rstrip("/"), None) if bucket else (None, "an s3 output needs a bucket: s3://bucket/prefix")

@@ -24,8 +24,11 @@ from ..errors import ManifestIssue
 
 DocPath = tuple[str | int, ...]
 
-# Aliases can make a tiny document expand enormously; no real manifest comes near this.
+# Aliases can make a tiny document expand enormously ("billion laughs"): no real manifest
+# comes near either bound. The first bounds the whole document, the second what its aliases
+# repeat (each node read again through an alias counts once more).
 MAX_NODES = 5_000_000
+MAX_ALIASED_NODES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,19 +105,32 @@ def read_yaml(text: str, file: str) -> tuple[Any, Locations, list[ManifestIssue]
         if exc.context:
             detail += f" ({exc.context})"
         return None, locations, [ManifestIssue(file, line, col, "yaml", f"invalid YAML: {detail}")]
+    except yaml.reader.ReaderError as exc:
+        line, col = _position(text, exc.position)
+        what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) else "character"
+        return None, locations, [ManifestIssue(file, line, col, "yaml", f"invalid YAML: {what}: {exc.reason}")]
     except yaml.YAMLError as exc:
         return None, locations, [ManifestIssue(file, 1, 1, "yaml", f"invalid YAML: {exc}")]
     if root is None:
         return None, locations, [ManifestIssue(file, 1, 1, "manifest", "the manifest is empty")]
     try:
         data = reader.read(root, ())
-    except _TooLarge:
-        return None, locations, [ManifestIssue(file, 1, 1, "manifest", "the document expands to too many nodes")]
+    except _TooLarge as exc:
+        line, col = exc.mark.line + 1, exc.mark.column + 1
+        return None, locations, [ManifestIssue(file, line, col, "manifest", exc.message)]
     return data, locations, reader.issues
 
 
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """The 1-based line and column of character ``offset`` of ``text``."""
+    start = text.rfind("\n", 0, offset) + 1
+    return text.count("\n", 0, offset) + 1, offset - start + 1
+
+
 class _TooLarge(Exception):
-    pass
+    def __init__(self, mark: yaml.Mark, message: str):
+        self.mark = mark
+        self.message = message
 
 
 class _Reader:
@@ -130,7 +146,9 @@ class _Reader:
         self.issues: list[ManifestIssue] = []
         self._constructor = yaml.constructor.SafeConstructor()
         self._active: set[int] = set()
+        self._read: set[int] = set()
         self._count = 0
+        self._aliased = 0
 
     def _issue(self, mark: yaml.Mark, path: DocPath, message: str) -> None:
         self.issues.append(ManifestIssue(self.file, mark.line + 1, mark.column + 1, field_name(path), message))
@@ -138,7 +156,14 @@ class _Reader:
     def read(self, node: yaml.Node, path: DocPath) -> Any:
         self._count += 1
         if self._count > MAX_NODES:
-            raise _TooLarge
+            raise _TooLarge(node.start_mark, f"the document has more than {MAX_NODES:,} nodes")
+        if id(node) in self._read:
+            self._aliased += 1
+            if self._aliased > MAX_ALIASED_NODES:
+                message = f"aliases repeat more than {MAX_ALIASED_NODES:,} nodes (this anchor's among them)"
+                raise _TooLarge(node.start_mark, message)
+        else:
+            self._read.add(id(node))
         self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)

@@ -133,6 +133,11 @@ class ManifestDoc(Strict):
     output: Annotated[Text, Field(description="s3://bucket/prefix, or a local directory relative to the manifest.")]
     budget_usd: Money | None = Field(default=None, description="The job never spends more than this (USD).")
     priority: Int = 0
+    max_runs: Annotated[
+        StrictInt,
+        Field(ge=1, description="Runs this job may have (an editpipe extension; default 1,000,000)."),
+        BeforeValidator(as_value),
+    ] | None = None
     defaults: Defaults = Field(default_factory=Defaults)
     image_sets: Annotated[list[ImageSet], Field(min_length=1)] | None = None
     catalog: Catalog | None = None

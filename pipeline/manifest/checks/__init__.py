@@ -7,12 +7,15 @@ wrong) are held back until those are right.
 
 - ``options``: ids, run references, models, request options and their values;
 - ``names``: inline image sets, var names, the vars prompts use, the names ``output_key`` uses;
-- ``keys``: the output key of every run ``pipeline.plan`` expands, safe and used once.
+- ``keys``: the output key of every run ``pipeline.plan`` expands, safe and used once;
+- ``size``: the number of runs, counted by arithmetic, within the job's cap. Over it, no
+  check walks every run (nor more than ``MAX_PAIRS_OVER_CAP`` pairs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 
 from ...errors import ManifestIssue
 from ...modelspec import ModelSpec
@@ -21,19 +24,32 @@ from ..references import References
 from ..value import CatalogSet, Manifest
 from . import keys, names, options
 from .context import Context, Pair
+from .size import Cap, within_cap
+
+__all__ = ["Cap", "check_manifest"]
+
+# Over the cap the manifest is refused whatever else is wrong: its other checks look at this
+# many image set × prompt pairs at most.
+MAX_PAIRS_OVER_CAP = 100_000
 
 
 def check_manifest(
-    manifest: Manifest, specs: Mapping[str, ModelSpec], issues: list[ManifestIssue], references: References
+    manifest: Manifest,
+    specs: Mapping[str, ModelSpec],
+    issues: list[ManifestIssue],
+    references: References,
+    cap: Cap,
 ) -> None:
     """Append every semantic issue of ``manifest`` to ``issues`` (catalog rows were judged
-    as they were read)."""
+    as they were read); a manifest of more runs than ``cap`` is refused before any check
+    walks its runs."""
     ctx = Context(manifest, specs, issues, references)
     m = manifest
     inline = ctx.inline_sets
     ids_ok = options.unique_ids(ctx, inline, "image set") & options.unique_ids(ctx, m.prompts, "prompt")
     refs_ok = options.run_references(ctx)
-    checked = _pairs_to_check(m) if refs_ok else []
+    size_ok = within_cap(ctx, cap)
+    checked = list(itertools.islice(_pairs_to_check(m), None if size_ok else MAX_PAIRS_OVER_CAP)) if refs_ok else []
     options.models(ctx)
     before = len(issues)
     options.options(ctx, checked)
@@ -58,20 +74,19 @@ def check_manifest(
     # An unknown model (reported already) leaves its option names unknown too.
     key_ok = names.output_key_names(ctx, checked, option_names if used_models <= set(specs) else None)
     # Colliding or unrenderable keys would only echo the issues above.
-    if ids_ok and refs_ok and options_ok and templates_ok and key_ok:
+    if size_ok and ids_ok and refs_ok and options_ok and templates_ok and key_ok:
         keys.output_keys(ctx)
 
 
-def _pairs_to_check(manifest: Manifest) -> list[Pair]:
+def _pairs_to_check(manifest: Manifest) -> Iterator[Pair]:
     """Every pair of an inline image set, and one pair per prompt (or run entry) of the
     catalog's sets: those all declare the same vars and were judged as they were read, so
     the checks would find the same in each of 100,000 rows."""
-    checked = []
-    catalog_pairs: set[tuple[int, int]] = set()
-    for image_set, prompt, entry in pairs(manifest):
+    if manifest.runs is not None:
+        yield from pairs(manifest)  # each run entry is a pair of its own
+        return
+    for image_set in manifest.image_sets:  # the inline sets, then the catalog's
+        for prompt in manifest.prompts:
+            yield image_set, prompt, None
         if isinstance(image_set, CatalogSet):
-            if (id(prompt), id(entry)) in catalog_pairs:
-                continue
-            catalog_pairs.add((id(prompt), id(entry)))
-        checked.append((image_set, prompt, entry))
-    return checked
+            return
