@@ -1,6 +1,8 @@
 """Adoption: a submit whose answer was lost is looked for among the account's recent
 predictions before the run is submitted again, as the provider asks ("check your recent
-predictions for a matching task; only resubmit if none exists").
+predictions for a matching task; only resubmit if none exists"). A lost answer is a
+connection that dropped after the request was sent, a worker that died with it on the wire,
+or a 5xx that came back without a task id (the provider may have made the task anyway).
 
 What is matched. The provider's list (``POST /api/v3/predictions``) carries no input, so a
 prediction can be matched only by its model and its creation time. Every submit is recorded

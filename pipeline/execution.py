@@ -302,11 +302,11 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         runs.release_claim(job_id, index, token)
         return Next("submit", adoption.LOOKS_AT_S[0], failures)
     except ProviderError as exc:
-        if isinstance(exc, ProviderTransient) and exc.status is not None and not isinstance(exc, RateLimited):
-            # An answer without a prediction id (a 5xx, say): the provider may still have made
-            # one. Its record stays as a tombstone, so no lost answer is ever given it.
-            if (record := ctx.state.lost.lost(job_id, index)) is not None:
-                ctx.state.lost.give_up(record)
+        if isinstance(exc, ProviderTransient) and (exc.status or 0) >= 500 and ctx.state.lost.lost(job_id, index):
+            # A 5xx without a prediction id: the provider may still have made (and will bill)
+            # one, so as it asks, it is looked for before the run is submitted again.
+            runs.release_claim(job_id, index, token)
+            return Next("submit", adoption.LOOKS_AT_S[0], failures)
         ctx.state.lost.settled(job_id, index)
         if isinstance(exc, ProviderTransient):
             runs.release_claim(job_id, index, token)

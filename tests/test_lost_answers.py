@@ -197,6 +197,28 @@ def test_a_lost_answer_is_never_given_a_prediction_another_submit_may_have_made(
     assert waited >= LOOKS_AT_S[-1] - LOOKS_AT_S[0] - 1  # the bounded wait for a lagging list
 
 
+def test_a_5xx_answer_for_a_prediction_the_provider_made_is_adopted_not_paid_again(
+    tmp_path, settings, sim, workers, bucket, s3
+):
+    # The provider made the prediction and answered 500 without its id: as it asks, editpipe
+    # looks for it before submitting again (a plain 5xx that made nothing is resubmitted after
+    # the looks, as a dropped answer whose provider made nothing is, below).
+    workers.start(count=1, concurrency=4)
+    prompts = ["[sim:500-after-create-once] A ring on slate.", "A ring on linen."]
+
+    status = run_job(settings, manifest_of(tmp_path, bucket, prompts), timeout_s=120)
+
+    stats = sim.stats()
+    ledger = read_jsonl(s3, bucket, f"lost/jobs/{status.id}/ledger.jsonl")
+    results = read_jsonl(s3, bucket, f"lost/jobs/{status.id}/results.jsonl")
+    assert status.status == "succeeded" and stats["injected_5xx"] == 1
+    assert stats["created"] == 2 and stats["billed_count"] == 2 and stats["duplicate_submissions"] == 0
+    assert [line["kind"] for line in ledger] == ["completed"] * 2
+    made = made_for(sim)
+    assert all([made[r["run_key"]][0]["id"]] == [p["id"] for p in made[r["run_key"]]] and
+               r["prediction_id"] == made[r["run_key"]][0]["id"] for r in results)
+
+
 def test_a_dropped_answer_whose_provider_made_nothing_is_submitted_again_and_paid_once(
     tmp_path, settings, sim, workers, bucket, s3
 ):

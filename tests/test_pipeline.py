@@ -139,7 +139,7 @@ def test_rejected_api_key_stops_the_job_with_a_clear_message_and_never_leaks_the
 
 
 def test_429s_and_5xx_are_retried_and_the_job_completes(tmp_path, settings, sim, workers, bucket, s3):
-    sim.configure(max_concurrent=2, error_5xx_rate=0.3)
+    sim.configure(max_concurrent=2, error_5xx_rate=0.15)
     manifest = write_manifest(tmp_path, f"s3://{bucket}/out")
     workers.start(count=1, concurrency=6)
 

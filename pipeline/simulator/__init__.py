@@ -5,7 +5,8 @@ uploads, webhooks, and the account endpoints: recent predictions and billing rec
 ``account.py``), enforces the account limits of a tier, renders real output images, bills
 each completed prediction once, and injects faults on demand: random by rate, or exactly
 where a test wants them through markers in the prompt (``[sim:fail]``, ``[sim:400]``,
-``[sim:500-once]``, ``[sim:drop-once]``, ``[sim:drop-uncreated-once]`` (the connection
+``[sim:500-once]``, ``[sim:500-after-create-once]`` (a 5xx for a prediction that was made
+and will be billed), ``[sim:drop-once]``, ``[sim:drop-uncreated-once]`` (the connection
 dropped before anything was made), ``[sim:slow]``, ``[sim:output-500-once]``: the first
 download of the output answers 500; ``[sim:fail:CODE]``, ``[sim:fail-once:CODE]``,
 ``[sim:status:timeout]`` and the like: failure codes and terminal statuses, see ``faults``).

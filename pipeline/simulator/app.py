@@ -106,6 +106,10 @@ async def submit(request: web.Request) -> web.StreamResponse:
         pred.dropped = True
         state.counters.dropped_responses += 1
         _drop_response(request)
+    if "[sim:500-after-create-once]" in sub.prompt and state.first_time("500-after-create-once", run_key):
+        # The provider made (and will bill) the prediction, yet answered 5xx without its id.
+        state.counters.injected_5xx += 1
+        return _error(500, "simulated server error")
     if state.chance(cfg.slow_rate):
         await asyncio.sleep(cfg.slow_s)
     if sub.sync:
