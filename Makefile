@@ -19,7 +19,7 @@ demo: $(BIN)/.installed
 	$(BIN)/editpipe run examples/quickstart/manifest.yaml $(SIMULATE)
 
 test: $(BIN)/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadfile
 
 clean:
 	rm -rf $(VENV) examples/quickstart/out test-artifacts

@@ -293,7 +293,7 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         ctx.state.lost.settled(job_id, index)
         runs.release_claim(job_id, index, token)
         ctx.free_slot(job_id, index)
-        pause = ctx.limits.rate_limited(exc.retry_after) if ctx.limits else backoff_s(failures, exc.retry_after)
+        pause = ctx.limits.rate_limited(exc.retry_after, str(exc)) if ctx.limits else backoff_s(failures, exc.retry_after)
         return Next("wait", pause, failures)
     except SubmitUnconfirmed:
         # Looked for in the account's recent predictions shortly (the start after this one,
