@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C
+    "pipeline.cli.progress": INTERFACES,  # a bar on a terminal, plain lines in a log
     "pipeline.webhooks": INTERFACES,
     "pipeline.embedded": INTERFACES,
     "workers": INTERFACES,

@@ -1,10 +1,9 @@
-"""What every command prints: the consoles, a job's progress bar, its summary, its failures,
-and the exit code a finished job gives (0 every run succeeded or was skipped, 1 otherwise)."""
+"""What every command prints: the consoles, a job's progress (``progress.py``), its summary,
+its failures, and the exit code a finished job gives (0 every run succeeded or was skipped, 1 otherwise)."""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..state import JobStatus, State
 from ..ledger import usd
@@ -31,31 +30,11 @@ def print_skipped_rows(prepared, limit: int = 5) -> None:
 
 
 def progress_follow(state: State, job_id: str) -> JobStatus:
-    """Follow a job with a progress bar (on stderr) until it is finalized."""
-    from ..submission import follow
+    """Follow a job until it is finalized, on stderr: a progress bar on a terminal, one plain
+    line every few seconds when stdout or stderr is not one (cron, CI, a log file)."""
+    from .progress import follow_job, interactive
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ok {task.fields[ok]} · failed {task.fields[failed]} · ${task.fields[spent]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    ) as progress:
-        task = progress.add_task(job_id, total=None, ok=0, failed=0, spent="0.00")
-
-        def show(status: JobStatus) -> None:
-            progress.update(
-                task,
-                total=status.total,
-                completed=status.finished,
-                ok=status.succeeded + status.skipped,
-                failed=status.failed,
-                spent=usd(status.spent_usd),
-            )
-
-        return follow(state, job_id, show)
+    return follow_job(state, job_id, err, bar=interactive(console, err))
 
 
 def print_summary(status: JobStatus) -> None:
