@@ -9,7 +9,12 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+from click.testing import CliRunner
+from conftest import AWS_ENV, many_runs_manifest
 from test_cli import editpipe, quickstart  # noqa: F401  (the fixture, used by name)
+
+from pipeline.cli.main import main
+from pipeline.embedded import worker_env
 
 from pipeline.cli.progress import PlainProgress, RateWindow, eta_s, format_duration, format_rate, plain_line
 from pipeline.state import JobStatus
@@ -50,6 +55,23 @@ def test_run_simulate_into_a_pipe_prints_plain_progress_lines(quickstart: Path):
     assert "· $1.20 of $2.00" in lines[-1] and lines[-1].split(" · ")[-1].startswith("succeeded after ")
     assert {LINE.match(line)["job"] for line in lines} == {last["job"]}
     assert f"Job {last['job']}: succeeded" in done.stdout
+
+
+def test_submit_wait_under_a_test_runner_prints_plain_lines_on_stderr(tmp_path, settings, sim, workers, bucket):
+    manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=20)
+    workers.start()
+    env = worker_env(settings) | AWS_ENV | {"S3_ENDPOINT_URL": settings.s3_endpoint_url or ""}
+
+    ran = CliRunner().invoke(main, ["submit", str(manifest), "--wait"], env=env)
+
+    assert ran.exit_code == 0, ran.output
+    job_id = ran.stdout.splitlines()[0]
+    assert "\x1b" not in ran.output and "\r" not in ran.output and "━" not in ran.output
+    lines = [LINE.match(line) for line in ran.stderr.splitlines() if re.match(r"^\d{4}-\d\d-\d\dT", line)]
+    assert len(lines) >= 2 and all(lines), ran.stderr
+    assert {m["job"] for m in lines} == {job_id}
+    assert (lines[-1]["done"], lines[-1]["total"], lines[-1]["ok"]) == ("40", "40", "40"), ran.stderr
+    assert int(lines[0]["done"]) < 40
 
 
 def test_rate_and_eta_formatting():

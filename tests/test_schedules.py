@@ -428,6 +428,8 @@ def test_schedules_lists_next_run_and_last_outcome_and_run_wait_exits_like_run(
     assert ran.exit_code == 0, ran.output
     job_id = ran.stdout.splitlines()[0]
     assert "hourly: runs 2 new, 0 changed, 0 unchanged" in ran.output
+    assert re.search(rf"^\S+Z {re.escape(job_id)}: 2/2 done \(2 succeeded, 0 failed, 0 skipped\) · ", ran.stderr,
+                     re.M) and "\x1b" not in ran.stderr, ran.stderr  # plain progress lines, not a bar
 
     listed = runner.invoke(cli, ["schedules", "--json"], env=env)
     assert listed.exit_code == 0, listed.output
