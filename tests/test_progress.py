@@ -86,7 +86,8 @@ def test_rate_and_eta_formatting():
     line = plain_line(job(120, failed=2, spent="11.80"), 280 / 72, at)
     assert line == ("2026-12-03T09:10:05Z job-1: 120/400 done (118 succeeded, 2 failed, 0 skipped)"
                     " · $11.80 · 3.9 runs/s · ETA 1m12s")
-    assert plain_line(job(0), None, at) == "2026-12-03T09:10:05Z job-1: 0/400 done (0 succeeded, 0 failed, 0 skipped) · $0.00"
+    assert plain_line(job(0), None, at) == (
+        "2026-12-03T09:10:05Z job-1: 0/400 done (0 succeeded, 0 failed, 0 skipped) · $0.00")
     end = plain_line(job(400, status="succeeded", spent="40.00", budget="50.00"), 4.0, at, elapsed_s=101)
     assert end.endswith("· $40.00 of $50.00 · 4.0 runs/s · succeeded after 1m41s") and "ETA" not in end
     for text in (line, end):
@@ -120,5 +121,6 @@ def test_plain_progress_prints_at_once_then_every_few_seconds_and_at_the_end():
         "2026-12-03T09:00:00Z", "2026-12-03T09:00:05Z", "2026-12-03T09:00:10Z", "2026-12-03T09:00:12Z"]
     assert lines[0].endswith("0/48 done (0 succeeded, 0 failed, 0 skipped) · $0.00")
     assert lines[1].endswith("20/48 done (20 succeeded, 0 failed, 0 skipped) · $0.00 · 4.0 runs/s · ETA 7s")
-    assert lines[-1].endswith("48/48 done (48 succeeded, 0 failed, 0 skipped) · $4.80 · 3.8 runs/s · succeeded after 12s")
+    assert lines[-1].endswith(
+        "48/48 done (48 succeeded, 0 failed, 0 skipped) · $4.80 · 3.8 runs/s · succeeded after 12s")
     assert all(LINE.match(line) for line in lines)

@@ -174,7 +174,7 @@ def run(manifest: Path, simulate: bool, workers: int, concurrency: int, force: b
 
 @main.command("submit")
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
+@click.option("--wait", is_flag=True, help="Follow the job (a bar, or plain lines off a terminal); exit like `run`.")
 @FORCE
 def submit_cmd(manifest: Path, wait: bool, force: bool) -> None:
     """Submit a manifest to the workers (`celery -A workers worker`); prints the job id."""
@@ -236,7 +236,7 @@ def cancel(job_id: str) -> None:
 @click.option("--budget-usd", type=str, default=None,
               help="A new budget for the whole job (what it spent before counts).")
 @click.option("--output", help="The job's output root: rebuilds a job whose state Redis lost from storage.")
-@click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
+@click.option("--wait", is_flag=True, help="Follow the job (a bar, or plain lines off a terminal); exit like `run`.")
 def resume(job_id: str, budget_usd: str | None, output: str | None, wait: bool) -> None:
     """Run again what a finished job did not finish (transient failures, cancelled,
     budget-exhausted, lost); finished runs are not touched. A job Redis lost is rebuilt from

@@ -80,7 +80,7 @@ class RateWindow:
 
 def plain_line(status: JobStatus, per_s: float | None, at: datetime, elapsed_s: float | None = None) -> str:
     """One progress line: when, the job, runs done of planned, counts, spend, rate, ETA (or,
-    once the job is finalized, its end state)."""
+    once the job is finalized, its end state and how long this command followed it)."""
     stamp = at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     spent = f"${usd(status.spent_usd)}"
     if status.budget_usd is not None:

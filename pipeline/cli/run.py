@@ -12,7 +12,7 @@
    (``Takeover``) and puts their unacknowledged messages back in the queue; an unfinished
    job of another plan (the manifest changed since) is cancelled: its unstarted runs are
    dropped, its predictions in flight still collected.
-4. The workers start, the job is handed to them, a progress bar follows it.
+4. The workers start, the job is handed to them, its progress is followed (``progress.py``).
 
 Ctrl-C (SIGINT) or SIGTERM: the first pauses the job (``Jobs.pause``: no new submits) and
 waits until the predictions in flight are collected, then exits 130 (143 for SIGTERM); a

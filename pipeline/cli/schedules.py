@@ -101,7 +101,7 @@ def _outcome(last: dict[str, Any]) -> str:
 
 @schedules.command("run")
 @click.argument("name")
-@click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit like `run`.")
+@click.option("--wait", is_flag=True, help="Follow the job (a bar, or plain lines off a terminal); exit like `run`.")
 def run_now(name: str, wait: bool) -> None:
     """Start schedule NAME now (unless its previous run is still active); prints the job id."""
     from workers.celery_app import job_enqueuer
