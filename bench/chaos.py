@@ -40,7 +40,6 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -56,7 +55,7 @@ from _common import (  # noqa: E402
     write_feed_manifest,
 )
 
-from pipeline.embedded import free_port, redis_server_binary  # noqa: E402
+from pipeline.embedded import RestartableRedis as RedisServer  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 PER_MINUTE, CONCURRENT, LATENCY_S = 600, 30, 3.0
@@ -64,38 +63,6 @@ WORKERS, CONCURRENCY = 3, 4
 DROP, ERROR_5XX, FAIL = 0.03, 0.03, 0.03
 REDIS_DOWN_S = 3.0
 TARGET_FAULT_TO_START_S = 30.0
-
-
-class RedisServer:
-    """A redis-server with its append-only file on, restartable on the same port and folder."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer within 30 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 class Fleet:
