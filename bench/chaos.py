@@ -28,7 +28,6 @@ Exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -40,7 +39,6 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
@@ -49,6 +47,7 @@ from _common import (  # noqa: E402
     editpipe_settings,
     editpipe_worker_env,
     machine,
+    read_jsonl,
     simulator,
     verdict,
     workdir,
@@ -116,9 +115,6 @@ def job_done(redis_url: str, job_id: str) -> bool | None:
     except Exception:  # noqa: BLE001 - Redis restarting: ask again
         return None
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def main() -> int:
