@@ -9,6 +9,7 @@ GIL are its own), moto's S3 server, and Celery workers (``celery -A workers work
 from __future__ import annotations
 
 import bisect
+import json
 import csv
 import os
 import signal
@@ -370,3 +371,8 @@ def baseline_works(prepared) -> list:
 
     return [Work(run.run_key, request_payload(run, [ref.uri for ref in run.inputs]), run.output_key)
             for run in prepared.plan.runs]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The lines of a stored ``.jsonl`` file (none when it is not there)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -28,7 +28,6 @@ Exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -40,8 +39,6 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
-import redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
@@ -50,13 +47,14 @@ from _common import (  # noqa: E402
     editpipe_settings,
     editpipe_worker_env,
     machine,
+    read_jsonl,
     simulator,
     verdict,
     workdir,
     write_feed_manifest,
 )
 
-from pipeline.embedded import free_port, redis_server_binary  # noqa: E402
+from pipeline.embedded import RestartableRedis as RedisServer  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 PER_MINUTE, CONCURRENT, LATENCY_S = 600, 30, 3.0
@@ -64,38 +62,6 @@ WORKERS, CONCURRENCY = 3, 4
 DROP, ERROR_5XX, FAIL = 0.03, 0.03, 0.03
 REDIS_DOWN_S = 3.0
 TARGET_FAULT_TO_START_S = 30.0
-
-
-class RedisServer:
-    """A redis-server with its append-only file on, restartable on the same port and folder."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-             "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return
-            except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer within 30 s")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
 
 
 class Fleet:
@@ -149,9 +115,6 @@ def job_done(redis_url: str, job_id: str) -> bool | None:
     except Exception:  # noqa: BLE001 - Redis restarting: ask again
         return None
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def main() -> int:

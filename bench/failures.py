@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections import Counter
 from decimal import Decimal
@@ -30,6 +29,7 @@ from _common import (  # noqa: E402
     editpipe_settings,
     editpipe_workers,
     machine,
+    read_jsonl,
     simulator,
     submit_and_wait,
     verdict,
@@ -62,9 +62,6 @@ def write_manifest(directory: Path, runs: int, output: str) -> Path:
     )
     return path
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def main() -> int:

@@ -18,7 +18,6 @@ Exits 1 when a target is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -33,6 +32,7 @@ from _common import (  # noqa: E402
     editpipe_worker_env,
     editpipe_workers,
     machine,
+    read_jsonl,
     simulator,
     submit_and_wait,
     verdict,
@@ -46,9 +46,6 @@ PER_MINUTE, CONCURRENT, LATENCY_S = 1200, 40, 2.0
 WORKERS, CONCURRENCY = 2, 4
 EDITPIPE = str(Path(sys.executable).parent / "editpipe")
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def ledger_total(lines: list[dict]) -> Decimal:

@@ -38,8 +38,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, created_times, editpipe_settings, machine, simulator, verdict, workdir, write_feed_manifest  # noqa: E402
-from chaos import Fleet, RedisServer, read_jsonl  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    created_times,
+    editpipe_settings,
+    machine,
+    read_jsonl,
+    simulator,
+    verdict,
+    workdir,
+    write_feed_manifest,
+)
+from chaos import Fleet, RedisServer  # noqa: E402
 
 from pipeline.embedded import free_port  # noqa: E402
 

@@ -206,6 +206,32 @@ def private_redis(workdir: Path) -> Iterator[str]:
         _stop_redis(proc)
 
 
+class RestartableRedis:
+    """A redis-server with its append-only file on, in ``folder``, that can be stopped (SIGTERM:
+    it writes its file out) and started again on the same port and data: how the tests and
+    benchmarks restart a real Redis under a running fleet."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        proc = self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str(self.folder / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until_up(self.url, alive=lambda: proc.poll() is None, attempts=int(REDIS_LOADING_S / 0.05))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_redis(self.proc)
+        self.proc = None
+
+
 @contextmanager
 def persistent_redis(state_dir: Path, lock: StateLock) -> Iterator[str]:
     """A redis-server whose data lives in ``state_dir`` (append-only file, fsynced every

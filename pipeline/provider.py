@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -310,13 +310,7 @@ class WaveSpeedClient:
 
     def iter_recent_predictions(self, **window: Any) -> Iterator[Prediction]:
         """Every prediction ``recent_predictions`` finds, page after page."""
-        page = 1
-        while True:
-            found = self.recent_predictions(page=page, **window)
-            yield from found.items
-            if found.last:
-                return
-            page += 1
+        return _every_page(self.recent_predictions, window)
 
     def billings(self, *, prediction_ids: list[str] | None = None, start_ms: int | None = None,
                  end_ms: int | None = None, page: int = 1, page_size: int = 100,
@@ -336,13 +330,7 @@ class WaveSpeedClient:
 
     def iter_billings(self, **filters: Any) -> Iterator[BillingRecord]:
         """Every deduction ``billings`` finds, page after page."""
-        page = 1
-        while True:
-            found = self.billings(page=page, **filters)
-            yield from found.items
-            if found.last:
-                return
-            page += 1
+        return _every_page(self.billings, filters)
 
     def webhook_secret(self) -> str:
         """The key the provider signs webhooks with: its ``whsec_`` secret with the prefix
@@ -352,3 +340,14 @@ class WaveSpeedClient:
         if not secret:
             raise ProviderError("webhook secret: the provider's answer has no secret")
         return secret.removeprefix("whsec_")
+
+
+def _every_page(fetch: Callable[..., Page], filters: dict[str, Any]) -> Iterator[Any]:
+    """The items of every page ``fetch`` answers for ``filters``, from page 1 to the last."""
+    page = 1
+    while True:
+        found = fetch(page=page, **filters)
+        yield from found.items
+        if found.last:
+            return
+        page += 1

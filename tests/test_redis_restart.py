@@ -26,12 +26,13 @@ from pydantic import SecretStr
 
 from conftest import API_KEY, AWS_ENV, ROOT, Workers, make_image, many_runs_manifest, read_jsonl
 from pipeline.callbacks import run_token
-from pipeline.embedded import free_port, redis_server_binary, worker_env
+from pipeline.embedded import RestartableRedis as RedisServer
+from pipeline.embedded import worker_env
 from pipeline.report import finalize_job
 from pipeline.provider import WaveSpeedClient
 from pipeline.settings import Settings
 from pipeline.simulator.webhooks import new_event_id, signed_headers
-from pipeline.state import State, wait_until_up
+from pipeline.state import State
 from pipeline.submission import follow, prepare, submit
 from pipeline.webhooks import WebhookServer
 from workers import names
@@ -40,33 +41,6 @@ from workers.celery_app import job_enqueuer, make_app
 pytestmark = pytest.mark.timeout(240)
 EDITPIPE = str(Path(sys.executable).parent / "editpipe")
 NOT_ANSWERING = "is not answering"
-
-
-class RedisServer:
-    """A redis-server with its append-only file on, restartable on the same port and folder."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.workdir / "redis.out", "ab")
-        self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until_up(self.url, alive=lambda: self.proc is not None and self.proc.poll() is None, attempts=400)
-
-    def stop(self) -> None:
-        """SIGTERM: Redis writes its append-only file out and exits."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        self.proc = None
 
 
 @pytest.fixture(scope="module")

@@ -539,3 +539,95 @@ class TestSdkConformance:
     def test_failed_prediction_raises(self, client, uploaded):
         with pytest.raises(RuntimeError, match="simulated failure"):
             client.run(MODEL, {"images": [uploaded], "prompt": "x [sim:fail]"}, poll_interval=0.05)
+
+
+# --- Simulated outputs show their input (issue 16, item 6) ---
+
+from pipeline.simulator.images import MAX_INPUT_PIXELS, backdrop  # noqa: E402
+
+RED, GREEN = (200, 30, 30), (20, 180, 40)
+
+
+def upload(http: httpx.Client, data: bytes, name: str = "in.png") -> str:
+    r = http.post("/api/v3/media/upload/binary", files={"file": (name, data, "image/png")})
+    assert r.status_code == 200, r.text
+    return r.json()["data"]["download_url"]
+
+
+def solid_png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def output_image(http: httpx.Client, pred_id: str) -> tuple[Image.Image, bytes]:
+    done = wait_terminal(http, pred_id)
+    assert done["status"] == "completed", done
+    out = done["outputs"][0]
+    data = httpx.get(out).content if out.startswith("http") else base64.b64decode(out, validate=True)
+    return Image.open(io.BytesIO(data)), data
+
+
+def near(pixel: Any, colour: tuple[int, int, int], tolerance: int = 0) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], colour, strict=True))
+
+
+def test_output_shows_the_first_input_on_a_backdrop_coloured_by_the_prompt(http):
+    red, green = upload(http, solid_png(RED)), upload(http, solid_png(GREEN))
+    prompts = ("put it on a marble table", "put it on a beach")
+    ids = [submit(http, red, prompt, images=[red, green], aspect_ratio="16:9").json()["data"]["id"] for prompt in prompts]
+    again = submit(http, red, prompts[0], aspect_ratio="16:9").json()["data"]["id"]
+    corners = []
+    for pred_id, prompt in zip([*ids, again], [*prompts, prompts[0]], strict=True):
+        img, _ = output_image(http, pred_id)
+        assert img.format == "PNG" and img.size == (256, 144)
+        rgb = img.convert("RGB")
+        assert rgb.getpixel((128, 72)) == RED  # the first input, not the second, at the centre
+        assert rgb.getpixel((0, 0)) == rgb.getpixel((255, 143)) == backdrop(prompt)
+        # Scaled up to fit 80% of the height (the 40x30 input is drawn 153x115), backdrop around it.
+        assert rgb.getpixel((128, 20)) == rgb.getpixel((60, 72)) == RED
+        assert rgb.getpixel((128, 8)) == rgb.getpixel((45, 72)) == backdrop(prompt)
+        corners.append(rgb.getpixel((0, 0)))
+    assert corners[0] != corners[1] and corners[0] == corners[2]
+    assert backdrop(prompts[0]) == backdrop(prompts[0]) != backdrop(prompts[1])
+
+
+@pytest.mark.parametrize(("fields", "fmt", "size", "tolerance"), [
+    ({"output_format": "jpeg", "aspect_ratio": "3:4"}, "JPEG", (192, 256), 12),
+    ({"output_format": "webp", "aspect_ratio": "1:1"}, "WEBP", (256, 256), 12),
+    ({"output_format": "webp", "aspect_ratio": "21:9", "enable_base64_output": True}, "WEBP", (256, 110), 12),
+    ({"output_format": "png", "aspect_ratio": "9:16", "enable_base64_output": True}, "PNG", (144, 256), 0),
+])
+def test_derived_output_has_the_requested_size_and_format(http, fields, fmt, size, tolerance):
+    url = upload(http, solid_png(GREEN, (300, 500)))
+    img, data = output_image(http, submit(http, url, "studio shot", **fields).json()["data"]["id"])
+    assert img.format == fmt and img.size == size
+    rgb = img.convert("RGB")
+    assert near(rgb.getpixel((size[0] // 2, size[1] // 2)), GREEN, tolerance)
+    assert near(rgb.getpixel((1, 1)), backdrop("studio shot"), tolerance)
+
+
+def test_longer_side_follows_the_configured_image_long_side(api, http):
+    api.configure(image_long_side=600)
+    url = upload(http, solid_png(RED))
+    img, _ = output_image(http, submit(http, url, aspect_ratio="4:3").json()["data"]["id"])
+    assert img.size == (600, 450) and img.convert("RGB").getpixel((300, 225)) == RED
+
+
+def test_an_input_too_large_to_draw_fails_the_prediction_unbilled(api, http):
+    # A decompression bomb in miniature: 70 million pixels in a few kB (more than the simulator draws).
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 7_000), 1).save(buf, format="PNG")
+    assert 10_000 * 7_000 > MAX_INPUT_PIXELS and len(buf.getvalue()) < 100_000
+    done = wait_terminal(http, submit(http, upload(http, buf.getvalue())).json()["data"]["id"])
+    assert done["status"] == "failed" and done["code"] == 1402
+    assert done["error"].startswith("could not decode input image 1: 10000x7000 pixels is more than")
+    assert api.stats()["billed_count"] == 0
+
+
+def test_without_fetched_inputs_every_output_is_the_one_cached_picture(api, http):
+    api.configure(fetch_inputs=False)
+    url = "http://example.invalid/never-fetched.png"
+    first, second = (submit(http, url, prompt).json()["data"]["id"] for prompt in ("one", "two"))
+    (img, a), (_, b) = output_image(http, first), output_image(http, second)
+    assert a == b and img.size == (256, 256) and img.format == "PNG"

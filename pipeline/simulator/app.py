@@ -92,6 +92,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         run_key=run_key,
         origin=_origin(request),
         images=sub.images,
+        prompt=sub.prompt,
         aspect_ratio=sub.aspect_ratio,
         output_format=sub.output_format,
         base64_output=sub.base64_output,

@@ -1,8 +1,10 @@
 """The simulated provider's back end: runs each prediction from creation to a terminal status.
 
-A prediction is one asyncio task that fetches its inputs, sleeps until its completion time
-and finishes; no thread per prediction, so thousands in flight cost little. Everything runs
-on the simulator's event loop.
+A prediction is one asyncio task that fetches its inputs, draws its output from the first
+one, sleeps until its completion time and finishes; no thread per prediction, so thousands
+in flight cost little. Everything runs on the simulator's event loop except the drawing,
+which two render threads do (bounded: a burst of big inputs queues, it does not pile up
+decoded pictures in memory).
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 
 from ..modelspec import ModelSpec, load_model_specs
 from .config import SimConfig
-from .images import OutputImages, check_image
+from .images import OutputImages, Rendered, UndecodableInput, check_image, derive
 from .state import ACTIVE, Prediction, SimState
 from .uploads import MAX_UPLOAD_BYTES, UploadStore
 from .webhooks import deliver
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 10.0
 INPUT_UNREACHABLE_CODE = 1402
+RENDER_THREADS = 2
 
 
 def _load_specs(cfg: SimConfig) -> dict[str, ModelSpec]:
@@ -47,6 +51,7 @@ class Engine:
         self.state = SimState(cfg.seed)
         self.uploads = UploadStore()
         self.images = OutputImages()
+        self._renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="sim-render")
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -55,6 +60,7 @@ class Engine:
 
     async def close(self) -> None:
         await self._cancel_all("cancelled: simulator stopped")
+        self._renderer.shutdown(wait=False, cancel_futures=True)
         if self._session is not None:
             await self._session.close()
 
@@ -96,20 +102,34 @@ class Engine:
 
     async def _run(self, pred: Prediction, state: SimState, finish_at: float) -> None:
         state.start_processing(pred)
+        loop = asyncio.get_running_loop()
+        rendered: Rendered | None = None
         if self.cfg.fetch_inputs:
-            reasons = await asyncio.gather(*(self._fetch_input(url) for url in pred.images))
-            for index, reason in enumerate(reasons, 1):
+            fetched = await asyncio.gather(*(self._fetch_input(url) for url in pred.images))
+            for index, (_, reason) in enumerate(fetched, 1):
                 if reason is not None:
                     state.fail(pred, f"could not fetch input image {index}: {reason}", INPUT_UNREACHABLE_CODE)
                     self._notify(pred, state)
                     return
-        loop = asyncio.get_running_loop()
+            first_input = fetched[0][0]
+            del fetched  # only the first input is drawn; the others were only checked
+            if pred.ending is None:
+                try:
+                    rendered = await loop.run_in_executor(
+                        self._renderer, derive, first_input, pred.prompt, pred.aspect_ratio,
+                        pred.output_format, self.cfg.image_long_side,
+                    )
+                except UndecodableInput as exc:
+                    state.fail(pred, f"could not decode input image 1: {exc}", INPUT_UNREACHABLE_CODE)
+                    self._notify(pred, state)
+                    return
         await asyncio.sleep(max(0.0, finish_at - loop.time()))
         if pred.ending is not None:
             state.fail(pred, pred.ending.error, pred.ending.code, pred.ending.status)
         else:
             cfg = self.cfg
-            pred.rendered = self.images.get(pred.aspect_ratio, pred.output_format, cfg.image_long_side)
+            # Without fetched inputs (benchmarks) every output is one shared, cached picture.
+            pred.rendered = rendered or self.images.get(pred.aspect_ratio, pred.output_format, cfg.image_long_side)
             output = (
                 pred.rendered.b64
                 if pred.base64_output
@@ -119,23 +139,24 @@ class Engine:
             state.complete(pred, [output], elapsed_ms, cfg.price_usd)
         self._notify(pred, state)
 
-    async def _fetch_input(self, url: str) -> str | None:
-        """Why the input at ``url`` is unusable, or ``None`` if it is a readable image."""
+    async def _fetch_input(self, url: str) -> tuple[bytes, str | None]:
+        """The bytes at ``url`` and why they are unusable, or ``None`` if they are a readable image."""
         assert self._session is not None, "Engine.open() was not awaited"
         try:
             async with self._session.get(url) as resp:
                 if resp.status != 200:
-                    return f"HTTP {resp.status}"
+                    return b"", f"HTTP {resp.status}"
                 data = bytearray()
                 async for chunk in resp.content.iter_chunked(1 << 16):
                     data += chunk
                     if len(data) > MAX_UPLOAD_BYTES:
-                        return "larger than 20 MB"
+                        return b"", "larger than 20 MB"
         except TimeoutError:
-            return f"timed out after {FETCH_TIMEOUT_S:g} s"
+            return b"", f"timed out after {FETCH_TIMEOUT_S:g} s"
         except (aiohttp.ClientError, ValueError) as exc:
-            return str(exc) or type(exc).__name__
-        return check_image(bytes(data))
+            return b"", str(exc) or type(exc).__name__
+        content = bytes(data)
+        return content, check_image(content)
 
     def _notify(self, pred: Prediction, state: SimState) -> None:
         if pred.webhook:

@@ -43,6 +43,7 @@ class Prediction:
     run_key: str
     origin: str
     images: list[str]
+    prompt: str
     aspect_ratio: str
     output_format: str
     base64_output: bool
