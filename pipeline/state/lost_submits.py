@@ -95,9 +95,9 @@ class LostSubmits:
     def __init__(self, conn: Connection):
         self._r = conn.redis
         self._on_wire = conn.script("submit_on_wire.lua")
-        self._answered = conn.script("submit_answered.lua")
+        self._answered = conn.script("submit_answered.lua", "submit_lib.lua")
         self._lost = conn.script("submit_lost.lua")
-        self._adopt = conn.script("submit_adopt.lua")
+        self._adopt = conn.script("submit_adopt.lua", "submit_lib.lua")
         self._gave_up = conn.script("submit_gave_up.lua")
 
     def on_wire(self, job_id: str, index: int, attempt: int, model: str, deadline_s: float) -> int:

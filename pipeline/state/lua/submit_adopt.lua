@@ -18,12 +18,7 @@ local raw = redis.call('HGET', KEYS[3], ARGV[2])
 if not raw or cjson.decode(raw).state ~= 'lost' then
   return 'not_lost'
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[5], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[6], now, ARGV[3])
+record_known(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], ARGV[3], ARGV[4])
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 return 'adopted'

@@ -7,12 +7,7 @@
 -- KEYS[7] clock samples (list)
 -- ARGV[1] run index, ARGV[2] the run's member, ARGV[3] prediction id, ARGV[4] its owner,
 -- ARGV[5] its creation time (provider's clock, ms; '' when unknown), ARGV[6] samples kept
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[5], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[6], now, ARGV[3])
+local now = record_known(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[1], ARGV[3], ARGV[4])
 local raw = redis.call('HGET', KEYS[3], ARGV[2])
 if raw then
   local record = cjson.decode(raw)
