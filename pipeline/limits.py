@@ -352,7 +352,6 @@ class AccountLimits:
 
     def _tell_if_lower(self, message: str) -> None:
         stated = _stated_limit(message)
-        in_flight = self.concurrency.in_use()
         configured = f"{self.rate.per_minute} a minute and {self.concurrency.limit} at once"
         text = message.lower()
         # The limit the text is about: starts per minute, tasks at once, or (unsaid) either.
@@ -360,7 +359,11 @@ class AccountLimits:
                 else min(self.rate.per_minute, self.concurrency.limit))
         if stated is not None and stated < ours:
             why = f"the provider names a limit of {stated}"
-        elif stated is None and "minute" not in text and in_flight * 2 < self.concurrency.limit:
+        elif stated is None and "minute" not in text:
+            # Only a 429 that names no limit asks Redis how many predictions are in flight.
+            in_flight = self.concurrency.in_use()
+            if in_flight * 2 >= self.concurrency.limit:
+                return
             why = f"it came with {in_flight} of {self.concurrency.limit} predictions in flight"
         else:
             return
