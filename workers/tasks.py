@@ -237,7 +237,14 @@ def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
 @app.task(name=names.FINALIZE)
 @_drops_lost_jobs
 def finalize(job_id: str) -> None:
+    """Finalize a job whose runs have all finished. A finalize message can be older than the
+    job it names (sent before Redis lost the job, taken after ``resume`` rebuilt it): it
+    must not write the records of a job with runs still to go, and set its final status."""
     ctx = context()
+    unfinished = ctx.state.jobs.status(job_id).in_progress
+    if unfinished:
+        log.info("job %s: not finalizing, %d run(s) have not finished", job_id, unfinished)
+        return
     status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)
     ctx.state.finalized(job_id)
     log.info("job %s finished: %s", job_id, status.status)
