@@ -137,6 +137,32 @@ def test_a_job_whose_redis_was_flushed_is_reported_lost_and_rebuilt_from_storage
     assert state.jobs.status(job_id).status == "succeeded" and state.jobs.status(job_id).spent_usd == final.spent_usd
 
 
+def test_a_finalize_message_for_a_job_with_runs_to_go_leaves_it_running(capped, bucket, s3, sim, workers, tmp_path):
+    """A finalize message older than its job (one sent while Redis had lost the job and taken
+    after ``resume`` rebuilt it) must not write the records of a job whose runs are still
+    going, nor set its final status: the job finalizes once, after its last run."""
+    sim.configure(latency_s=2.0, jitter_s=0.0)
+    workers.settings = capped
+    workers.start(1, concurrency=4)
+    state = State.from_url(capped.redis_url or "")
+    manifest = many_runs_manifest(tmp_path, f"s3://{bucket}/out", sets=4)
+    job_id = submit(prepare(manifest, capped, state=state), state, job_enqueuer(capped), finalize=finalize_job)
+
+    make_app(capped).send_task(names.FINALIZE, (job_id,))
+    deadline = time.monotonic() + 30
+    while f"job {job_id}: not finalizing" not in workers.logs() and not state.jobs.status(job_id).done:
+        assert time.monotonic() < deadline, workers.logs()[-3000:]
+        time.sleep(0.05)
+    assert state.jobs.status(job_id).status in ("queued", "running")  # not finalized with runs to go
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"out/jobs/{job_id}/results.jsonl")
+
+    final = follow(state, job_id, lambda s: None, interval_s=0.2, timeout_s=60)
+    assert final.status == "succeeded" and final.succeeded == 8
+    results = read_jsonl(s3, bucket, f"out/jobs/{job_id}/results.jsonl")
+    assert [line["status"] for line in results] == ["succeeded"] * 8
+    assert Decimal(sim.stats()["billed_usd"]) == PRICE * 8
+
+
 def test_outputs_of_a_job_killed_with_its_redis_are_not_paid_for_by_the_next_submit(
         settings, bucket, s3, sim, workers, r, tmp_path):
     sim.configure(latency_s=1.0, jitter_s=0.2)
