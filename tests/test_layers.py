@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
+    "pipeline.alerts": OUTPUTS,  # budget alerts claimed in Redis, POSTed once each
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C

@@ -26,7 +26,7 @@ PUBLISH_RETRY = {"max_retries": int(RIDE_OUT_S // 2) + 2, "interval_start": 0, "
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     broker = settings.redis_url or "redis://localhost:6379/0"
-    app = Celery("editpipe", broker=broker, include=["workers.tasks", "workers.schedule_tasks"])
+    app = Celery("editpipe", broker=broker, include=["workers.tasks", "workers.schedule_tasks", "workers.alert_tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
