@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "pipeline": DOMAIN,  # the package's __init__: errors and settings re-exported
     "pipeline.errors": DOMAIN,
     "pipeline.settings": DOMAIN,
+    "pipeline.logs": DOMAIN,  # the log line's format (text or JSON), the run it is about, secrets redacted
     "pipeline.modelspec": DOMAIN,
     "pipeline.manifest": DOMAIN,
     "pipeline.plan": DOMAIN,

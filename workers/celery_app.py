@@ -13,7 +13,7 @@ from celery import Celery
 from pipeline.settings import Settings
 from pipeline.state import RIDE_OUT_S
 
-from . import names
+from . import logs, names
 from .watchdog import Watchdog
 
 QUEUE = "editpipe"
@@ -63,9 +63,13 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     # Every worker restarts the work whose lease lapsed with a dead holder (workers.watchdog).
     app.steps["worker"].add(Watchdog)
+    # Workers and beat whose own prints keep to EDITPIPE_LOG_FORMAT (workers.logs).
+    app.Worker = app.subclass_with_self(logs.Worker)
+    app.Beat = app.subclass_with_self(logs.Beat)
     return app
 
 
+logs.configure_early()
 app = make_app()
 
 
