@@ -14,11 +14,11 @@ tries over about 10 s; a 4xx is final). An alert the webhook refused or that fai
 is given up for good: logged as an error, kept in the outbox's history with outcome
 ``failed``, never sent again. One with no URL at all is logged and recorded ``no_url``.
 
-Delivery is at most once but for one case: a sender that dies after its POST reached the
-webhook and before it recorded so leaves the alert to be taken again once its hold lapses
-(``HOLD_S``), and sent again; each POST carries the alert's stable id (the body's
-``alert_id`` and the ``Idempotency-Key`` header) for the receiver to drop such a repeat. A
-sender that died ``MAX_TAKES`` times on one alert gives it up.
+Each alert is POSTed once (its retries aside), but for one case: a sender that dies after
+its POST reached the webhook and before it recorded so leaves the alert to be taken again
+once its hold lapses (``HOLD_S``), and sent again. Each POST carries the alert's stable id
+(the body's ``alert_id`` and the ``Idempotency-Key`` header) for the receiver to drop such a
+repeat. An alert whose senders died ``MAX_TAKES`` times is given up.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def test_workers_webhook_server_beat_and_the_cli_log_json_lines_without_a_secret
     env = clean_env(sim, REDIS_URL=redis_url, S3_ENDPOINT_URL=s3_endpoint, EDITPIPE_WEBHOOK_SECRET=FAKE_SECRET,
                     EDITPIPE_WEBHOOK_URL=f"http://127.0.0.1:{port}/webhook", EDITPIPE_SCHEDULES=str(schedules),
                     **AWS_ENV)
-    logs = {name: tmp_path / f"{name}.log" for name in ("worker-0", "worker-1", "webhooks", "beat")}
+    log_files = {name: tmp_path / f"{name}.log" for name in ("worker-0", "worker-1", "webhooks", "beat")}
     commands = {
         "worker-0": [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO",
                      "--concurrency", "3", "-n", "json-0@%h"],
@@ -101,11 +101,11 @@ def test_workers_webhook_server_beat_and_the_cli_log_json_lines_without_a_secret
     procs = []
     try:
         for name, command in commands.items():
-            with open(logs[name], "wb") as out:
+            with open(log_files[name], "wb") as out:
                 procs.append(subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                               start_new_session=True))
         deadline = time.monotonic() + 60
-        while not all(" ready." in logs[n].read_text() for n in ("worker-0", "worker-1")):
+        while not all(" ready." in log_files[n].read_text() for n in ("worker-0", "worker-1")):
             assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.2)
         submit = subprocess.run([EDITPIPE, "submit", str(manifest), "--wait"], env=env, cwd=tmp_path,
@@ -124,7 +124,7 @@ def test_workers_webhook_server_beat_and_the_cli_log_json_lines_without_a_secret
                 proc.wait()
 
     job_id = submit.stdout.split()[0]
-    every = [*logs.values(), tmp_path / "cli.log"]
+    every = [*log_files.values(), tmp_path / "cli.log"]
     records = {path.name: read_json_lines(path) for path in every}
     workers = records["worker-0.log"] + records["worker-1.log"]
     assert_runs_named(workers, job_id, runs=8)

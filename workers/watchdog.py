@@ -9,7 +9,7 @@ message that starts it:
 - a job whose last run finished ``FINALIZE_AFTER_S`` ago and is still not finalized: its
   ``finalize``;
 - a budget alert claimed and not yet sent (nor held by a live sender): ``send_alerts``
-  (a second question, asked every tick: ``Alerts.due``).
+  (a second question, asked every tick: ``Alerts.kick_sender``).
 A dead holder's lease lapses by itself (13 s, ``workers.tasks.LEASE_S``), so from a SIGKILL
 to the work going on elsewhere takes at most that lease, a tick and a message; whatever the
 dead worker held unacknowledged waits for the broker's visibility timeout and, delivered
@@ -97,7 +97,7 @@ class Watchdog(bootsteps.StartStopStep):
         for job_id in waiting.finalize:
             self._app.send_task(names.FINALIZE, (job_id,))
             started.append(f"the finalize of {job_id}")
-        if self._state.alerts.due() and self._state.tasks.kick(ALERTS_KICK, KICK_S):
+        if self._state.alerts.kick_sender(ALERTS_KICK, KICK_S):
             self._app.send_task(names.SEND_ALERTS)
             started.append("the budget alerts' sender")
         return started

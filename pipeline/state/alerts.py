@@ -67,11 +67,13 @@ class Alerts:
         self._r = conn.redis
         self._take = conn.script("alerts_take.lua")
         self._done = conn.script("alerts_done.lua")
+        self._kick = conn.script("alerts_kick.lua")
 
-    def due(self) -> bool:
-        """Whether an alert waits for a sender (one not held by a live one)."""
-        now_ms = _now_ms(self._r.time())
-        return bool(self._r.zrangebyscore(keys.ALERTS_DUE, "-inf", now_ms, start=0, num=1))
+    def kick_sender(self, kick: str, kick_s: float) -> bool:
+        """True when an alert waits for a sender (none, or a dead one, holds it) and no
+        sender was kicked within ``kick_s``; the kick mark ``kick`` (``TaskLeases.kick``'s)
+        is set in the same step, so a fleet's watchdogs send one sender."""
+        return bool(self._kick(keys=[keys.ALERTS_DUE, keys.task_kick(kick)], args=[int(kick_s * 1000)]))
 
     def take(self, hold_s: float, most: int = 20) -> list[AlertRecord]:
         """Up to ``most`` due alerts, held for this caller for ``hold_s``: longer than the
@@ -93,7 +95,3 @@ class Alerts:
         """The newest alerts done with, newest first, each with its ``outcome``."""
         return [json.loads(raw) for raw in self._r.lrange(keys.ALERTS_HISTORY, 0, limit - 1)]
 
-
-def _now_ms(time_reply: tuple[int, int]) -> int:
-    seconds, micros = time_reply
-    return int(seconds) * 1000 + int(micros) // 1000
