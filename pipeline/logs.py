@@ -130,6 +130,18 @@ class LineLog(io.TextIOBase):
         self._partial = ""
 
 
+class CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged, as logging's last resort
+    does: a command run by a test runner logs into the runner's capture, not a closed one."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> IO[str]:  # type: ignore[override]
+        return sys.stderr
+
+
 def secrets_of(settings: Settings | None) -> list[str]:
     if settings is None:
         return []
@@ -145,12 +157,16 @@ def configure(settings: Settings | None, *, level: int | str = logging.INFO, tex
               text_level: int | str | None = None, stream: IO[str] | None = None, logfile: str | None = None,
               ) -> logging.Handler:
     """Make the root logger write this process's lines in ``settings.log_format`` (text when
-    ``settings`` is None: they could not be read), to ``logfile`` or ``stream`` (stderr).
+    ``settings`` is None: they could not be read), to ``logfile``, ``stream``, or else
+    whatever ``sys.stderr`` is at each line (``CurrentStderr``).
     ``text_level``: the level in text format when it differs from ``level``. A second call
     replaces the handler the first installed. Warnings (``warnings.warn``) become log lines."""
     as_json = settings is not None and settings.log_format == "json"
-    handler: logging.Handler = (logging.FileHandler(logfile, encoding="utf-8") if logfile
-                                else logging.StreamHandler(stream or sys.stderr))
+    handler: logging.Handler
+    if logfile:
+        handler = logging.FileHandler(logfile, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream) if stream is not None else CurrentStderr()
     inner = json_formatter() if as_json else logging.Formatter(text_format)
     redact(secrets_of(settings))
     handler.setFormatter(Redacting(inner))

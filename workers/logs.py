@@ -5,16 +5,18 @@ beat write their lines in ``EDITPIPE_LOG_FORMAT``, Celery's own lines included.
   main process, beat); a receiver makes Celery leave logging to it, so ``pipeline.logs``
   installs its handler, with Celery's ``--loglevel`` and ``--logfile``. Pool children are
   forked from the main process and keep that handler.
-- In ``json`` format, the app's import sets logging up already (``configure_early``), and a
-  line that Celery prints itself (the worker's banner, beat's) would
-  not be JSON: the worker logs its start-up facts as one line instead (``Worker``), its
-  signal handlers' messages ("Warm shutdown") are logged, and beat starts quiet (``Beat``); in either format, stray writes to standard output and error are
-  logged (``redirect_stdouts``, as Celery does), one line each.
+- In the json format, the app's import sets logging up already (``configure_early``), so a
+  warning Celery gives before ``setup_logging`` is a JSON line too; and what Celery prints
+  itself is made a log line: the worker's banner becomes one line (``Worker``), its signal
+  handlers' messages ("Warm shutdown") are logged (``safe_say``), beat starts quiet (``Beat``).
+- In either format, stray writes to standard output and error are logged, one line each
+  (``redirect_stdouts``, as Celery does when it sets logging up itself).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery import current_app
 from celery.apps.beat import Beat as CeleryBeat
@@ -46,8 +48,9 @@ def _json() -> bool:
 @setup_logging.connect
 def _setup_logging(loglevel: int | str | None = None, logfile: str | None = None, **_: object) -> None:
     settings = _settings()
+    # The stream as it is now: stderr is redirected to the log below.
     logs.configure(settings, level=loglevel or logging.INFO, text_format=CELERY_TEXT_FORMAT,
-                   logfile=logfile or None)
+                   logfile=logfile or None, stream=sys.stderr)
     if settings is not None and settings.log_format == "json":
         # The worker's signal handlers say "worker: Warm shutdown (MainProcess)" and the like
         # with ``safe_say``, a raw write to the standard streams: a log line instead.
@@ -68,7 +71,7 @@ def configure_early() -> None:
     that configured its logging already (the CLI) is left alone."""
     settings = _settings()
     if settings is not None and settings.log_format == "json" and not logging.getLogger().handlers:
-        logs.configure(settings)
+        logs.configure(settings, stream=sys.stderr)
 
 
 class Worker(CeleryWorker):
