@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, start_claim_s, start_run
+from .logs import run_context
 from .provider import Prediction
 from .state import Due
 
@@ -274,8 +275,9 @@ def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: Seq
     admit = None
     if ctx.limits is not None:
         admit = ctx.limits.try_start if admit_until is None else _admit_in_place(ctx.limits.try_start, admit_until)
-    step = start_run(ctx, job_id, index, token=token, failures=failures, admit=admit)
-    dispatch.follow(job_id, index, step, settled, wake_poller=wake_poller or step.action != "poll")
+    with run_context(job_id, index):
+        step = start_run(ctx, job_id, index, token=token, failures=failures, admit=admit)
+        dispatch.follow(job_id, index, step, settled, wake_poller=wake_poller or step.action != "poll")
     return step
 
 
@@ -328,8 +330,9 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [due.member], failures=due.failures)
             continue
         run = ctx.state.runs.run(due.job_id, due.index)
-        step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
-                        state=states[due])
+        with run_context(due.job_id, due.index, states[due].prediction_id):
+            step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
+                            state=states[due])
         if step.action == "poll":
             # Seen running now, unless the check failed for now (or it was seen completed).
             seen = time.time() if due.seen_at and step.failures <= due.failures else due.seen_at

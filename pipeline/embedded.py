@@ -270,6 +270,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
         env["EDITPIPE_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
     if settings.daily_budget_usd is not None:
         env["EDITPIPE_DAILY_BUDGET_USD"] = str(settings.daily_budget_usd)
+    if settings.alert_url:
+        env["EDITPIPE_ALERT_URL"] = settings.alert_url
+    env["EDITPIPE_LOG_FORMAT"] = settings.log_format
     return env
 
 

@@ -237,8 +237,8 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
     # A run whose price was reserved before the budget ran out still goes: that money was
     # set aside for it (it was only waiting for the account's limits).
     if stop and not (stop.startswith(BUDGET_EXHAUSTED) and claim.reserved):
-        return fail_run(ctx, job_id, run, f"not started: {stop}", kind=_not_started_kind(stop), retryable=True,
-                        not_started=True)
+        kind = ErrorKind.BUDGET_EXHAUSTED if stop.startswith(BUDGET_EXHAUSTED) else ErrorKind.NOT_STARTED
+        return fail_run(ctx, job_id, run, f"not started: {stop}", kind=kind, retryable=True, not_started=True)
     if claim.paused:
         # An `editpipe run` stopping cleanly: the run goes back to the queue untouched (nothing
         # reserved, nothing uploaded) and starts once the pause is lifted or lapses.
@@ -317,6 +317,8 @@ def start_run(ctx: Context, job_id: str, index: int, *, token: str, failures: in
         kind = ErrorKind.BAD_INPUT if isinstance(exc, RunRejected) else ErrorKind.PROVIDER_ERROR
         return fail_run(ctx, job_id, run, str(exc), kind=kind)
     ctx.state.lost.answered(job_id, index, prediction.id, adoption.created_ms(prediction))
+    log.info("run %s of %s: submitted, prediction %s", index, job_id, prediction.id,
+             extra={"prediction_id": prediction.id})
     return Next("poll", ctx.settings.poll_initial_s)
 
 
@@ -360,10 +362,6 @@ def _stop_job(ctx: Context, job_id: str, run: Run, exc: AuthFailed) -> Next:
     ctx.state.jobs.stop(job_id, str(exc))
     ctx.state.jobs.set_error(job_id, str(exc))
     return fail_run(ctx, job_id, run, str(exc), kind=ErrorKind.AUTH, retryable=True, not_started=True)
-
-
-def _not_started_kind(stop_reason: str) -> ErrorKind:
-    return ErrorKind.BUDGET_EXHAUSTED if stop_reason.startswith(BUDGET_EXHAUSTED) else ErrorKind.NOT_STARTED
 
 
 def _retry_submit(ctx: Context, job_id: str, run: Run, exc: ProviderTransient, failures: int) -> Next:
@@ -494,5 +492,7 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         index_line=index_line(run.run_key, run.output_key),
     )
     ctx.free_slot(job_id, run.index)
+    log.info("run %s of %s: succeeded, prediction %s stored at %s ($%s)", run.index, job_id, prediction.id,
+             run.output_key, usd(cost), extra={"prediction_id": prediction.id})
     write_batch_if_due(ctx.state.index, storage, job_id, finished.index_pending, finished.index_waited_s)
     return Next("finalize") if finished.last else DONE

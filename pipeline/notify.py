@@ -1,4 +1,5 @@
-"""Notify: POST a finished job's summary to the webhook its schedule names.
+"""Notify: POST a finished job's summary to the webhook its schedule names (and a budget
+alert, ``pipeline.alerts``, to the same kind of webhook).
 
 A notification is a courtesy, never part of the job: a webhook that is down, slow or
 wrong is retried a few times, then logged and given up on. Nothing here raises, and no log
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,8 +45,9 @@ def safe_target(url: str) -> str:
 
 
 def notify(url: str, summary: dict, *, attempts: int = 4, initial_wait_s: float = 1.0,
-           timeout_s: float = TIMEOUT_S) -> bool:
-    """POST ``summary`` as JSON to ``url``; True once the webhook answered 2xx.
+           timeout_s: float = TIMEOUT_S, headers: Mapping[str, str] | None = None) -> bool:
+    """POST ``summary`` as JSON to ``url`` (with ``headers`` added); True once the webhook
+    answered 2xx.
 
     Transport errors, timeouts, 5xx and 429 are retried up to ``attempts`` tries in all,
     waiting ``initial_wait_s`` × 2ⁿ (capped at 30 s) plus up to ``initial_wait_s`` of random
@@ -68,7 +71,7 @@ def notify(url: str, summary: dict, *, attempts: int = 4, initial_wait_s: float 
     )
     try:
         with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
-            status = retrying(_post, client, url, body)
+            status = retrying(_post, client, url, body, headers or {})
     except RetryError as exc:
         log.error("notify %s: gave up after %d tries (%s)", target, exc.last_attempt.attempt_number,
                   _describe(exc.last_attempt.exception()))
@@ -83,8 +86,8 @@ def notify(url: str, summary: dict, *, attempts: int = 4, initial_wait_s: float 
     return False
 
 
-def _post(client: httpx.Client, url: str, body: bytes) -> int:
-    response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+def _post(client: httpx.Client, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    response = client.post(url, content=body, headers={"Content-Type": "application/json", **headers})
     if response.status_code in RETRY_STATUSES:
         raise _Retryable(response.status_code)
     return response.status_code

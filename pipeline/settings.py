@@ -28,6 +28,7 @@ from .errors import SettingsError
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
 DEFAULT_CONFIGS = Path("configs")
 
+LOG_FORMATS = ("text", "json")  # the first is the default
 TIERS_FILE = Path(str(resources.files(__package__) / "configs" / "tiers.yaml"))
 
 
@@ -85,6 +86,10 @@ class Settings:
     # Runs one job may have (EDITPIPE_MAX_RUNS; None: the default of ``pipeline.size``); a
     # manifest's own ``max_runs`` takes precedence.
     max_runs: int | None = None
+    # Where budget alerts go when the job has no ``notify`` URL (day alerts: first), and how
+    # log lines are written: "text", or "json" (one object a line; ``pipeline.logs``).
+    alert_url: str | None = None
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -121,6 +126,8 @@ class Settings:
             state_dir=Path(env["EDITPIPE_STATE_DIR"]).expanduser().absolute() if env.get("EDITPIPE_STATE_DIR") else None,
             state_home=Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME") or "~").expanduser() / ".local" / "state"),
             max_runs=_int(env, "EDITPIPE_MAX_RUNS", 0) or None,
+            alert_url=_url(env, "EDITPIPE_ALERT_URL"),
+            log_format=_choice(env, "EDITPIPE_LOG_FORMAT", LOG_FORMATS),
         )
 
     def with_tier(self, tier: str) -> "Settings":
@@ -174,3 +181,19 @@ def _decimal(env: Mapping[str, str], name: str) -> Decimal | None:
         return Decimal(raw)
     except InvalidOperation:
         raise SettingsError(f"{name} must be a decimal amount in USD, got {raw!r}") from None
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must be an http:// or https:// URL")
+    return raw
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw

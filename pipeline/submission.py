@@ -216,7 +216,10 @@ def submit(
         notify_url=notify_url,
         # A job with priority p gets p runs handed out for each run of a priority-1 job.
         priority=mark.priority,
-        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)), **(extra or {})},
+        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)),
+               # Whose budget the job's is, for its budget alerts (``pipeline.alerts``).
+               "budget_of": "schedule" if budget_usd is not None and min(caps) == budget_usd and schedule else "job",
+               **(extra or {})},
     )
     # After Redis has the record: an open job that Redis does not know is one it lost.
     mark_open(prepared.storage, mark)

@@ -51,6 +51,7 @@ from aiohttp import web
 from .adoption import settle_by_callback
 from .callbacks import checked_run
 from .errors import ProviderError, SettingsError
+from .logs import redact, run_context
 from .provider import TERMINAL_OK, WaveSpeedClient
 from .settings import Settings
 from .state import UNAVAILABLE, State
@@ -107,6 +108,7 @@ class AccountSecret:
             except ProviderError as exc:
                 self._key = None  # the next webhook tries again
                 raise TryLater(f"the account's webhook secret could not be fetched ({type(exc).__name__})") from None
+            redact([self._key])  # never shown by a log line of this process, whatever logs it
             return matches(self._key, signed, body)
 
 
@@ -152,15 +154,16 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
             return refused("replayed", f"event {signed.event_id} or prediction {prediction_id} was handled before")
         if begun is Begun.BUSY:
             return web.json_response({"error": "this event is being handled; try again later"}, status=409)
-        try:
-            outcome = await handle(*run, prediction_id, status)
-            await asyncio.to_thread(events.done, signed.event_id, prediction_id, outcome is True)
-        except TryLater as exc:
-            await release(signed.event_id, prediction_id, token)
-            return unavailable(exc)
-        except UNAVAILABLE as exc:
-            await release(signed.event_id, prediction_id, token)
-            return unavailable(TryLater(f"Redis is not answering ({type(exc).__name__})"))
+        with run_context(*run, prediction_id):  # the lines below are about this run
+            try:
+                outcome = await handle(*run, prediction_id, status)
+                await asyncio.to_thread(events.done, signed.event_id, prediction_id, outcome is True)
+            except TryLater as exc:
+                await release(signed.event_id, prediction_id, token)
+                return unavailable(exc)
+            except UNAVAILABLE as exc:
+                await release(signed.event_id, prediction_id, token)
+                return unavailable(TryLater(f"Redis is not answering ({type(exc).__name__})"))
         return web.json_response({"accepted": outcome is not False})
 
     async def handle(job_id: str, index: int, prediction_id: str, status: str) -> bool | None:

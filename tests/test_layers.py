@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "pipeline": DOMAIN,  # the package's __init__: errors and settings re-exported
     "pipeline.errors": DOMAIN,
     "pipeline.settings": DOMAIN,
+    "pipeline.logs": DOMAIN,  # the log line's format (text or JSON), the run it is about, secrets redacted
     "pipeline.modelspec": DOMAIN,
     "pipeline.manifest": DOMAIN,
     "pipeline.plan": DOMAIN,
@@ -57,6 +58,7 @@ LAYERS: dict[str, int] = {
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
+    "pipeline.alerts": OUTPUTS,  # budget alerts claimed in Redis, POSTed once each
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C

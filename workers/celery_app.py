@@ -13,7 +13,7 @@ from celery import Celery
 from pipeline.settings import Settings
 from pipeline.state import RIDE_OUT_S
 
-from . import names
+from . import logs, names
 from .watchdog import Watchdog
 
 QUEUE = "editpipe"
@@ -26,7 +26,7 @@ PUBLISH_RETRY = {"max_retries": int(RIDE_OUT_S // 2) + 2, "interval_start": 0, "
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     broker = settings.redis_url or "redis://localhost:6379/0"
-    app = Celery("editpipe", broker=broker, include=["workers.tasks", "workers.schedule_tasks"])
+    app = Celery("editpipe", broker=broker, include=["workers.tasks", "workers.schedule_tasks", "workers.alert_tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -63,9 +63,13 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     # Every worker restarts the work whose lease lapsed with a dead holder (workers.watchdog).
     app.steps["worker"].add(Watchdog)
+    # Workers and beat whose own prints keep to EDITPIPE_LOG_FORMAT (workers.logs).
+    app.Worker = app.subclass_with_self(logs.Worker)
+    app.Beat = app.subclass_with_self(logs.Beat)
     return app
 
 
+logs.configure_early()
 app = make_app()
 
 

@@ -33,6 +33,7 @@ from celery.signals import worker_process_init
 from pipeline.dispatch import SLICE_S, Completed, Dispatch, poll_due, pump as pump_runs
 from pipeline.errors import JobLost, ProviderTransient
 from pipeline.execution import Context, collect
+from pipeline.logs import run_context
 from pipeline.provider import Prediction
 from pipeline.report import finalize_job
 from pipeline.settings import Settings
@@ -206,11 +207,12 @@ def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs
     that failed for now). The retry's countdown is only the quick way: the run's check in the
     due index collects it too, if the retry is lost with its worker."""
     ctx = context()
-    try:
-        step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
-    except ProviderTransient as exc:
-        raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5)), exc=exc) from None
-    dispatch().follow(job_id, index, step)
+    with run_context(job_id, index, prediction_id):
+        try:
+            step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
+        except ProviderTransient as exc:
+            raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5)), exc=exc) from None
+        dispatch().follow(job_id, index, step)
 
 
 @app.task(name=names.COLLECT_RUNS)
@@ -220,18 +222,23 @@ def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
     rest (the poller's safety-net check collects it again, as for a lost collect task)."""
     ctx = context()
     for job_id, index, prediction_id, outputs in items:
-        try:
-            step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
-        except ProviderTransient:
-            collect_run.apply_async((job_id, index, prediction_id, outputs), countdown=1)
-            continue
-        except JobLost as lost:
-            _job_lost(lost)
-            continue
-        except Exception:  # noqa: BLE001 - logged; the rest of the batch still goes
-            log.exception("collecting run %s of %s failed; its next check collects it again", index, job_id)
-            continue
-        dispatch().follow(job_id, index, step)
+        with run_context(job_id, index, prediction_id):
+            _collect_one(ctx, job_id, index, prediction_id, outputs)
+
+
+def _collect_one(ctx: Context, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
+    try:
+        step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
+    except ProviderTransient:
+        collect_run.apply_async((job_id, index, prediction_id, outputs), countdown=1)
+        return
+    except JobLost as lost:
+        _job_lost(lost)
+        return
+    except Exception:  # noqa: BLE001 - logged; the rest of the batch still goes
+        log.exception("collecting run %s of %s failed; its next check collects it again", index, job_id)
+        return
+    dispatch().follow(job_id, index, step)
 
 
 @app.task(name=names.FINALIZE)
@@ -241,10 +248,11 @@ def finalize(job_id: str) -> None:
     job it names (sent before Redis lost the job, taken after ``resume`` rebuilt it): it
     must not write the records of a job with runs still to go, and set its final status."""
     ctx = context()
-    unfinished = ctx.state.jobs.status(job_id).in_progress
-    if unfinished:
-        log.info("job %s: not finalizing, %d run(s) have not finished", job_id, unfinished)
-        return
-    status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)
-    ctx.state.finalized(job_id)
-    log.info("job %s finished: %s", job_id, status.status)
+    with run_context(job_id):
+        unfinished = ctx.state.jobs.status(job_id).in_progress
+        if unfinished:
+            log.info("job %s: not finalizing, %d run(s) have not finished", job_id, unfinished)
+            return
+        status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)
+        ctx.state.finalized(job_id)
+        log.info("job %s finished: %s", job_id, status.status)

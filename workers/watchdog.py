@@ -7,7 +7,9 @@ message that starts it:
 - runs in the fair queue and a pump slot whose lease is not held: that ``pump``;
 - a prediction due within the next tick and the poller's lease not held: the ``poller``;
 - a job whose last run finished ``FINALIZE_AFTER_S`` ago and is still not finalized: its
-  ``finalize``.
+  ``finalize``;
+- a budget alert claimed and not yet sent (nor held by a live sender): ``send_alerts``
+  (a second question, asked every tick: ``Alerts.kick_sender``).
 A dead holder's lease lapses by itself (13 s, ``workers.tasks.LEASE_S``), so from a SIGKILL
 to the work going on elsewhere takes at most that lease, a tick and a message; whatever the
 dead worker held unacknowledged waits for the broker's visibility timeout and, delivered
@@ -36,6 +38,7 @@ TICK_S = 2.0
 KICK_S = 5.0  # a kick mark's life: a start on its way is not sent twice within it
 FINALIZE_AFTER_S = 20.0  # a finalize queued behind other work usually runs within this
 FINALIZE_KICK_S = 60.0  # a job's finalize is sent again at most this often
+ALERTS_KICK = "alerts"  # the kick mark of the budget alerts' sender (workers.alert_tasks)
 
 
 class Watchdog(bootsteps.StartStopStep):
@@ -94,4 +97,7 @@ class Watchdog(bootsteps.StartStopStep):
         for job_id in waiting.finalize:
             self._app.send_task(names.FINALIZE, (job_id,))
             started.append(f"the finalize of {job_id}")
+        if self._state.alerts.kick_sender(ALERTS_KICK, KICK_S):
+            self._app.send_task(names.SEND_ALERTS)
+            started.append("the budget alerts' sender")
         return started

@@ -7,6 +7,7 @@ Exit codes (manifest.md): 0 every run succeeded or was skipped; 1 some runs fail
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
+from .. import logs
 from ..errors import EditpipeError, JobNotFound, ManifestError, SettingsError
 from ..state import UNAVAILABLE, State
 from ..ledger import usd
@@ -72,6 +74,15 @@ def _state(settings: Settings) -> State:
 @click.version_option(package_name="editpipe")
 def main() -> None:
     """editpipe: YAML manifests in, paid image edits, results and an exact cost ledger out."""
+    try:
+        settings: Settings | None = Settings.from_env()
+    except SettingsError:
+        settings = None  # the command that needs them says what is wrong
+    # JSON lines from INFO up for a log pipeline; in text, only warnings and errors reach the
+    # terminal, as before (the command's own output says the rest).
+    logs.configure(settings, level=logging.INFO, text_level=logging.WARNING)
+    if settings is not None and settings.log_format == "json":
+        err.file = logs.LineLog(logging.getLogger("pipeline.cli"))  # messages and progress, as JSON lines
 
 
 @main.command()
@@ -388,7 +399,9 @@ def webhook_server(host: str, port: int) -> None:
     from ..webhooks import make_app
 
     settings = _settings()
-    web.run_app(make_app(settings, collect_sender(settings)), host=host, port=port, access_log=None)
+    # aiohttp's "Running on …" lines: a log line in the json format, printed otherwise.
+    say = logging.getLogger("pipeline.webhooks").info if settings.log_format == "json" else print
+    web.run_app(make_app(settings, collect_sender(settings)), host=host, port=port, access_log=None, print=say)
 
 
 def _attach_commands() -> None:

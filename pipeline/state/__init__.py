@@ -5,7 +5,8 @@ It owns ``keys`` (every key name), ``connection`` (the client and the script loa
 script once per client, shared helpers from ``lua/*_lib.lua``) and one small store per noun,
 each saying what it guarantees: ``Jobs`` (job records), ``Runs`` (a run's claims, marks,
 results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLeases``,
-``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, ``WebhookEvents``, the limits'
+``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, ``WebhookEvents``, ``Alerts``
+(the outbox of budget alerts, claimed where spend is recorded), the limits'
 ``LimitsBackend``, ``Takeover`` (what a dead embedded run held) and ``LostSubmits``
 (submits on the wire or whose answer was lost, and the prediction ids runs know). It may
 import the domain (plan, ledger, errors) and nothing above it.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .alerts import AlertRecord, Alerts
 from .budget import Budget
 from .connection import RIDE_OUT_S, UNAVAILABLE, Connection, flush, wait_until_up
 from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
@@ -35,7 +37,8 @@ from .uploads import Uploads
 from .webhook_events import WebhookEvents
 
 __all__ = [
-    "ACTIVE", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
+    "ACTIVE", "AlertRecord", "Alerts", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection",
+    "Due", "DueIndex",
     "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "LostSubmits", "Released",
     "RunState", "Runs", "ScheduleState", "StartClaim", "State", "Takeover", "TaskLeases", "Uploads", "flush",
     "new_job_id", "wait_until_up",
@@ -60,6 +63,7 @@ class State:
         self.takeover = Takeover(conn)
         self.webhook_events = WebhookEvents(conn)
         self.lost = LostSubmits(conn)
+        self.alerts = Alerts(conn)
 
     @classmethod
     def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "State":

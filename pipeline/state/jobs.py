@@ -327,7 +327,8 @@ class Jobs:
         self._r.hdel(key, "stop_reason", "cancel_requested", BUDGET_EXHAUSTED)
         fields: dict[str, str | int] = {"status": "running", "finished_at": "", "error": ""}
         if budget_usd is not None:
-            fields.update(budget_usd=str(budget_usd), budget_micros=to_micros(budget_usd))
+            # The job's own budget now, whatever its schedule's was (for its budget alerts).
+            fields.update(budget_usd=str(budget_usd), budget_micros=to_micros(budget_usd), budget_of="job")
         self._r.hset(key, mapping=fields)
 
     def set_final(self, job_id: str, status: str, finished_at: str) -> None:

@@ -14,6 +14,10 @@ DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"  # + YYYY-MM-DD: micro-USD held that
 FAIR = f"{PREFIX}:fair"  # the fair queue's prefix (``fair_queue``)
 DUE = f"{PREFIX}:due"  # sorted set: due member -> when its next check is due
 EPOCH = f"{PREFIX}:epoch"  # when this Redis's records begin (Unix time), set at its first job
+# Budget alerts (``alerts``): the outbox of alerts claimed and not yet delivered or given up.
+ALERTS = f"{PREFIX}:alerts"  # hash: alert id -> alert record (JSON)
+ALERTS_DUE = f"{PREFIX}:alerts:due"  # sorted set: alert id -> when a sender may take it (ms)
+ALERTS_HISTORY = f"{PREFIX}:alerts:history"  # list: the newest alerts done with, and how (JSON)
 
 
 def job(job_id: str, part: str = "") -> str:
@@ -31,6 +35,15 @@ def collect_claim(job_id: str, index: int) -> str:
 
 def day_budget(day: str) -> str:
     return DAY_BUDGET_PREFIX + day
+
+
+DAY_SPEND_SUFFIX = ":spend"
+
+
+def day_spend(day: str) -> str:
+    """The UTC day's hash: ``spent`` (micro-USD charged that day, every job together), ``cap``
+    (the daily budget the last reservation was held against) and its alerts' claims."""
+    return DAY_BUDGET_PREFIX + day + DAY_SPEND_SUFFIX
 
 
 def fair_queue(prefix: str = FAIR) -> list[str]:

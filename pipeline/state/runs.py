@@ -79,7 +79,7 @@ class Runs:
 
     def __init__(self, conn: Connection):
         self._r = conn.redis
-        self._finish = conn.script("finish_run.lua", "budget_lib.lua")
+        self._finish = conn.script("finish_run.lua", "budget_lib.lua", "alerts_lib.lua")
         self._reopen = conn.script("reopen_run.lua")
         self._start_claim = conn.script("start_claim.lua")
         self._release_claim = conn.script("release_claim.lua")
@@ -269,11 +269,13 @@ class Runs:
         index_line: str = "",
     ) -> Finished:
         """Record a run's end once, with its ledger line and its run-index line if given; the
-        last run's end puts its job on the to-finalize list in the same step. Raises
+        last run's end puts its job on the to-finalize list in the same step, and a charge
+        claims the budget alerts it crosses (``Alerts``) in that step too. Raises
         ``JobLost`` (having written nothing) when Redis no longer has the job."""
         code, pending, waited_ms = self._finish(
             keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
-                  keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending")],
+                  keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending"),
+                  keys.job(job_id, "alerts"), keys.ALERTS, keys.ALERTS_DUE],
             args=[
                 index,
                 outcome,
@@ -282,6 +284,8 @@ class Runs:
                 _json(ledger_line) if ledger_line else "",
                 cost_micros,
                 index_line,
+                keys.DAY_BUDGET_PREFIX,
+                keys.DAY_SPEND_SUFFIX,
             ],
         )
         if int(code) == -2:

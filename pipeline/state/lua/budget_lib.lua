@@ -10,13 +10,17 @@ end
 
 -- A charged run's reservation becomes spend: `cost` is added to the job's spent_micros and
 -- held_micros (spent + reserved) is corrected from the reserved price to the real cost.
+-- Returns the reservation's UTC day, or nil when the run held none (a charge rebuilt from
+-- storage after Redis lost a job: paid before, counted on no day's budget).
 local function reservation_to_spend(job, reservations, index, cost)
   redis.call('HINCRBY', job, 'spent_micros', cost)
   local held = redis.call('HGET', reservations, index)
   local reserved = 0
+  local day = nil
   if held then
-    reserved = parse_reservation(held)
+    reserved, day = parse_reservation(held)
     redis.call('HDEL', reservations, index)
   end
   redis.call('HINCRBY', job, 'held_micros', cost - reserved)
+  return day
 end

@@ -4,6 +4,8 @@
 -- KEYS[3] the day's counter (micro-USD held on that UTC day, every job together)
 -- ARGV[1] run index, ARGV[2] price in micro-USD, ARGV[3] the day's cap in micro-USD or '',
 -- ARGV[4] the UTC day (YYYY-MM-DD)
+-- KEYS[4] the day's spend hash: its `cap` is set to the day's cap each reservation is held
+-- against, so that the charges of that day can tell when they cross it (alerts_lib.lua).
 -- Returns 1 reserved (or already reserved: a redelivery), -1 the job's budget is used up,
 -- -2 the day's budget is used up.
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
@@ -25,4 +27,8 @@ redis.call('HINCRBY', KEYS[1], 'held_micros', price)
 redis.call('INCRBY', KEYS[3], price)
 redis.call('EXPIRE', KEYS[3], 3 * 86400)
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '|' .. ARGV[4])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[4], 'cap', ARGV[3])
+  redis.call('EXPIRE', KEYS[4], 3 * 86400)
+end
 return 1

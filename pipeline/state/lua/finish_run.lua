@@ -8,9 +8,12 @@
 -- ARGV[4] ledger entry id ('' when nothing is charged), ARGV[5] ledger line,
 -- ARGV[6] cost in micro-USD, ARGV[7] the run's index line ('' when it has none): pushed
 -- in the same step as the charge, so every charged output is indexed
+-- KEYS[7] the job's alert claims, KEYS[8] the alerts outbox, KEYS[9] its due set; ARGV[8]
+-- and ARGV[9] the prefix and suffix of a day's spend hash: a charge claims the budget alerts
+-- it crosses in the same step (alerts_lib.lua), so a redelivery never claims one again.
 -- A charged run's reservation turns into spend (held_micros is corrected to the real cost);
 -- any other run's reservation must have been released before (budget_release.lua).
--- Loaded after budget_lib.lua.
+-- Loaded after budget_lib.lua and alerts_lib.lua.
 -- The job hash's index_since is when the oldest pending index line was pushed (Redis time,
 -- ms), so the caller can write the lines once they have waited long enough.
 -- Returns {code, index lines pending, ms the oldest of them has waited}: code -1 when the run
@@ -36,7 +39,10 @@ if ARGV[7] ~= '' then
   end
 end
 if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], ARGV[5]) == 1 then
-  reservation_to_spend(KEYS[1], KEYS[4], ARGV[1], tonumber(ARGV[6]))
+  local day = reservation_to_spend(KEYS[1], KEYS[4], ARGV[1], tonumber(ARGV[6]))
+  if day then
+    spend_alerts(KEYS[1], KEYS[7], KEYS[8], KEYS[9], day, ARGV[8] .. day .. ARGV[9], tonumber(ARGV[6]))
+  end
 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local finished = redis.call('HINCRBY', KEYS[1], 'finished', 1)
