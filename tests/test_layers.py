@@ -57,10 +57,13 @@ LAYERS: dict[str, int] = {
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
+    "pipeline.review": OUTPUTS,  # people's decisions on a job's outputs, appended to review.jsonl
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C
     "pipeline.cli.progress": INTERFACES,  # a bar on a terminal, plain lines in a log
+    "pipeline.cli.review": INTERFACES,  # `editpipe review JOB`: decisions from the command line
+    "pipeline.cli.job_root": INTERFACES,  # where a finished job's records are (Redis, or --output)
     "pipeline.webhooks": INTERFACES,
     "pipeline.embedded": INTERFACES,
     "workers": INTERFACES,
