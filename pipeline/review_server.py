@@ -257,7 +257,7 @@ class ReviewServer:
         self._thread.join(timeout=10)
 
     def __enter__(self) -> ReviewServer:
-        return self.start()
+        return self if self.url else self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()

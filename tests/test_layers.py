@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "pipeline.reconcile": ENGINE,
     "pipeline.schedules": ENGINE,
     "pipeline.recovery": ENGINE,  # a job whose Redis state was lost, rebuilt from storage
+    "pipeline.regenerate": ENGINE,  # a rejected run made again as a new variant of the same job
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
@@ -65,6 +66,7 @@ LAYERS: dict[str, int] = {
     "pipeline.cli.review": INTERFACES,  # `editpipe review JOB`: decisions from the command line
     "pipeline.cli.job_root": INTERFACES,  # where a finished job's records are (Redis, or --output)
     "pipeline.webhooks": INTERFACES,
+    "pipeline.review_server": INTERFACES,  # the review page's server: decisions, regenerate, CSRF
     "pipeline.embedded": INTERFACES,
     "workers": INTERFACES,
     "workers.takeover": INTERFACES,  # a dead embedded run's broker messages, and the wake-up

@@ -1,4 +1,6 @@
-"""``editpipe review JOB``: decisions on a finished job's outputs, from the command line.
+"""``editpipe review JOB``: decisions on a finished job's outputs, on a page or from the command line.
+
+Without flags it serves the job's review page (``review_page``) and prints its URL.
 
 ``--approve-passing`` approves every run this job made whose checks all passed and that
 nobody has decided on yet; ``--approve RUN_KEY...`` and ``--reject RUN_KEY... --reason
@@ -14,7 +16,6 @@ import socket
 
 import click
 
-from ..errors import EditpipeError
 from ..review import (
     append_decisions,
     job_results,
@@ -47,10 +48,15 @@ def default_reviewer() -> str:
 @click.option("--reason", default="", help="Why (required with --reject).")
 @click.option("--reviewer", default=None, help="Who decides (default: user@host).")
 @click.option("--output", help="The job's output root (default: from Redis).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the page listens (without flags).")
+@click.option("--port", default=0, help="The page's port (default: a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
 def review_command(job_id: str, run_keys: tuple[str, ...], approve_passing: bool, approve: bool, reject: bool,
-                   reason: str, reviewer: str | None, output: str | None) -> None:
-    """Review a finished job's outputs: approve or reject runs (RUN_KEY: a run key from
-    results.jsonl or the report, or a prefix of it only one run has)."""
+                   reason: str, reviewer: str | None, output: str | None, host: str, port: int,
+                   open_browser: bool) -> None:
+    """Review a finished job's outputs. Without flags: serve the review page (its URL is
+    printed; Ctrl-C stops it). With flags, from the command line: approve or reject runs
+    (RUN_KEY: a run key from results.jsonl or the report, or a prefix of it only one run has)."""
     chosen = [name for name, on in (("--approve-passing", approve_passing), ("--approve", approve),
                                     ("--reject", reject)) if on]
     if len(chosen) > 1:
@@ -58,9 +64,11 @@ def review_command(job_id: str, run_keys: tuple[str, ...], approve_passing: bool
     if not chosen:
         if run_keys:
             raise click.UsageError("RUN_KEYs go with --approve or --reject")
-        raise EditpipeError(
-            "the review page is not available in this version yet; decide from the command line: "
-            f"editpipe review {job_id} --approve-passing | --approve RUN_KEY... | --reject RUN_KEY... --reason TEXT")
+        from .review_page import serve_review_page
+
+        serve_review_page(Settings.from_env(), job_id, output, reviewer or default_reviewer(), host=host, port=port,
+                          open_browser=open_browser)
+        return
     if approve_passing and run_keys:
         raise click.UsageError("--approve-passing takes no RUN_KEYs")
     if (approve or reject) and not run_keys:

@@ -1,0 +1,291 @@
+"""The review page, proven in a real browser (Debian's Chromium driven by Playwright), and
+regenerate, proven by what the simulator billed.
+
+A finished job (real workers, moto's S3, the simulator) is opened on its review page: three
+runs approved with the keyboard, one rejected with a reason; ``review.jsonl`` then holds
+exactly those decisions. A second reviewer's decision, taken through another server over the
+same storage, shows on the open page without a reload. Bad requests (unknown run, a run
+without output, another origin, no CSRF token, a wrong Host) get a 4xx and write nothing.
+A rejected run regenerated (from the page, then with ``editpipe regenerate --rejected``) is
+billed once more, has its ledger line, and joins the review.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from chromium import ARTIFACTS, ChromiumUnavailable, find_or_install
+from conftest import make_image, run_job, write_manifest
+from pipeline.cli.main import main as cli
+from pipeline.layout import job_file
+from pipeline.review_server import ReviewApp, ReviewServer
+from pipeline.state import State
+from pipeline.storage import Storage, open_storage
+from pipeline.submission import follow
+from workers.celery_app import runs_enqueuer
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMPTS = """
+  - id: editorial
+    text: A model wearing the {product}, warm natural light.
+  - id: broken
+    text: "A flat-lay of the {product} [sim:fail]"
+"""
+SETS = """
+  - id: set-a
+    images: [products/a.png]
+    vars: {product: gold earrings}
+  - id: set-b
+    images: [products/b.png]
+    vars: {product: silver hoops}"""
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    try:
+        return find_or_install()
+    except ChromiumUnavailable as exc:
+        pytest.skip(f"headless Chromium is needed to look at the review page: {exc}")
+
+
+@pytest.fixture
+def playwright_browser(chromium_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    with sync_api.sync_playwright() as p:
+        # Debian's Chromium, not a browser build Playwright would download.
+        browser = p.chromium.launch(executable_path=chromium_path, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+def finished_job(tmp_path: Path, settings, workers, output: str) -> tuple[str, Storage]:
+    """2 sets × (a prompt that works, one the simulator fails) × 2 ratios: 4 outputs, 4 failed."""
+    workers.start(1)
+    status = run_job(settings, write_manifest(tmp_path, output, sets=SETS, prompts=PROMPTS))
+    assert (status.succeeded, status.failed) == (4, 4), status
+    return status.id, open_storage(status.output, settings)
+
+
+def serve(storage: Storage, job_id: str, settings, state: State, reviewer: str) -> ReviewServer:
+    return ReviewServer(ReviewApp(storage, job_id, reviewer=reviewer, state=state,
+                                  enqueue_runs=runs_enqueuer(settings))).start()
+
+
+def csrf_of(url: str) -> str:
+    page = httpx.get(url).text
+    return re.search(r'<meta name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def post(server: ReviewServer, path: str, body: dict, *, token: str | None = None, origin: str | None = None,
+         **headers: str) -> httpx.Response:
+    origin = server.url.rstrip("/") if origin is None else origin
+    sent = {"Content-Type": "application/json", "X-CSRF-Token": token if token is not None else csrf_of(server.url),
+            **({"Origin": origin} if origin else {}), **headers}
+    return httpx.post(server.url + path, content=json.dumps(body), headers=sent, timeout=30)
+
+
+def review_lines(storage: Storage, job_id: str) -> list[dict]:
+    try:
+        text = storage.get_text(job_file(job_id, "review.jsonl"))
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def results(storage: Storage, job_id: str) -> list[dict]:
+    return [json.loads(line) for line in storage.get_text(job_file(job_id, "results.jsonl")).splitlines()]
+
+
+def test_reviewer_approves_three_and_rejects_one_in_chromium_and_review_jsonl_holds_exactly_those(
+    tmp_path, settings, sim, workers, bucket, state, playwright_browser
+):
+    job_id, storage = finished_job(tmp_path, settings, workers, f"s3://{bucket}/edits")
+    with_output = [r for r in results(storage, job_id) if r["status"] == "succeeded"]
+    with serve(storage, job_id, settings, state, "alice@review") as server:
+        page = playwright_browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("dialog", lambda dialog: dialog.accept("the earring is cut off at the edge"))
+        page.goto(server.url)
+        page.wait_for_function("document.body.dataset.runs === '8'")
+        cards = page.locator("article.card")
+        assert cards.count() == 8
+        # Every picture on the page loaded (inputs and outputs, served from S3 through the page).
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert page.evaluate("document.images.length") == 8  # 4 outputs and their 4 inputs
+
+        # Only the runs with an output can be decided on: the "Waiting" filter shows those.
+        page.click("#f-waiting")
+        assert cards.count() == 4
+        keys = [cards.nth(i).get_attribute("data-run-key") for i in range(4)]
+        assert set(keys) == {r["run_key"] for r in with_output}
+        # The keyboard: select three (x, j, x, j, x), approve the selection (A).
+        page.keyboard.press("x")
+        for _ in range(2):
+            page.keyboard.press("j")
+            page.keyboard.press("x")
+        assert page.inner_text("#selcount") == "3"
+        page.keyboard.press("A")
+        page.wait_for_function("document.body.dataset.decisions === '3'")
+        # The fourth with its button; the reason goes in the prompt the page asks.
+        page.click("#f-all")
+        page.locator(f'article[data-run-key="{keys[3]}"] button.reject').click()
+        page.wait_for_function("document.body.dataset.decisions === '4'")
+
+        page.click("#f-approved")
+        assert sorted(cards.nth(i).get_attribute("data-run-key") for i in range(cards.count())) == sorted(keys[:3])
+        page.click("#f-rejected")
+        assert cards.count() == 1 and "the earring is cut off at the edge" in cards.first.inner_text()
+        page.click("#f-waiting")
+        assert cards.count() == 0
+        page.click("#f-all")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
+
+    lines = review_lines(storage, job_id)
+    assert sorted((line["run_key"], line["decision"]) for line in lines) == sorted(
+        [(key, "approve") for key in keys[:3]] + [(keys[3], "reject")])
+    assert {line["reviewer"] for line in lines} == {"alice@review"}
+    assert [line["reason"] for line in lines if line["decision"] == "reject"] == ["the earring is cut off at the edge"]
+
+
+def test_second_reviewers_decision_on_another_server_appears_on_the_open_page_without_reload(
+    tmp_path, settings, sim, workers, state, playwright_browser
+):
+    # A local output root this time: two servers (two machines) over one folder.
+    job_id, storage = finished_job(tmp_path, settings, workers, str(tmp_path / "out"))
+    key = next(r["run_key"] for r in results(storage, job_id) if r["status"] == "succeeded")
+    with serve(storage, job_id, settings, state, "alice@one") as alice, \
+            serve(open_storage(str(tmp_path / "out"), settings), job_id, settings, state, "bob@two") as bob:
+        page = playwright_browser.new_page()
+        page.goto(alice.url)
+        page.wait_for_function("document.body.dataset.runs === '8'")
+        loads = []
+        page.on("load", lambda _: loads.append(1))
+        answer = post(bob, "api/decisions", {"run_keys": [key], "decision": "approve"})
+        assert answer.status_code == 200, answer.text
+        page.wait_for_function("document.body.dataset.decisions === '1'", timeout=10_000)
+        card = page.locator(f'article[data-run-key="{key}"]')
+        assert card.get_attribute("data-state") == "approved"
+        assert "bob@two" in card.inner_text()
+        assert loads == []  # picked up by the page's poll, not by a reload
+
+
+def test_bad_requests_get_a_4xx_and_write_nothing(tmp_path, settings, sim, workers, bucket, state):
+    job_id, storage = finished_job(tmp_path, settings, workers, f"s3://{bucket}/edits")
+    lines = results(storage, job_id)
+    good = next(r["run_key"] for r in lines if r["status"] == "succeeded")
+    failed = next(r["run_key"] for r in lines if r["status"] == "failed")
+    with serve(storage, job_id, settings, state, "alice@review") as server:
+        token = csrf_of(server.url)
+        approve = {"run_keys": [good], "decision": "approve"}
+        cases = {
+            "unknown run": (post(server, "api/decisions", {"run_keys": ["f" * 64], "decision": "approve"}), 404),
+            "unknown run among good ones": (
+                post(server, "api/decisions", {"run_keys": [good, "e" * 64], "decision": "approve"}), 404),
+            "a run without output": (post(server, "api/decisions", {"run_keys": [failed], "decision": "approve"}), 409),
+            "regenerate a run without output": (
+                post(server, "api/regenerate", {"run_keys": [failed], "reason": "again"}), 409),
+            "reject without a reason": (post(server, "api/decisions", {"run_keys": [good], "decision": "reject"}), 400),
+            "another origin": (post(server, "api/decisions", approve, token=token, origin="http://evil.example"), 403),
+            "no origin, another referer": (
+                post(server, "api/decisions", approve, token=token, origin="", Referer="http://evil.example/x"), 403),
+            "no CSRF token": (post(server, "api/decisions", approve, token=""), 403),
+            "a wrong CSRF token": (post(server, "api/decisions", approve, token=token[::-1]), 403),
+            "a wrong Host (DNS rebinding)": (
+                post(server, "api/decisions", approve, token=token, Host="attacker.example:80"), 403),
+            "not JSON": (httpx.post(server.url + "api/decisions", data={"run_keys": good, "decision": "approve"},
+                                    headers={"Origin": server.url.rstrip("/"), "X-CSRF-Token": token}), 400),
+        }
+        for name, (answer, expected) in cases.items():
+            assert answer.status_code == expected, (name, answer.status_code, answer.text)
+            assert answer.json()["error"], name
+        # A forged form from another site's page, as a browser would send it.
+        forged = httpx.post(server.url + "api/decisions", data={"run_keys": good, "decision": "approve"},
+                            headers={"Origin": "http://evil.example"})
+        assert forged.status_code == 403
+        assert httpx.get(server.url + "media/jobs/" + job_id + "/ledger.jsonl").status_code == 404
+        assert review_lines(storage, job_id) == []
+        # And a good one goes through, with the same token.
+        assert post(server, "api/decisions", approve, token=token).status_code == 200
+    assert [(line["run_key"], line["decision"]) for line in review_lines(storage, job_id)] == [(good, "approve")]
+
+
+def test_rejected_run_regenerated_from_the_page_and_the_cli_is_billed_once_more_and_joins_the_review(
+    tmp_path, settings, sim, workers, bucket, state
+):
+    job_id, storage = finished_job(tmp_path, settings, workers, f"s3://{bucket}/edits")
+    before = sim.stats()
+    good = [r for r in results(storage, job_id) if r["status"] == "succeeded"]
+    first, second = good[0]["run_key"], good[1]["run_key"]
+    with serve(storage, job_id, settings, state, "alice@review") as server:
+        answer = post(server, "api/regenerate", {"run_keys": [first], "reason": "wrong colour"})
+        assert answer.status_code == 200, answer.text
+        made = answer.json()["regenerated"]
+        assert len(made) == 1 and not made[0]["before"]
+        new_key, new_output = made[0]["run_key"], made[0]["output"]
+        # Two reviewers clicking at once: the second click pays nothing.
+        again = post(server, "api/regenerate", {"run_keys": [first], "reason": "wrong colour"})
+        assert again.json()["regenerated"][0] == {**made[0], "before": True}
+        status = follow(state, job_id, lambda s: None, interval_s=0.2, timeout_s=60)
+        assert status.done and status.total == 9 and status.succeeded == 5, status
+        for _ in range(50):  # the page reads the job again once Redis says it changed
+            cards = httpx.get(server.url + "api/state").json()["runs"]
+            if len(cards) == 9 and cards[8]["output"]:
+                break
+            time.sleep(0.2)
+        card = cards[8]
+        assert (card["run_key"], card["output"], card["regenerated_from"]) == (new_key, new_output, first)
+        assert card["variant"] == 2 and card["status"] == "succeeded"
+        assert next(c for c in cards if c["run_key"] == first)["regenerated_as"] == new_key
+        assert httpx.get(server.url + "media/" + card["thumb"]).status_code == 200
+
+    after = sim.stats()
+    assert after["billed_count"] == before["billed_count"] + 1
+    billed = [p for p in sim.predictions() if p["run_key"] == new_key and p["billed"]]
+    assert len(billed) == 1
+    ledger = [json.loads(line) for line in storage.get_text(job_file(job_id, "ledger.jsonl")).splitlines()]
+    assert [(line["run_key"], line["prediction_id"]) for line in ledger if line["run_key"] == new_key] == [
+        (new_key, billed[0]["id"])]
+    assert sum(map(lambda line: float(line["cost_usd"]), ledger)) == pytest.approx(float(after["billed_usd"]) -
+                                                                                    float(before["billed_usd"]) +
+                                                                                    sum(float(r["cost_usd"]) for r in good))
+    assert storage.exists(new_output) and storage.exists(new_output.rsplit(".", 1)[0] + ".json")
+    assert [r["run_key"] for r in results(storage, job_id)][8] == new_key
+    assert storage.exists(good[0]["output"])  # the rejected output is left as it was
+
+    # From the command line: the other rejected run (the first is regenerated already).
+    env = {"REDIS_URL": settings.redis_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url}
+    done = CliRunner().invoke(cli, ["review", job_id, "--reject", second, "--reason", "blurry"], env=env)
+    assert done.exit_code == 0, done.output
+    done = CliRunner().invoke(cli, ["regenerate", job_id, "--rejected", "--wait"], env=env)
+    assert done.exit_code == 1, done.output  # exits like `run`: the job's four [sim:fail] runs failed
+    assert "1 run(s) regenerating" in done.output and "regenerated before as" in done.output
+    assert sim.stats()["billed_count"] == before["billed_count"] + 2
+    assert state.jobs.status(job_id).total == 10
+
+
+def test_regenerated_variant_never_overwrites_a_stored_output(tmp_path, settings, sim, workers, state):
+    # A template without {variant}: the new run's key gets -v2, never the rejected one's.
+    make_image(tmp_path / "products" / "a.png")
+    manifest = write_manifest(tmp_path, str(tmp_path / "out"), sets=SETS, prompts=PROMPTS,
+                              extra='output_key: "{image_set}/{prompt}/{aspect_ratio}"\n')
+    workers.start(1)
+    status = run_job(settings, manifest)
+    storage = open_storage(status.output, settings)
+    source = next(r for r in results(storage, status.id) if r["status"] == "succeeded")
+    storage.put_bytes(source["output"].rsplit(".", 1)[0] + "-v2.png", b"someone else's")
+    with serve(storage, status.id, settings, state, "alice@review") as server:
+        answer = post(server, "api/regenerate", {"run_keys": [source["run_key"]], "reason": "again"})
+    made = answer.json()["regenerated"][0]
+    assert made["output"] == source["output"].rsplit(".", 1)[0] + "-v3.png"
+    follow(state, status.id, lambda s: None, interval_s=0.2, timeout_s=60)
+    assert storage.get_bytes(source["output"].rsplit(".", 1)[0] + "-v2.png") == b"someone else's"
+    assert storage.exists(made["output"])
