@@ -34,6 +34,7 @@ import hmac
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -173,7 +174,8 @@ class ReviewApp:
                                    reviewer=self.reviewer)
         await asyncio.to_thread(append_decisions, self.storage, self.job_id, decisions)
         log.info("%s: %s %d run(s)", self.reviewer, verdict, len(decisions))
-        return web.json_response({"decided": len(decisions), "message": f"{verdict}d {len(decisions)} run(s)"})
+        done = {"approve": "approved", "reject": "rejected"}[verdict]
+        return web.json_response({"decided": len(decisions), "message": f"{done} {len(decisions)} run(s)"})
 
     async def api_regenerate(self, request: web.Request) -> web.Response:
         _, keys, reason = await self._body(request)
@@ -222,6 +224,8 @@ def served_hosts(host: str, port: int) -> set[str]:
     names = {f"{host}:{port}"}
     if host in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
         names |= {f"127.0.0.1:{port}", f"localhost:{port}"}
+    if host in ("0.0.0.0", "::"):  # every interface: this machine's own names too
+        names |= {f"{socket.gethostname()}:{port}", f"{socket.getfqdn()}:{port}"}
     return names
 
 

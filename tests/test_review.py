@@ -119,7 +119,7 @@ def test_reviewer_approves_three_and_rejects_one_in_chromium_and_review_jsonl_ho
         assert cards.count() == 8
         # Every picture on the page loaded (inputs and outputs, served from S3 through the page).
         page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
-        assert page.evaluate("document.images.length") == 8  # 4 outputs and their 4 inputs
+        assert page.evaluate("document.images.length") == 12  # 8 runs' inputs, 4 outputs
 
         # Only the runs with an output can be decided on: the "Waiting" filter shows those.
         page.click("#f-waiting")
@@ -289,3 +289,46 @@ def test_regenerated_variant_never_overwrites_a_stored_output(tmp_path, settings
     follow(state, status.id, lambda s: None, interval_s=0.2, timeout_s=60)
     assert storage.get_bytes(source["output"].rsplit(".", 1)[0] + "-v2.png") == b"someone else's"
     assert storage.exists(made["output"])
+
+
+def test_page_without_redis_reviews_from_storage_alone_and_refuses_to_regenerate(
+    tmp_path, settings, sim, workers, state
+):
+    # A job of `editpipe run` (its private Redis gone): results.jsonl and the sidecars suffice.
+    job_id, storage = finished_job(tmp_path, settings, workers, str(tmp_path / "out"))
+    good = next(r for r in results(storage, job_id) if r["status"] == "succeeded")
+    with ReviewServer(ReviewApp(storage, job_id, reviewer="carol@laptop")).start() as server:
+        cards = httpx.get(server.url + "api/state").json()["runs"]
+        assert len(cards) == 8
+        card = next(c for c in cards if c["run_key"] == good["run_key"])
+        assert card["prompt_sent"] == "A model wearing the " + ("gold earrings" if good["image_set"] == "set-a"
+                                                                else "silver hoops") + ", warm natural light."
+        assert httpx.get(server.url + "media/" + card["output"]).content == storage.get_bytes(good["output"])
+        refused = post(server, "api/regenerate", {"run_keys": [good["run_key"]], "reason": "again"})
+        assert refused.status_code == 503 and "REDIS_URL" in refused.json()["error"]
+        assert review_lines(storage, job_id) == []
+        assert post(server, "api/decisions", {"run_keys": [good["run_key"]], "decision": "approve"}).status_code == 200
+    assert [line["reviewer"] for line in review_lines(storage, job_id)] == ["carol@laptop"]
+
+
+def test_add_runs_regenerates_a_source_once_and_never_adds_one_run_key_twice(state, r):
+    from pipeline.plan import InputRef, Run
+
+    r.flushall()
+    run = Run(index=0, run_key="k0", image_set="s", prompt_id="p", variant=1, model="m", prompt="x",
+              options={"output_format": "png"}, inputs=(InputRef("a.png", "local", "sha256:1"),), output_key="s/p/1.png",
+              vars={})
+    state.jobs.create("job-x", name="x", output="/tmp/x", runs=[run], total=1, estimated_usd=0, budget_usd=None,
+                      created_at="2026-12-03T00:00:00Z")
+    state.jobs.set_final("job-x", "succeeded", "2026-12-03T00:00:01Z")
+    second = Run(**{**run.to_dict(), "index": -1, "run_key": "k1", "variant": 2, "output_key": "s/p/2.png",
+                    "inputs": run.inputs})
+    assert [tuple(a) for a in state.jobs.add_runs("job-x", [(0, second)])] == [("added", 1)]
+    assert state.runs.run("job-x", 1).run_key == "k1" and state.runs.run("job-x", 1).index == 1
+    status = state.jobs.status("job-x")
+    assert (status.total, status.status, status.finished_at) == (2, "running", "")
+    # The same source again (another reviewer's click), and another source with a key taken.
+    third = Run(**{**second.to_dict(), "run_key": "k1", "inputs": run.inputs})
+    assert [tuple(a) for a in state.jobs.add_runs("job-x", [(0, second), (5, third)])] == [("already", 1),
+                                                                                          ("taken", 1)]
+    assert state.jobs.status("job-x").total == 2 and state.jobs.regenerated("job-x") == {0: 1}

@@ -15,7 +15,6 @@ on a local output root.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +39,6 @@ class ReviewSheet:
     runs: list[dict[str, Any]]
     results: list[RunResult] = field(default_factory=list)  # with their index: what decisions are checked against
     media: set[str] = field(default_factory=set)
-
-    def run(self, run_key: str) -> dict[str, Any] | None:
-        return next((card for card in self.runs if card["run_key"] == run_key), None)
 
 
 def _stored_results(storage: Storage, job_id: str) -> list[dict]:
@@ -154,13 +150,3 @@ def _input(sheet: ReviewSheet, prefix: str, thumbs: set[str], ref) -> dict:
         sheet.media.add(thumb)
         return {"src": thumb, "name": input_name(ref)}
     return {"src": None, "name": input_name(ref)}
-
-
-def checks_failed(card: dict) -> bool:
-    """Whether any of the run's checks did not pass."""
-    return any(not c["passed"] for c in card["checks"].values())
-
-
-def with_output(cards: Iterable[dict]) -> set[str]:
-    """The run keys of the cards that have an output to decide on."""
-    return {card["run_key"] for card in cards if card["output"]}
