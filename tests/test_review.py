@@ -13,7 +13,11 @@ billed once more, has its ledger line, and joins the review.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from chromium import ARTIFACTS, ChromiumUnavailable, find_or_install
-from conftest import make_image, run_job, write_manifest
+from conftest import ROOT, make_image, run_job, write_manifest
 from pipeline.cli.main import main as cli
 from pipeline.layout import job_file
 from pipeline.review_server import ReviewApp, ReviewServer
@@ -309,6 +313,22 @@ def test_page_without_redis_reviews_from_storage_alone_and_refuses_to_regenerate
         assert review_lines(storage, job_id) == []
         assert post(server, "api/decisions", {"run_keys": [good["run_key"]], "decision": "approve"}).status_code == 200
     assert [line["reviewer"] for line in review_lines(storage, job_id)] == ["carol@laptop"]
+
+    # `editpipe review JOB --output ROOT` serves the same page and prints its URL; Ctrl-C stops it.
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    command = ["review", job_id, "--output", str(tmp_path / "out"), "--reviewer", "dave@desk"]
+    proc = subprocess.Popen([sys.executable, "-c", "from pipeline.cli import main; main()", *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), (url, proc.stderr.read() if proc.poll() else "")
+        page = httpx.get(url).text
+        assert "dave@desk" in page and job_id in page
+        assert len(httpx.get(url + "api/state").json()["runs"]) == 8
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    assert "regenerating needs the workers' Redis" in proc.stderr.read()
 
 
 def test_add_runs_regenerates_a_source_once_and_never_adds_one_run_key_twice(state, r):
