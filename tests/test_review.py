@@ -153,11 +153,23 @@ def test_reviewer_approves_three_and_rejects_one_in_chromium_and_review_jsonl_ho
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
 
-    lines = review_lines(storage, job_id)
-    assert sorted((line["run_key"], line["decision"]) for line in lines) == sorted(
-        [(key, "approve") for key in keys[:3]] + [(keys[3], "reject")])
-    assert {line["reviewer"] for line in lines} == {"alice@review"}
-    assert [line["reason"] for line in lines if line["decision"] == "reject"] == ["the earring is cut off at the edge"]
+        lines = review_lines(storage, job_id)
+        assert sorted((line["run_key"], line["decision"]) for line in lines) == sorted(
+            [(key, "approve") for key in keys[:3]] + [(keys[3], "reject")])
+        assert {line["reviewer"] for line in lines} == {"alice@review"}
+        assert [line["reason"] for line in lines if line["decision"] == "reject"] == [
+            "the earring is cut off at the edge"]
+
+        # Regenerate the rejected run from the page: a new card joins, with its output, as
+        # the workers collect it (the page polls).
+        billed = sim.stats()["billed_count"]
+        page.locator(f'article[data-run-key="{keys[3]}"] button.regenerate').click()
+        page.wait_for_function("document.body.dataset.runs === '9'", timeout=30_000)
+        page.wait_for_selector("#run-9 a.out img", timeout=60_000)
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        assert page.locator("#run-9").get_attribute("data-state") == "waiting"
+        assert f"regenerated for {keys[3][:10]}" in page.inner_text("#run-9")
+        assert sim.stats()["billed_count"] == billed + 1
 
 
 def test_second_reviewers_decision_on_another_server_appears_on_the_open_page_without_reload(
