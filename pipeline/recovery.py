@@ -38,6 +38,7 @@ from .errors import EditpipeError, JobNotFound
 from .layout import job_file, job_prefix, output_thumb_key, thumbs_prefix
 from .ledger import LedgerEntry, LineKind, parse_ledger, to_micros, usd, utc_now
 from .manifest import Manifest, parse_manifest
+from .manifest.publish import record_field
 from .modelspec import load_model_specs
 from .plan import Plan, Run, plan_runs
 from .records import RunResult, RunStatus, skipped_result
@@ -146,7 +147,7 @@ def rebuild(
         schedule=mark.schedule,
         priority=mark.priority,
         extra={**_changes(stored, runs), "open_mark": json.dumps(asdict(mark)), "rebuilt_at": utc_now(),
-               "rebuilt_in_flight": paid_twice_before + in_flight},
+               "rebuilt_in_flight": paid_twice_before + in_flight, **record_field(manifest.publish)},
     )
     mark_open(storage, mark)  # after Redis has the record again, as at a submit
     last = runs.record(state, job_id)

@@ -25,6 +25,7 @@ from .errors import EditpipeError
 from .layout import job_file
 from .ledger import utc_now
 from .manifest import Manifest, load_manifest
+from .manifest.publish import record_field
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
 from .records import RunResult, RunStatus, skipped_result
@@ -216,7 +217,8 @@ def submit(
         notify_url=notify_url,
         # A job with priority p gets p runs handed out for each run of a priority-1 job.
         priority=mark.priority,
-        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)), **(extra or {})},
+        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)), **record_field(manifest.publish),
+               **(extra or {})},
     )
     # After Redis has the record: an open job that Redis does not know is one it lost.
     mark_open(prepared.storage, mark)
