@@ -71,10 +71,11 @@ def playwright_browser(chromium_path):
         browser.close()
 
 
-def finished_job(tmp_path: Path, settings, workers, output: str) -> tuple[str, Storage]:
+def finished_job(tmp_path: Path, settings, workers, output: str, sets: str = SETS, extra: str = "",
+                 ) -> tuple[str, Storage]:
     """2 sets × (a prompt that works, one the simulator fails) × 2 ratios: 4 outputs, 4 failed."""
     workers.start(1)
-    status = run_job(settings, write_manifest(tmp_path, output, sets=SETS, prompts=PROMPTS))
+    status = run_job(settings, write_manifest(tmp_path, output, sets=sets, prompts=PROMPTS, extra=extra))
     assert (status.succeeded, status.failed) == (4, 4), status
     return status.id, open_storage(status.output, settings)
 
@@ -109,10 +110,23 @@ def results(storage: Storage, job_id: str) -> list[dict]:
     return [json.loads(line) for line in storage.get_text(job_file(job_id, "results.jsonl")).splitlines()]
 
 
-def test_reviewer_approves_three_and_rejects_one_in_chromium_and_review_jsonl_holds_exactly_those(
-    tmp_path, settings, sim, workers, bucket, state, playwright_browser
+def live_objects(s3, bucket: str) -> dict[str, tuple[str, object]]:
+    """What the publish destination holds: key -> (ETag, LastModified)."""
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="live/").get("Contents", [])
+    return {obj["Key"]: (obj["ETag"], obj["LastModified"]) for obj in listed}
+
+
+def test_reviewer_approves_three_and_rejects_one_in_chromium_then_publish_copies_exactly_those_once(
+    tmp_path, settings, sim, workers, bucket, s3, state, playwright_browser
 ):
-    job_id, storage = finished_job(tmp_path, settings, workers, f"s3://{bucket}/edits")
+    # set-b's outputs are flagged by the provider: their not_nsfw check fails.
+    sets = SETS.replace("{product: silver hoops}", '{product: "silver hoops [sim:nsfw]"}')
+    publish = f"""publish:
+  to: s3://{bucket}/live/{{image_set}}/{{prompt}}/{{aspect_ratio}}
+  review: required
+  checks: [aspect_ratio, not_nsfw, changed]
+"""
+    job_id, storage = finished_job(tmp_path, settings, workers, f"s3://{bucket}/edits", sets=sets, extra=publish)
     with_output = [r for r in results(storage, job_id) if r["status"] == "succeeded"]
     with serve(storage, job_id, settings, state, "alice@review") as server:
         page = playwright_browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -125,6 +139,10 @@ def test_reviewer_approves_three_and_rejects_one_in_chromium_and_review_jsonl_ho
         page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         assert page.evaluate("document.images.length") == 12  # 8 runs' inputs, 4 outputs
 
+        # The checks, as collect recorded them: the flagged outputs under "Checks failed".
+        page.click("#f-checks-failed")
+        assert cards.count() == 2
+        assert all(cards.nth(i).locator(".check.fail").inner_text() == "\u2717 not_nsfw" for i in range(2))
         # Only the runs with an output can be decided on: the "Waiting" filter shows those.
         page.click("#f-waiting")
         assert cards.count() == 4
@@ -159,6 +177,23 @@ def test_reviewer_approves_three_and_rejects_one_in_chromium_and_review_jsonl_ho
         assert {line["reviewer"] for line in lines} == {"alice@review"}
         assert [line["reason"] for line in lines if line["decision"] == "reject"] == [
             "the earring is cut off at the edge"]
+
+        # Publish: exactly the three approved outputs reach the destination (one with a failed
+        # check: a person approved it, having seen it), each with its sidecar; again: nothing.
+        env = {"REDIS_URL": settings.redis_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url}
+        done = CliRunner().invoke(cli, ["publish", job_id], env=env)
+        assert done.exit_code == 0, done.output
+        by_key = {r["run_key"]: r for r in with_output}
+        expected = {f"live/{by_key[k]['image_set']}/editorial/{by_key[k]['options']['aspect_ratio']}.png": k
+                    for k in keys[:3]}
+        live = live_objects(s3, bucket)
+        assert set(live) == set(expected) | {key.replace(".png", ".json") for key in expected}
+        for key, run_key in expected.items():
+            published = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert published == storage.get_bytes(by_key[run_key]["output"])
+        again = CliRunner().invoke(cli, ["publish", job_id], env=env)
+        assert again.exit_code == 0 and "0 copied" in again.output, again.output
+        assert live_objects(s3, bucket) == live
 
         # Regenerate the rejected run from the page: a new card joins, with its output, as
         # the workers collect it (the page polls).

@@ -42,7 +42,7 @@ padding:.3rem .7rem;cursor:pointer}
 .decision.approved b{color:var(--ok)}.decision.rejected b,.decision.regenerate b{color:var(--bad)}
 .actions{display:flex;gap:.35rem;align-items:center;flex-wrap:wrap}
 .actions label{margin-right:auto;font-size:.78rem;color:var(--muted)}
-.card button{padding:.22rem .55rem;font-size:.82rem}
+.card button{padding:.2rem .45rem;font-size:.78rem}
 .card button.approve{border-color:#9bd3ad}.card button.reject{border-color:#f1b8b0}
 #notice{min-height:1.2em;font-size:.82rem}
 #notice.bad{color:var(--bad)}
