@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -399,3 +400,33 @@ def test_add_runs_regenerates_a_source_once_and_never_adds_one_run_key_twice(sta
     assert [tuple(a) for a in state.jobs.add_runs("job-x", [(0, second), (5, third)])] == [("already", 1),
                                                                                           ("taken", 1)]
     assert state.jobs.status("job-x").total == 2 and state.jobs.regenerated("job-x") == {0: 1}
+
+
+def test_regenerate_stays_under_the_jobs_budget_and_resume_with_more_budget_runs_it(
+    tmp_path, settings, sim, workers, bucket, state
+):
+    # Four runs at $0.10 under a $0.40 budget: spent in full, so the regenerated run is not paid.
+    workers.start(1)
+    prompts = "\n  - id: editorial\n    text: A model wearing the {product}, warm natural light.\n"
+    status = run_job(settings, write_manifest(tmp_path, f"s3://{bucket}/edits", sets=SETS, prompts=prompts,
+                                              extra="budget_usd: 0.40\n"))
+    assert (status.succeeded, status.spent_usd) == (4, Decimal("0.40")), status
+    storage = open_storage(status.output, settings)
+    billed = sim.stats()["billed_count"]
+    source = results(storage, status.id)[0]["run_key"]
+    with serve(storage, status.id, settings, state, "alice@review") as server:
+        answer = post(server, "api/regenerate", {"run_keys": [source], "reason": "again"})
+        assert answer.status_code == 200, answer.text
+    new = answer.json()["regenerated"][0]
+    status = follow(state, status.id, lambda s: None, interval_s=0.2, timeout_s=60)
+    line = results(storage, status.id)[4]
+    assert (line["run_key"], line["status"], line["error_kind"]) == (new["run_key"], "failed", "budget_exhausted")
+    assert sim.stats()["billed_count"] == billed and status.spent_usd == Decimal("0.40")
+
+    env = {"REDIS_URL": settings.redis_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url}
+    done = CliRunner().invoke(cli, ["resume", status.id, "--budget-usd", "0.50", "--wait"], env=env)
+    assert done.exit_code == 0, done.output
+    assert sim.stats()["billed_count"] == billed + 1
+    assert results(storage, status.id)[4]["status"] == "succeeded"
+    ledger = [json.loads(x) for x in storage.get_text(job_file(status.id, "ledger.jsonl")).splitlines()]
+    assert len(ledger) == 5 and sum(Decimal(x["cost_usd"]) for x in ledger) == Decimal("0.50")
