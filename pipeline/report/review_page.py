@@ -167,7 +167,7 @@ load();setInterval(load,cfg.poll_ms);
 
 def render_review_page(job_id: str, name: str, csrf_token: str, reviewer: str) -> str:
     """The page's HTML for job ``job_id``; ``csrf_token`` goes with every change it posts."""
-    cfg = json.dumps({"job_id": job_id, "poll_ms": POLL_MS}).replace("</", "<\\/")
+    cfg = json.dumps({"poll_ms": POLL_MS})
     filters = "".join(
         f'<button type="button" id="f-{key}">{label} <span class="count">0</span></button>'
         for key, label in (("all", "All"), ("waiting", "Waiting"), ("checks-failed", "Checks failed"),
