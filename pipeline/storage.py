@@ -123,7 +123,7 @@ class LocalStorage(Storage):
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         base = self._file(prefix) if prefix else self.path
         start = base if base.is_dir() else base.parent
-        if not start.exists():
+        if not start.exists() or not self.path.is_dir():  # a root not made yet holds nothing
             return
         for path in sorted(start.rglob("*")):
             if path.is_file() and not path.name.startswith(".tmp-"):
