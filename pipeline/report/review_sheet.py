@@ -5,7 +5,8 @@ full images otherwise), the prompt as sent, its options, its checks (``passed`` 
 ``detail`` per check, as collect recorded them) and, for a regenerated run, which run it
 was made for. The runs come from Redis when it knows the job (so regenerated runs show up,
 and their outputs as they are collected), else from the job's ``results.jsonl`` and the
-outputs' sidecars in storage. Decisions are not read here (``pipeline.review``).
+outputs' sidecars in storage (``review.job_results``: a job not finished there is a
+``ReviewError``). Decisions are not read here (``pipeline.review``).
 
 Pictures are named by storage key; the page's server hands out exactly the keys a card
 names (``ReviewSheet.media``), through the storage, so reviewing works the same on S3 and
@@ -20,9 +21,10 @@ from typing import Any
 
 from ..layout import input_thumb_key, job_file, job_prefix, output_thumb_key, thumbs_prefix
 from ..plan import Run
+from ..ledger import usd
 from ..records import RunResult
+from ..review import job_results
 from ..run_index import read_sidecars
-from ..errors import JobNotFound
 from ..state import State
 from ..storage import Storage
 from .sheet import input_name, varying_options
@@ -41,15 +43,6 @@ class ReviewSheet:
     media: set[str] = field(default_factory=set)
 
 
-def _stored_results(storage: Storage, job_id: str) -> list[dict]:
-    try:
-        text = storage.get_text(job_file(job_id, "results.jsonl"))
-    except FileNotFoundError:
-        raise JobNotFound(f"job {job_id} has no results under {storage.root} yet: it is reviewed once it "
-                          "has finished") from None
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
 def _stored_summary(storage: Storage, job_id: str) -> dict:
     try:
         return json.loads(storage.get_text(job_file(job_id, "summary.json")))
@@ -61,37 +54,33 @@ def load_sheet(storage: Storage, job_id: str, state: State | None = None) -> Rev
     """The job's cards; from Redis when ``state`` knows the job, else from storage."""
     if state is not None and state.jobs.known(job_id):
         status = state.jobs.status(job_id)
-        lines = state.runs.results(job_id)
+        results = [RunResult.from_dict(line) for line in state.runs.results(job_id)]
         planned = {run.index: run for run in state.runs.planned(job_id)}
         regenerated = state.jobs.regenerated(job_id)
         job = status.to_dict()
     else:
-        lines = _stored_results(storage, job_id)
-        for n, line in enumerate(lines):
-            line.setdefault("index", n)  # results.jsonl holds one line per run, in run order
+        results = job_results(storage, job_id)
         planned = {}
         regenerated = {}
         job = _stored_summary(storage, job_id) or {"job_id": job_id, "name": job_id, "status": "finished"}
-    return _sheet(storage, job_id, job, lines, planned, regenerated)
+    return _sheet(storage, job_id, job, {r.index: r for r in results}, planned, regenerated)
 
 
-def _sheet(storage: Storage, job_id: str, job: dict, lines: list[dict], planned: dict[int, Run],
+def _sheet(storage: Storage, job_id: str, job: dict, results: dict[int, RunResult], planned: dict[int, Run],
            regenerated: dict[int, int]) -> ReviewSheet:
     prefix = job_prefix(job_id)
-    results = {line["index"]: (RunResult.from_dict(line), line) for line in lines}  # from_dict keeps the index
     thumbs = set(storage.list_keys(thumbs_prefix(prefix)))
     # Without the planned runs (Redis forgot the job), the prompt as sent is in each sidecar.
-    sidecars = {} if planned else read_sidecars(storage, [r.output for r, _ in results.values()
-                                                          if r.shown_output])
-    option_names = varying_options([r for r, _ in results.values()])
+    sidecars = {} if planned else read_sidecars(storage, [r.output for r in results.values() if r.shown_output])
+    option_names = varying_options(list(results.values()))
     source_of = {new: old for old, new in regenerated.items()}
     key_of = {index: run.run_key for index, run in planned.items()}
-    key_of.update({index: r.run_key for index, (r, _) in results.items()})
-    sheet = ReviewSheet(job=job, runs=[], results=[results[i][0] for i in sorted(results)])
+    key_of.update({index: r.run_key for index, r in results.items()})
+    sheet = ReviewSheet(job=job, runs=[], results=[results[i] for i in sorted(results)])
     for index in sorted(set(planned) | set(results)):
         run = planned.get(index)
-        result, line = results.get(index, (None, {}))
-        card = _card(index, run, result, line, option_names)
+        result = results.get(index)
+        card = _card(index, run, result, option_names)
         if run is not None:
             card["inputs"] = [_input(sheet, prefix, thumbs, ref) for ref in run.inputs[:MAX_INPUTS_SHOWN]]
             card["more_inputs"] = max(0, len(run.inputs) - MAX_INPUTS_SHOWN)
@@ -114,7 +103,7 @@ def _sheet(storage: Storage, job_id: str, job: dict, lines: list[dict], planned:
     return sheet
 
 
-def _card(index: int, run: Run | None, result: RunResult | None, line: dict, option_names: list[str]) -> dict:
+def _card(index: int, run: Run | None, result: RunResult | None, option_names: list[str]) -> dict:
     """A card's facts: from the run's result once it has one, else from the planned run."""
     if result is not None:
         run_key, image_set, prompt, variant, options = (result.run_key, result.image_set, result.prompt,
@@ -122,7 +111,7 @@ def _card(index: int, run: Run | None, result: RunResult | None, line: dict, opt
     else:
         assert run is not None
         run_key, image_set, prompt, variant, options = run.run_key, run.image_set, run.prompt_id, run.variant, run.options
-    checks = line.get("checks") or {}
+    checks = result.checks if result is not None else {}
     return {
         "index": index,
         "n": index + 1,
@@ -134,7 +123,7 @@ def _card(index: int, run: Run | None, result: RunResult | None, line: dict, opt
         "prompt_sent": run.prompt if run is not None else None,
         "status": result.status.value if result is not None else "running",
         "error": result.error if result is not None else None,
-        "cost_usd": line.get("cost_usd"),
+        "cost_usd": usd(result.cost_usd) if result is not None else None,
         "checks": {name: {"passed": bool(c.get("passed")), "detail": str(c.get("detail") or "")}
                    for name, c in checks.items() if isinstance(c, dict)},
         "output": None,
