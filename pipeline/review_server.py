@@ -72,6 +72,8 @@ class ReviewApp:
         self.csrf_token = csrf_token or secrets.token_urlsafe(32)
         self.hosts: set[str] = set()
         self._sheet: ReviewSheet | None = None
+        self._sheet_json = b""  # the sheet's part of api/state, made once per sheet read
+        self._sheet_tag = b""
         self._version: object = None
         self._lock = asyncio.Lock()
 
@@ -88,6 +90,8 @@ class ReviewApp:
             version = await asyncio.to_thread(self._current_version)
             if self._sheet is None or version != self._version:
                 self._sheet = await asyncio.to_thread(load_sheet, self.storage, self.job_id, self.state)
+                self._sheet_json = await asyncio.to_thread(_dumps, {"job": self._sheet.job, "runs": self._sheet.runs})
+                self._sheet_tag = hashlib.sha256(self._sheet_json).digest()
                 self._version = version
             return self._sheet
 
@@ -121,14 +125,14 @@ class ReviewApp:
         return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def api_state(self, request: web.Request) -> web.Response:
-        sheet = await self.sheet()
+        """``{"job", "runs", "decisions"}``; its ETag changes with either part, so an unchanged
+        poll is answered 304 (the cards' JSON is made once per read of the sheet)."""
+        await self.sheet()
+        sheet_json, sheet_tag = self._sheet_json, self._sheet_tag
         decisions = await asyncio.to_thread(read_decisions, self.storage, self.job_id)
-        body = json.dumps({
-            "job": sheet.job,
-            "runs": sheet.runs,
-            "decisions": {key: {**d.to_dict(), "state": d.state} for key, d in decisions.items()},
-        }, separators=(",", ":"), default=str).encode()
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        decisions_json = _dumps({key: {**d.to_dict(), "state": d.state} for key, d in decisions.items()})
+        body = sheet_json[:-1] + b',"decisions":' + decisions_json + b"}"
+        etag = '"' + hashlib.sha256(sheet_tag + decisions_json).hexdigest()[:32] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
@@ -211,6 +215,10 @@ class ReviewApp:
         app.router.add_post("/api/decisions", self.api_decisions)
         app.router.add_post("/api/regenerate", self.api_regenerate)
         return app
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 def _origin_of(url: str) -> str:
