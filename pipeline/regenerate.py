@@ -10,6 +10,10 @@ cannot cover it fails the run as ``budget exhausted``, and ``editpipe resume JOB
 --budget-usd X`` runs it), its line in the job's ledger, and the job's finalize again, whose
 ``results.jsonl`` and report then hold the new run beside the rejected one.
 
+Each run added is also appended to the job's ``added_runs.jsonl`` in storage before it is
+handed out, so a job whose Redis state is lost is rebuilt with its regenerated runs
+(``pipeline.recovery``), and their results and ledger lines are kept.
+
 Guaranteed: a run is regenerated at most once, however many reviewers ask at once (the
 state layer's script decides); a regenerated run never overwrites an output already stored
 (a variant whose output key is taken, under this output root, is passed over); the rejected
@@ -18,8 +22,9 @@ run's output, result and decisions are left as they are.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import yaml
@@ -29,12 +34,13 @@ from .layout import job_file
 from .manifest.schema import DEFAULT_OUTPUT_KEY
 from .manifest.template import Template, unsafe_key
 from .modelspec import ModelSpec
-from .plan import EXTENSIONS, Run, run_key
+from .plan import EXTENSIONS, Plan, Run, run_key
 from .state import State
 from .storage import Storage
 from .submission import reopen_mark
 
 EnqueueRuns = Callable[[str, list[int]], None]
+ADDED_RUNS = "added_runs.jsonl"  # under jobs/<job_id>/: the runs regenerate added, in order
 MAX_VARIANT_TRIES = 1000  # variants passed over (outputs stored already) before giving up on one run
 
 
@@ -145,6 +151,7 @@ def regenerate(state: State, storage: Storage, job_id: str, run_keys: Iterable[s
         else:
             todo.append(source)
     added: list[int] = []
+    lines: list[str] = []
     while todo:
         candidates = [(source, variants.next_run(source)) for source in todo]
         answers = state.jobs.add_runs(job_id, [(source.index, run) for source, run in candidates])
@@ -152,15 +159,33 @@ def regenerate(state: State, storage: Storage, job_id: str, run_keys: Iterable[s
         for (source, run), answer in zip(candidates, answers):
             if answer.status == "added":
                 added.append(answer.index)
+                lines.append(json.dumps({"source": source.index, "run": {**run.to_dict(), "index": answer.index}},
+                                        separators=(",", ":")) + "\n")
                 out.append(Regenerated(source.run_key, run.run_key, answer.index, run.output_key, run.variant))
             elif answer.status == "already":  # another reviewer's regenerate got there first
                 out.append(_before(source, state.runs.run(job_id, answer.index)))
             else:  # 'taken': another regenerate added this variant meanwhile; the next one
                 todo.append(source)
     if added:
+        storage.append_text(job_file(job_id, ADDED_RUNS), "".join(lines), "application/x-ndjson")
         reopen_mark(state, storage, job_id)
         enqueue_runs(job_id, sorted(added))
     return out
+
+
+def with_added_runs(storage: Storage, job_id: str, plan: Plan) -> Plan:
+    """``plan`` (the job's manifest planned again) with the runs regenerate added to the job,
+    in the order they were added, as the plan's next indices (``ADDED_RUNS``)."""
+    try:
+        text = storage.get_text(job_file(job_id, ADDED_RUNS))
+    except FileNotFoundError:
+        return plan
+    stored = sorted((json.loads(line)["run"] for line in text.splitlines() if line.strip()),
+                    key=lambda run: run["index"])
+    known = {run.run_key for run in plan.runs}
+    extra = [Run.from_dict({**run, "index": len(plan.runs) + n})
+             for n, run in enumerate(r for r in stored if r["run_key"] not in known)]
+    return replace(plan, runs=plan.runs + extra) if extra else plan
 
 
 def _before(source: Run, run: Run) -> Regenerated:

@@ -430,3 +430,30 @@ def test_regenerate_stays_under_the_jobs_budget_and_resume_with_more_budget_runs
     assert results(storage, status.id)[4]["status"] == "succeeded"
     ledger = [json.loads(x) for x in storage.get_text(job_file(status.id, "ledger.jsonl")).splitlines()]
     assert len(ledger) == 5 and sum(Decimal(x["cost_usd"]) for x in ledger) == Decimal("0.50")
+
+
+def test_job_redis_lost_after_a_regenerate_is_rebuilt_with_the_regenerated_run_and_pays_nothing_again(
+    tmp_path, settings, sim, workers, bucket, state, r
+):
+    workers.start(1)
+    prompts = "\n  - id: editorial\n    text: A model wearing the {product}, warm natural light.\n"
+    status = run_job(settings, write_manifest(tmp_path, f"s3://{bucket}/edits", sets=SETS, prompts=prompts))
+    storage = open_storage(status.output, settings)
+    source = results(storage, status.id)[1]["run_key"]
+    with serve(storage, status.id, settings, state, "alice@review") as server:
+        new = post(server, "api/regenerate", {"run_keys": [source], "reason": "again"}).json()["regenerated"][0]
+    follow(state, status.id, lambda s: None, interval_s=0.2, timeout_s=60)
+    ledger_before = storage.get_text(job_file(status.id, "ledger.jsonl"))
+    billed = sim.stats()["billed_count"]
+
+    r.flushall()  # Redis lost everything
+    env = {"REDIS_URL": settings.redis_url, "S3_ENDPOINT_URL": settings.s3_endpoint_url}
+    done = CliRunner().invoke(cli, ["resume", status.id, "--output", status.output, "--wait"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "0 to run" in done.output and "references changed" not in done.output
+    lines = results(storage, status.id)
+    assert len(lines) == 5 and lines[4]["run_key"] == new["run_key"] and lines[4]["status"] == "succeeded"
+    assert sorted(storage.get_text(job_file(status.id, "ledger.jsonl")).splitlines()) == sorted(
+        ledger_before.splitlines())
+    assert sim.stats()["billed_count"] == billed
+    assert state.runs.run(status.id, 4).run_key == new["run_key"]
