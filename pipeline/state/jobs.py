@@ -124,7 +124,7 @@ class Jobs:
         self._epoch = conn.script("epoch.lua")
         self._add_runs = conn.script("add_runs.lua")
         self._marked_running: set[str] = set()
-        self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
+        self._output_cached = lru_cache(maxsize=256)(self._output_of)
 
     def create(
         self,
@@ -316,8 +316,16 @@ class Jobs:
         self._r.hset(keys.job(job_id), mapping=mapping)
 
     def output_root(self, job_id: str) -> str:
-        """Where the job's outputs go (set when the job is created, never changed)."""
+        """Where the job's outputs go (set when the job is created, never changed, so each
+        process keeps it). ``JobLost`` when Redis has no record of the job: nothing is kept
+        then, so a job rebuilt later is not sent to an empty root (the current folder)."""
         return self._output_cached(job_id)
+
+    def _output_of(self, job_id: str) -> str:
+        output = self.field(job_id, "output")
+        if not output:
+            raise JobLost(job_id)  # lru_cache keeps no answer for a call that raised
+        return output
 
     def mark_running(self, job_id: str) -> None:
         """Note that the job's first submit is on its way (``mark_running.lua``). A job never
