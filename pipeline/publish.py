@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .checks import perceptual_hashes
-from .errors import EditpipeError, ReviewError, StorageError
+from .errors import ReviewError, StorageError
 from .layout import PUBLISHED, REVIEW, job_file, sidecar_key
 from .ledger import utc_now
 from .manifest.publish import PublishSpec, publish_values
 from .records import RunResult, RunStatus
-from .review import Decision, has_output, job_results, read_decisions
+from .review import Decision, has_output, job_results, passed, read_decisions
 from .storage import LocalStorage, S3Storage, Storage, content_type_for
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def eligible(result: RunResult, decision: Decision | None, spec: PublishSpec) ->
     if decision is not None:
         return f"approved by {decision.reviewer or 'someone'} at {decision.at}" if decision.decision == "approve" \
             else None
-    if spec.auto and result.status is RunStatus.SUCCEEDED and result.checks_passed:
+    if spec.auto and passed(result, (c.name for c in spec.checks)):
         return "its checks passed (review: auto)"
     return None
 
@@ -133,8 +133,10 @@ def _held_reason(result: RunResult, decision: Decision | None, spec: PublishSpec
     failed = [name for name, found in result.checks.items() if not found.get("passed")]
     if spec.auto and failed:
         return "checks failed: " + "; ".join(f"{name} ({result.checks[name].get('detail')})" for name in failed)
-    if spec.auto:
+    if spec.auto and result.status is RunStatus.SKIPPED:
         return "made by an earlier job (skipped here): approve it to publish it from this job"
+    if spec.auto:
+        return "not checked (not collected by this job's workers): approve it to publish it"
     return "waiting for review" + (f" (checks failed: {', '.join(failed)})" if failed else "")
 
 
@@ -320,8 +322,8 @@ def at_finish(storage: Storage, job_id: str, spec: PublishSpec, results: Sequenc
     if spec.auto:
         try:
             outcome = publish_job(storage, job_id, open_root, spec=spec, results=results)
-        except EditpipeError as exc:
-            log.error("job %s: publishing to %s failed: %s", job_id, spec.to, exc)
+        except Exception as exc:  # noqa: BLE001 - publishing never keeps a job from finishing
+            log.error("job %s: publishing to %s failed: %s: %s", job_id, spec.to, type(exc).__name__, exc)
             info["error"] = f"{exc}; `editpipe publish {job_id} --output {storage.root}` tries again"
             info["message"] = f"publishing to {spec.to} failed: {exc}"
             return info

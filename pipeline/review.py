@@ -162,9 +162,18 @@ def review_states(results: Sequence[RunResult], decisions: Mapping[str, Decision
             for r in results if has_output(r)}
 
 
-def passing_waiting(results: Sequence[RunResult], decisions: Mapping[str, Decision]) -> list[RunResult]:
-    """What ``--approve-passing`` approves: runs this job made whose checks all passed and
-    that nobody has decided on yet (a rejection is never overturned by it). A job that asks
-    for no checks has every output passing."""
-    return [r for r in results if r.status is RunStatus.SUCCEEDED and r.output and r.checks_passed
-            and r.run_key not in decisions]
+def passed(result: RunResult, checks: Iterable[str] = ()) -> bool:
+    """Whether a run this job made passed its checks: each of ``checks`` (the names its job
+    asks for) was made on its output and passed. With none asked for, every output passes; a
+    run not checked although its job asks (rebuilt from storage) does not."""
+    wanted = set(checks)
+    return (result.status is RunStatus.SUCCEEDED and bool(result.output) and wanted <= set(result.checks)
+            and result.checks_passed)
+
+
+def passing_waiting(results: Sequence[RunResult], decisions: Mapping[str, Decision],
+                    checks: Iterable[str] = ()) -> list[RunResult]:
+    """What ``--approve-passing`` approves: runs this job made that ``passed`` the ``checks``
+    its job asks for and that nobody has decided on yet (a rejection is never overturned)."""
+    wanted = tuple(checks)
+    return [r for r in results if passed(r, wanted) and r.run_key not in decisions]

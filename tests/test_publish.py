@@ -28,9 +28,10 @@ from pipeline.errors import ManifestError, NoOutput, ReviewError, SchedulesFileE
 from pipeline.layout import job_file, sidecar_key
 from pipeline.manifest import load_manifest
 from pipeline.report import finalize_job
-from pipeline.review import Decision, append_decisions, decision_log, read_decisions
+from pipeline.publish import publish_job
+from pipeline.review import Decision, append_decisions, decision_log, job_results, make_decisions, read_decisions
 from pipeline.schedules import load_schedules, prepare_schedule
-from pipeline.storage import Storage, open_storage
+from pipeline.storage import LocalStorage, Storage, open_storage
 from pipeline.submission import follow, prepare, submit
 from workers.celery_app import job_enqueuer
 
@@ -373,3 +374,86 @@ def test_a_schedules_publish_block_replaces_its_manifests_and_is_checked_against
         prepare_schedule(wrong, settings)
     [issue] = found.value.issues
     assert (issue.file, issue.line) == (str(path), 13) and "unknown name {sku}" in issue.message
+
+
+def _finished_job(root: Path, review: str, lines: list[dict]) -> LocalStorage:
+    """A finished job's records written by hand: its results, the outputs and their sidecars,
+    and a summary holding its publish block (to ``root/live/{image_set}``)."""
+    storage = LocalStorage(root / "out")
+    spec = {"root": str(root / "live"), "key": "{image_set}", "review": review, "to": "",
+            "checks": [{"name": "not_nsfw"}]}
+    storage.put_text(job_file("job-1", "summary.json"), json.dumps({"publish": {"spec": spec}}))
+    results = []
+    for i, line in enumerate(lines):
+        output = f"{line['image_set']}/v{i}.png"
+        storage.put_bytes(output, picture_bytes(i))
+        storage.put_text(sidecar_key(output), json.dumps({"image_set": line["image_set"], "prompt_id": "p",
+                                                          "variant": 1, "options": {}, "vars": {},
+                                                          "prediction_id": f"pred-{i}"}))
+        results.append({"run_key": f"{i:064x}", "image_set": line["image_set"], "prompt": "p", "variant": 1,
+                        "options": {}, "status": line.get("status", "succeeded"), "output": output,
+                        "prediction_id": f"pred-{i}", "cost_usd": "0.10", "error": None,
+                        **({"checks": line["checks"]} if "checks" in line else {})})
+    storage.put_text(job_file("job-1", "results.jsonl"), "".join(json.dumps(r) + "\n" for r in results))
+    return storage
+
+
+def picture_bytes(seed: int) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", (32, 48), (seed * 40 % 255, 90, 160)).save(out, "PNG")
+    return out.getvalue()
+
+
+PASS = {"not_nsfw": {"passed": True, "detail": "not flagged"}}
+FAIL = {"not_nsfw": {"passed": False, "detail": "flagged"}}
+
+
+def test_auto_publishes_only_checked_passing_outputs_of_its_own_and_holds_rivals_for_one_place(tmp_path):
+    storage = _finished_job(tmp_path, "auto", [
+        {"image_set": "ring", "checks": PASS},
+        {"image_set": "hoop", "checks": FAIL},
+        {"image_set": "stud"},  # rebuilt from storage: never checked
+        {"image_set": "pin", "status": "skipped"},  # an earlier job's output
+        {"image_set": "cuff", "checks": PASS},
+        {"image_set": "cuff", "checks": PASS},  # two runs bound for live/cuff.png
+    ])
+    live = LocalStorage(tmp_path / "live")
+
+    outcome = publish_job(storage, "job-1", lambda root: live)
+
+    actions = {item.run_key[-1]: (item.action, item.reason) for item in outcome.items}
+    assert actions["0"] == ("copy", "its checks passed (review: auto)")
+    assert actions["1"] == ("held", "checks failed: not_nsfw (flagged)")
+    assert actions["2"] == ("held", "not checked (not collected by this job's workers): approve it to publish it")
+    assert actions["3"][0] == "held" and "made by an earlier job" in actions["3"][1]
+    for rival in ("4", "5"):
+        assert actions[rival][0] == "held" and "2 approved runs of this job go to" in actions[rival][1]
+    assert sorted(live.list_keys()) == ["ring.json", "ring.png"]
+
+    # A person settles it: the second cuff rejected, the never-checked stud approved.
+    results = job_results(storage, "job-1")
+    append_decisions(storage, "job-1", make_decisions(results, "job-1", [(f"{5:064x}", "reject")], reason="dull"))
+    append_decisions(storage, "job-1", make_decisions(results, "job-1", [(f"{2:064x}", "approve")]))
+    again = publish_job(storage, "job-1", lambda root: live)
+    assert {item.run_key[-1]: item.action for item in again.items if item.action != "held"} == {
+        "0": "already", "2": "copy", "4": "copy"}
+    assert sorted(live.list_keys()) == ["cuff.json", "cuff.png", "ring.json", "ring.png", "stud.json", "stud.png"]
+    assert live.get_bytes("cuff.png") == storage.get_bytes("cuff/v4.png")
+
+
+def test_a_publish_that_died_before_its_line_finds_its_copies_there_and_records_them(tmp_path):
+    storage = _finished_job(tmp_path, "required", [{"image_set": "ring", "checks": PASS}])
+    live = LocalStorage(tmp_path / "live")
+    append_decisions(storage, "job-1", make_decisions(job_results(storage, "job-1"), "job-1", [(f"{0:064x}", "approve")]))
+    publish_job(storage, "job-1", lambda root: live)
+    storage.delete_keys([job_file("job-1", "published.jsonl")])  # as if the publish died after copying
+
+    outcome = publish_job(storage, "job-1", lambda root: live)
+
+    assert [(item.action, item.reason) for item in outcome.items] == [("already", f"already at {live.location('ring.png')}")]
+    [line] = [json.loads(x) for x in storage.get_text(job_file("job-1", "published.jsonl")).splitlines()]
+    assert line["why"] == "found already published" and line["key"] == "ring.png"

@@ -16,6 +16,8 @@ import socket
 
 import click
 
+from ..errors import ReviewError
+from ..publish import job_spec
 from ..review import (
     append_decisions,
     job_results,
@@ -27,6 +29,14 @@ from ..review import (
 from ..settings import Settings
 from .job_root import job_storage
 from .output import console, err
+
+
+def _asked_checks(storage, job_id: str) -> list[str]:
+    """The checks the job asks for (none for a job without a publish block)."""
+    try:
+        return [check.name for check in job_spec(storage, job_id).checks]
+    except ReviewError:
+        return []
 
 
 def default_reviewer() -> str:
@@ -78,7 +88,7 @@ def review_command(job_id: str, run_keys: tuple[str, ...], approve_passing: bool
     decided = read_decisions(storage, job_id)
     who = reviewer or default_reviewer()
     if approve_passing:
-        keys = [r.run_key for r in passing_waiting(results, decided)]
+        keys = [r.run_key for r in passing_waiting(results, decided, _asked_checks(storage, job_id))]
         decisions = make_decisions(results, job_id, [(k, "approve") for k in keys], reason=reason, reviewer=who)
     else:
         verdict = "approve" if approve else "reject"
