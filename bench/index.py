@@ -107,6 +107,11 @@ class Counted(Storage):
     def url_for(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         return self.inner.url_for(key, expires_s)
 
+    def append_text(self, key: str, text: str, content_type: str | None = None) -> None:
+        self._count("GET")  # on S3: the object read, then written back if unchanged
+        self._count("PUT")
+        self.inner.append_text(key, text, content_type)
+
 
 def build_root(storage: Storage, plan: Plan) -> None:
     """An output and its sidecar per run, as the lost job's collects wrote them."""

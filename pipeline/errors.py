@@ -134,3 +134,24 @@ class MissingColumns(EditpipeError):
         self.columns = columns
         self.header = header
         super().__init__(f"no column {', '.join(map(repr, columns))} (the header has: {', '.join(header)})")
+
+
+class ReviewError(EditpipeError):
+    """A review decision (or a publish) that cannot be taken as asked; nothing was written.
+
+    ``http_status`` is the answer a web page gives for it: 400 a malformed request, 404 a
+    run the job does not have, 409 a run in no state to be decided (it has no output)."""
+
+    http_status = 400
+
+
+class UnknownRun(ReviewError):
+    """The job has no run with that run key (or the prefix given names none, or several)."""
+
+    http_status = 404
+
+
+class NoOutput(ReviewError):
+    """The run has no output to decide on (it failed, or never ran)."""
+
+    http_status = 409

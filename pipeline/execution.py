@@ -29,6 +29,7 @@ from typing import Literal
 
 from . import adoption
 from .callbacks import callback_url
+from .checks import check_output
 from .errors import (
     AuthFailed,
     EditpipeError,
@@ -52,7 +53,7 @@ from .run_index import index_line, write_batch_if_due
 from .settings import Settings
 from .state import BUDGET_EXHAUSTED, RunState, State
 from .storage import Storage, open_storage, presigned_get
-from .thumbnails import store_output_thumbnail
+from .thumbnails import output_thumbnail
 
 log = logging.getLogger(__name__)
 UPLOAD_TTL_S = 6 * 24 * 3600  # the provider keeps uploads 7 days
@@ -465,11 +466,8 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
     spec = ctx.specs[run.model]
     cost = spec.price_for(run.options)
     storage.put_bytes(run.output_key, data)
-    thumbnail = None
-    try:
-        thumbnail = store_output_thumbnail(storage, job_id, run.index, run.output_key, data)
-    except (OSError, StorageError) as exc:  # Pillow raises OSError for an undecodable image
-        log.warning("no thumbnail for run %s of %s: %s", run.index, job_id, exc)
+    thumbnail = output_thumbnail(storage, job_id, run.index, run.output_key, data)
+    checks = check_output(ctx.state.jobs, ctx.storage, job_id, run, data, prediction.nsfw)  # never raises
     sidecar = Sidecar(run, job_id, prediction.id, cost)
     storage.put_text(sidecar_key(run.output_key), json.dumps(sidecar.to_dict(), indent=2), "application/json")
     entry = LedgerEntry(
@@ -481,7 +479,7 @@ def _store_and_charge(ctx: Context, job_id: str, run: Run, prediction: Predictio
         charged_at=utc_now(),
     )
     result = RunResult.of(run, RunStatus.SUCCEEDED, output=run.output_key, prediction_id=prediction.id, cost_usd=cost,
-                          thumbnail=thumbnail)
+                          thumbnail=thumbnail, checks=checks)
     finished = ctx.state.runs.finish_run(
         job_id,
         run.index,

@@ -2,7 +2,8 @@
 
 ``jobs/<job_id>/`` holds the job's records (``results.jsonl``, ``ledger.jsonl``,
 ``job.json``, ``summary.json``, ``manifest.yaml``), its report pages (``report.html``,
-``report-2.html``, …) and their thumbnails (``thumbs/``). An output's sidecar sits next to
+``report-2.html``, …) and their thumbnails (``thumbs/``), and, once people review it, its
+``review.jsonl`` (decisions, appended) and ``published.jsonl`` (what publish copied where). An output's sidecar sits next to
 the output, with the same stem and ``.json``. Pure names: nothing here reads or writes.
 """
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from .plan import InputRef
 
 JOBS = "jobs/"
+REVIEW = "review.jsonl"
+PUBLISHED = "published.jsonl"
 
 
 def job_prefix(job_id: str) -> str:

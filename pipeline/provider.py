@@ -48,6 +48,8 @@ class Prediction:
     inference_s: float | None = None  # the provider's own timing of the edit, when it gives one
     code: int | None = None  # a failed prediction's failure code (wavespeed-api.md, "Failure codes")
     created_at: str = ""  # as the provider writes it: 2026-11-23T12:00:00.000Z
+    # The provider's flag per output (``has_nsfw_contents``); None when it sent none.
+    nsfw: list[bool] | None = None
 
     @property
     def completed(self) -> bool:
@@ -72,7 +74,13 @@ class Prediction:
             inference_s=_inference_s(data.get("timings")),
             code=_code(data.get("code")),
             created_at=str(data.get("created_at") or ""),
+            nsfw=_flags(data.get("has_nsfw_contents")),
         )
+
+
+def _flags(raw: Any) -> list[bool] | None:
+    """``has_nsfw_contents`` as a list of booleans; None when it is not a list."""
+    return [item is True for item in raw] if isinstance(raw, list) else None
 
 
 def _code(raw: Any) -> int | None:

@@ -46,7 +46,10 @@ class RunResult:
     """How one run ended. ``thumbnail``: the small picture the report shows, when one was
     made at collection. ``retryable`` (``editpipe resume`` may run it again), ``not_started``
     (it was never sent), ``error_kind`` (why it failed, one of ``ErrorKind``) and ``code``
-    (the provider's failure code, when it gave one) mean something for a failed run only."""
+    (the provider's failure code, when it gave one) mean something for a failed run only.
+    ``checks``: the automatic checks of its output at collection (``pipeline.checks``), by
+    name, each ``{"passed": bool, "detail": str}``; ``{}`` when its job asks for none (and for
+    a run that was not collected by this job: skipped or failed)."""
 
     index: int
     run_key: str
@@ -65,21 +68,34 @@ class RunResult:
     not_started: bool = False
     error_kind: ErrorKind | None = None
     code: int | None = None
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, run: Run, status: RunStatus, *, output: str | None = None, prediction_id: str | None = None,
            cost_usd: Decimal = Decimal("0"), error: str | None = None, thumbnail: str | None = None,
            retryable: bool = False, not_started: bool = False, error_kind: ErrorKind | None = None,
-           code: int | None = None) -> "RunResult":
+           code: int | None = None, checks: dict[str, dict[str, Any]] | None = None) -> "RunResult":
         """Run ``run``'s result, finished now."""
         return cls(index=run.index, run_key=run.run_key, image_set=run.image_set, prompt=run.prompt_id,
                    variant=run.variant, options=run.options, status=status, output=output,
                    prediction_id=prediction_id, cost_usd=cost_usd, error=error, thumbnail=thumbnail,
-                   retryable=retryable, not_started=not_started, error_kind=error_kind, code=code)
+                   retryable=retryable, not_started=not_started, error_kind=error_kind, code=code,
+                   checks=checks or {})
 
     @property
     def failed(self) -> bool:
         return self.status is RunStatus.FAILED
+
+    @property
+    def checks_passed(self) -> bool:
+        """Whether every check of its output passed (True when it had none: see
+        ``checked``)."""
+        return checks_passed(self.checks)
+
+    @property
+    def checked(self) -> bool:
+        """Whether its output was checked at all (its job asked for checks, and collected it)."""
+        return bool(self.checks)
 
     @property
     def shown_output(self) -> str | None:
@@ -104,6 +120,8 @@ class RunResult:
         }
         if self.thumbnail:
             result["thumbnail"] = self.thumbnail
+        if self.checks:
+            result["checks"] = self.checks
         if self.failed:
             result["retryable"] = self.retryable
             result["not_started"] = self.not_started
@@ -138,7 +156,13 @@ class RunResult:
             not_started=bool(data.get("not_started")),
             error_kind=_kind(data.get("error_kind")),
             code=data.get("code") if isinstance(data.get("code"), int) else None,
+            checks=data.get("checks") if isinstance(data.get("checks"), dict) else {},
         )
+
+
+def checks_passed(checks: dict[str, dict[str, Any]]) -> bool:
+    """Whether every check in ``checks`` (as ``RunResult.checks`` holds them) passed; True for none."""
+    return all(bool(check.get("passed")) for check in checks.values())
 
 
 def _kind(raw: Any) -> ErrorKind | None:

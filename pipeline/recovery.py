@@ -8,7 +8,8 @@ results and ledger. A job marked open that Redis does not know is lost (``lost_j
 restarted without persistence, was flushed or was replaced. ``rebuild`` makes it again under
 the same id:
 
-- the stored manifest is planned again (the same references give the same run keys);
+- the stored manifest is planned again (the same references give the same run keys), with
+  the runs ``regenerate`` added to the job after it (``regenerate.with_added_runs``);
 - a run whose output's sidecar names its run key is finished: succeeded, its ledger line
   rebuilt from the sidecar (prediction id, cost, time), when this job made it; skipped at $0
   when an earlier job did (unless the job was submitted with ``--force``); a finalized job's
@@ -38,9 +39,11 @@ from .errors import EditpipeError, JobNotFound
 from .layout import job_file, job_prefix, output_thumb_key, thumbs_prefix
 from .ledger import LedgerEntry, LineKind, parse_ledger, to_micros, usd, utc_now
 from .manifest import Manifest, parse_manifest
+from .manifest.publish import record_field
 from .modelspec import load_model_specs
 from .plan import Plan, Run, plan_runs
 from .records import RunResult, RunStatus, skipped_result
+from .regenerate import with_added_runs
 from .run_index import OpenMark, fingerprint, mark_open, open_marks, read_mark, read_sidecars
 from .settings import Settings
 from .state import Jobs, State
@@ -123,6 +126,8 @@ def rebuild(
     if stored is None:
         raise JobNotFound(f"no job {job_id!r} under {storage.root} (no {job_file(job_id, MANIFEST)} there)")
     manifest, plan, mark = _plan_again(settings, storage, stored)
+    same_runs = fingerprint(run.run_key for run in plan.runs) == mark.fingerprint
+    plan = with_added_runs(storage, job_id, plan)  # the runs `regenerate` added to the job
     runs = _Runs.from_storage(storage, job_id, plan, force=mark.force)
     cap = budget_usd if budget_usd is not None else (Decimal(mark.budget_usd) if mark.budget_usd else None)
     specs = load_model_specs(settings.models_dir)
@@ -130,7 +135,6 @@ def rebuild(
     # A job rebuilt before (and finalized since) keeps the count of its earlier losses.
     paid_twice_before = int(((stored.summary or {}).get("rebuilt") or {}).get("possibly_paid_twice") or 0)
     left = set(runs.left)
-    same_runs = fingerprint(run.run_key for run in plan.runs) == mark.fingerprint
     # A prediction a step recorded after the loss is polled, not paid again (same runs only:
     # a run's index must still name the run it was submitted for).
     state.jobs.clear_leftovers(job_id, keep=("pred",) if same_runs else ())
@@ -146,7 +150,7 @@ def rebuild(
         schedule=mark.schedule,
         priority=mark.priority,
         extra={**_changes(stored, runs), "open_mark": json.dumps(asdict(mark)), "rebuilt_at": utc_now(),
-               "rebuilt_in_flight": paid_twice_before + in_flight},
+               "rebuilt_in_flight": paid_twice_before + in_flight, **record_field(manifest.publish)},
     )
     mark_open(storage, mark)  # after Redis has the record again, as at a submit
     last = runs.record(state, job_id)

@@ -38,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import EditpipeError, ManifestError, ManifestIssue, SettingsError
 from .ledger import utc_now
+from .manifest.checks import publish_problems
 from .schedules_file import (
     Schedule,
     ScheduleDoc,
@@ -131,7 +132,7 @@ def prepare_schedule(schedule: Schedule, settings: Settings, state: State | None
         path = Path(schedule.manifest)
         if not path.is_file():
             raise SchedulesFileError([schedule.issue(f"schedule {schedule.name!r}: no manifest at {path}")])
-        return prepare(path, settings, state=state)
+        return _with_publish(schedule, prepare(path, settings, state=state))
     body = _read_s3_manifest(schedule, settings)
     with tempfile.TemporaryDirectory(prefix="editpipe-schedule-") as tmp:
         path = Path(tmp) / (posixpath.basename(schedule.manifest) or "manifest.yaml")
@@ -146,7 +147,17 @@ def prepare_schedule(schedule: Schedule, settings: Settings, state: State | None
         line = _line_of(body, "output") or 1
         raise ManifestError([ManifestIssue(schedule.manifest, line, 1, "output",
                                            "a manifest in S3 writes to an s3:// output, not a local folder")])
-    return prepared
+    return _with_publish(schedule, prepared)
+
+
+def _with_publish(schedule: Schedule, prepared: Prepared) -> Prepared:
+    """The schedule's own ``publish`` block, if it has one, in place of its manifest's."""
+    if schedule.publish is None:
+        return prepared
+    problems = publish_problems(prepared.manifest, prepared.specs, schedule.publish)
+    if problems:
+        raise SchedulesFileError([schedule.publish_issue(problem) for problem in problems])
+    return dataclasses.replace(prepared, manifest=dataclasses.replace(prepared.manifest, publish=schedule.publish))
 
 
 def _read_s3_manifest(schedule: Schedule, settings: Settings) -> bytes:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from .errors import EditpipeError, ManifestIssue, SchedulesFileError
 from .manifest import Locations, Money, NonEmptyText, Text, as_text, as_value, pydantic_issue, read_yaml
+from .manifest.publish import PublishDoc, PublishSpec, resolve_publish
 
 CRON_FIELDS = "minute hour day-of-month month day-of-week"
 CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
@@ -46,6 +47,7 @@ class Schedule:
     schedules file's folder); ``file``/``line``/``col`` locate the entry's ``manifest`` value,
     so that a manifest missing at run time is reported where it was written.
     ``catch_up``: how late a start missed while beat was down may still be made (0: never).
+    ``publish``: the schedule's own publish block, used instead of its manifest's.
     """
 
     name: str
@@ -59,6 +61,10 @@ class Schedule:
     line: int
     col: int
     catch_up: timedelta = DEFAULT_CATCH_UP
+    # Where its jobs' approved outputs go (replacing the manifest's own publish block), and
+    # where that was written (line, column), for an issue found once the manifest is read.
+    publish: PublishSpec | None = None
+    publish_at: tuple[int, int] = (0, 0)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -80,6 +86,10 @@ class Schedule:
 
     def issue(self, message: str) -> ManifestIssue:
         return ManifestIssue(self.file, self.line, self.col, "manifest", message)
+
+    def publish_issue(self, message: str) -> ManifestIssue:
+        line, col = self.publish_at
+        return ManifestIssue(self.file, line, col, f"schedules[{self.name}].publish.to", message)
 
 
 def next_run(cron: str, tz: zoneinfo.ZoneInfo, after: datetime) -> datetime:
@@ -117,6 +127,7 @@ class ScheduleDoc(BaseModel):
     enabled: _BOOL = True
     notify: Text | None = None
     catch_up: Text | None = None
+    publish: PublishDoc | None = None
 
 
 _VOCABULARY = sorted(ScheduleDoc.model_fields)
@@ -215,6 +226,12 @@ def _schedule(
         return None
     manifest = _manifest_ref(doc.manifest, base_dir)[0]
     line, col = locations.at(path + ("manifest",))
+    publish = None
+    if doc.publish is not None:
+        publish, problem = resolve_publish(doc.publish, base_dir)
+        if problem:
+            issues.append(locations.issue(path + ("publish", "to"), problem))
+            return None
     return Schedule(
         name=doc.name,
         cron=doc.cron.strip(),
@@ -227,6 +244,8 @@ def _schedule(
         line=line,
         col=col,
         catch_up=DEFAULT_CATCH_UP if doc.catch_up is None else parse_duration(doc.catch_up) or timedelta(0),
+        publish=publish,
+        publish_at=locations.at(path + ("publish", "to")),
     )
 
 

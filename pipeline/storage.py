@@ -3,13 +3,23 @@
 One small interface, two backends: ``S3Storage`` (any S3-compatible endpoint through boto3,
 ``S3_ENDPOINT_URL`` for MinIO, R2 and the like) and ``LocalStorage`` (a directory, for the
 embedded default). Keys are always ``/``-separated and relative to the output root.
+
+``append_text`` adds lines to a shared record (a job's ``review.jsonl``, ``published.jsonl``)
+so that two writers on two machines never lose each other's lines: S3 has no append, so the
+S3 backend writes the grown object only if nobody changed it since it was read (a
+conditional ``PutObject``: ``If-Match`` its ETag, or ``If-None-Match: *`` for a new one;
+HTTP 412 means another writer came first, so it reads again and retries); a local root takes
+a POSIX record lock (``lockf``, honoured over NFS too) around one ``O_APPEND`` write.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mimetypes
 import os
+import random
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import lru_cache
@@ -22,6 +32,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import StorageError
 from .settings import Settings
+
+APPEND_ATTEMPTS = 25  # conditional writes tried before an append gives up (each after a jittered pause)
+_RACE_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def content_type_for(key: str) -> str:
@@ -53,6 +66,12 @@ class Storage(ABC):
     @abstractmethod
     def url_for(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         """A URL a person (or a browser) can open: presigned for S3, ``file://`` locally."""
+
+    @abstractmethod
+    def append_text(self, key: str, text: str, content_type: str | None = None) -> None:
+        """Add ``text`` (whole lines, each ending in a newline) at the end of the object,
+        creating it if need be. Appends by any number of writers, on any machines, all land,
+        each whole and in one order; ``StorageError`` if that cannot be done."""
 
     def location(self, key: str) -> str:
         """Where a key lives, for messages: ``s3://bucket/prefix/key`` or a path."""
@@ -104,7 +123,7 @@ class LocalStorage(Storage):
     def list_keys(self, prefix: str = "") -> Iterator[str]:
         base = self._file(prefix) if prefix else self.path
         start = base if base.is_dir() else base.parent
-        if not start.exists():
+        if not start.exists() or not self.path.is_dir():  # a root not made yet holds nothing
             return
         for path in sorted(start.rglob("*")):
             if path.is_file() and not path.name.startswith(".tmp-"):
@@ -121,6 +140,25 @@ class LocalStorage(Storage):
 
     def url_for(self, key: str, expires_s: int = 7 * 24 * 3600) -> str:
         return self._file(key).as_uri()
+
+    def append_text(self, key: str, text: str, content_type: str | None = None) -> None:
+        target = self._file(key)
+        data = text.encode()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # One writer at a time (lockf is a POSIX record lock: NFS clients honour it,
+                # where O_APPEND alone does not keep two machines' writes apart).
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # closing releases the lock
+        except OSError as exc:
+            raise StorageError(f"cannot append to {target}: {exc.strerror}") from None
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -210,6 +248,39 @@ class S3Storage(Storage):
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
+
+    def append_text(self, key: str, text: str, content_type: str | None = None) -> None:
+        for attempt in range(APPEND_ATTEMPTS):
+            body, etag = self._read_with_etag(key)
+            if body and not body.endswith(b"\n"):
+                body += b"\n"  # a line someone else left unended stays a line of its own
+            condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body + text.encode(),
+                                       ContentType=content_type or content_type_for(key), **condition)
+                return
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in _RACE_CODES:
+                    raise StorageError(f"cannot write {self.location(key)}: {exc}") from None
+            except BotoCoreError as exc:
+                raise StorageError(f"cannot write {self.location(key)}: {exc}") from None
+            # Another writer changed it since it was read: read it again, after a short pause
+            # that grows, so that a crowd of writers spreads out.
+            time.sleep(random.uniform(0, min(1.0, 0.02 * 2 ** min(attempt, 6))))
+        raise StorageError(f"cannot append to {self.location(key)}: other writers changed it "
+                           f"{APPEND_ATTEMPTS} times in a row")
+
+    def _read_with_etag(self, key: str) -> tuple[bytes, str | None]:
+        """The object's bytes and ETag; ``(b"", None)`` when there is none."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return answer["Body"].read(), answer["ETag"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return b"", None
+            raise StorageError(f"cannot read {self.location(key)}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot read {self.location(key)}: {exc}") from None
 
 
 def open_storage(root: str, settings: Settings) -> Storage:

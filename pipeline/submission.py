@@ -25,6 +25,7 @@ from .errors import EditpipeError
 from .layout import job_file
 from .ledger import utc_now
 from .manifest import Manifest, load_manifest
+from .manifest.publish import record_field
 from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
 from .records import RunResult, RunStatus, skipped_result
@@ -216,7 +217,7 @@ def submit(
         notify_url=notify_url,
         # A job with priority p gets p runs handed out for each run of a priority-1 job.
         priority=mark.priority,
-        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)),
+        extra={**prepared.changes.fields(), "open_mark": json.dumps(asdict(mark)), **record_field(manifest.publish),
                # Whose budget the job's is, for its budget alerts (``pipeline.alerts``).
                "budget_of": "schedule" if budget_usd is not None and min(caps) == budget_usd and schedule else "job",
                **(extra or {})},

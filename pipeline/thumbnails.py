@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from .errors import StorageError
 from .layout import job_prefix, output_thumb_key
 from .storage import Storage
 
@@ -62,6 +63,16 @@ def store_output_thumbnail(storage: Storage, job_id: str, index: int, output_key
     key = output_thumb_key(job_prefix(job_id), index)
     storage.put_bytes(key, make_thumbnail(data), "image/jpeg")
     return key
+
+
+def output_thumbnail(storage: Storage, job_id: str, index: int, output_key: str, data: bytes) -> str | None:
+    """``store_output_thumbnail``, or None (logged) when the output cannot be thumbnailed or
+    the thumbnail not stored: the report makes it later, or shows the full image."""
+    try:
+        return store_output_thumbnail(storage, job_id, index, output_key, data)
+    except (OSError, StorageError) as exc:  # Pillow raises OSError for an undecodable image
+        log.warning("no thumbnail for run %s of %s: %s", index, job_id, exc)
+        return None
 
 
 @dataclass(frozen=True)

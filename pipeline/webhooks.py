@@ -64,7 +64,8 @@ SECRET_REFETCH_S = 60.0  # at most one fetch of the account's secret per minute 
 SECRET_MAX_AGE_S = 600.0  # and once it is this old
 RELEASE_WAIT_S = 2.0  # how long a 503 waits for its event to be unmarked
 
-SendCollect = Callable[[str, int, str, list[str]], None]  # job id, run index, prediction id, outputs
+# job id, run index, prediction id, outputs, the provider's nsfw flags
+SendCollect = Callable[[str, int, str, list[str], list[bool] | None], None]
 
 
 class TryLater(Exception):
@@ -201,7 +202,7 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         if not prediction.completed:
             return None  # the provider does not say so (yet): its own webhook, or the poll, collects it
         try:
-            await asyncio.to_thread(send_collect, job_id, index, prediction.id, prediction.outputs)
+            await asyncio.to_thread(send_collect, job_id, index, prediction.id, prediction.outputs, prediction.nsfw)
         except Exception as exc:  # noqa: BLE001 - the broker's errors are kombu's; the poll is the fallback
             raise TryLater(f"the collect task could not be sent ({type(exc).__name__})") from None
         counts["collected"] += 1

@@ -51,19 +51,27 @@ LAYERS: dict[str, int] = {
     "pipeline.dispatch": ENGINE,
     "pipeline.adoption": ENGINE,  # a lost submit answer found among the recent predictions
     "pipeline.execution": ENGINE,
+    "pipeline.checks": ENGINE,  # an output judged at collection: aspect ratio, size, nsfw flag, changed
     "pipeline.submission": ENGINE,
     "pipeline.reconcile": ENGINE,
     "pipeline.schedules": ENGINE,
     "pipeline.recovery": ENGINE,  # a job whose Redis state was lost, rebuilt from storage
+    "pipeline.regenerate": ENGINE,  # a rejected run made again as a new variant of the same job
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
     "pipeline.alerts": OUTPUTS,  # budget alerts claimed in Redis, POSTed once each
+    "pipeline.publish": OUTPUTS,  # approved outputs copied to publish.to, idempotently
+    "pipeline.review": OUTPUTS,  # people's decisions on a job's outputs, appended to review.jsonl
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C
     "pipeline.cli.progress": INTERFACES,  # a bar on a terminal, plain lines in a log
+    "pipeline.cli.review": INTERFACES,  # `editpipe review JOB`: decisions from the command line
+    "pipeline.cli.publish": INTERFACES,  # `editpipe publish JOB [--dry-run]`
+    "pipeline.cli.job_root": INTERFACES,  # where a finished job's records are (Redis, or --output)
     "pipeline.webhooks": INTERFACES,
+    "pipeline.review_server": INTERFACES,  # the review page's server: decisions, regenerate, CSRF
     "pipeline.embedded": INTERFACES,
     "workers": INTERFACES,
     "workers.takeover": INTERFACES,  # a dead embedded run's broker messages, and the wake-up

@@ -83,13 +83,13 @@ def job_enqueuer(settings: Settings) -> Callable[[str], None]:
     return enqueue
 
 
-def collect_sender(settings: Settings) -> Callable[[str, int, str, list[str]], None]:
+def collect_sender(settings: Settings) -> Callable[[str, int, str, list[str], list[bool] | None], None]:
     """A callable that hands one completed prediction to the workers' ``collect`` task (the
-    webhook server's one message)."""
+    webhook server's one message), with the provider's nsfw flags for the checks."""
     app = make_app(settings)
 
-    def send(job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
-        app.send_task(names.COLLECT, (job_id, index, prediction_id, outputs))
+    def send(job_id: str, index: int, prediction_id: str, outputs: list[str], nsfw: list[bool] | None = None) -> None:
+        app.send_task(names.COLLECT, (job_id, index, prediction_id, outputs, nsfw))
 
     return send
 

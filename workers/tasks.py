@@ -90,7 +90,7 @@ class CeleryTasks:
     def collect(self, completed: Completed) -> None:
         """``COLLECT_BATCH`` to a message (a message costs CPU to send, fetch and ack: see
         ``pipeline.dispatch``)."""
-        items = [(job_id, index, p.id, p.outputs) for job_id, index, p in completed]
+        items = [(job_id, index, p.id, p.outputs, p.nsfw) for job_id, index, p in completed]
         for start in range(0, len(items), COLLECT_BATCH):
             collect_runs.delay(items[start : start + COLLECT_BATCH])
 
@@ -202,35 +202,39 @@ def poller(token: str | None = None) -> None:
 
 @app.task(name=names.COLLECT, bind=True, max_retries=None)
 @_drops_lost_jobs
-def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
+def collect_run(self: Task, job_id: str, index: int, prediction_id: str, outputs: list[str],
+                nsfw: list[bool] | None = None) -> None:
     """Collect one completed prediction (the webhook's message, or a retry after a download
     that failed for now). The retry's countdown is only the quick way: the run's check in the
-    due index collects it too, if the retry is lost with its worker."""
+    due index collects it too, if the retry is lost with its worker. ``nsfw``: the provider's
+    flags (a message sent before they were carried has none)."""
     ctx = context()
     with run_context(job_id, index, prediction_id):
         try:
-            step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
+            step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs, nsfw=nsfw))
         except ProviderTransient as exc:
             raise self.retry(countdown=min(30, 2 ** min(self.request.retries, 5)), exc=exc) from None
         dispatch().follow(job_id, index, step)
 
 
 @app.task(name=names.COLLECT_RUNS)
-def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
+def collect_runs(items: list[tuple]) -> None:
     """Collect a few completed predictions, each on its own: one whose download fails for
     now is retried alone (``collect_run``), and one that fails otherwise does not stop the
-    rest (the poller's safety-net check collects it again, as for a lost collect task)."""
+    rest (the poller's safety-net check collects it again, as for a lost collect task). Each
+    item: job id, run index, prediction id, outputs and (since checks) the provider's nsfw flags."""
     ctx = context()
-    for job_id, index, prediction_id, outputs in items:
+    for job_id, index, prediction_id, outputs, *flags in items:
         with run_context(job_id, index, prediction_id):
-            _collect_one(ctx, job_id, index, prediction_id, outputs)
+            _collect_one(ctx, job_id, index, prediction_id, outputs, flags[0] if flags else None)
 
 
-def _collect_one(ctx: Context, job_id: str, index: int, prediction_id: str, outputs: list[str]) -> None:
+def _collect_one(ctx: Context, job_id: str, index: int, prediction_id: str, outputs: list[str],
+                 nsfw: list[bool] | None) -> None:
     try:
-        step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs))
+        step = collect(ctx, job_id, index, Prediction(prediction_id, "completed", outputs, nsfw=nsfw))
     except ProviderTransient:
-        collect_run.apply_async((job_id, index, prediction_id, outputs), countdown=1)
+        collect_run.apply_async((job_id, index, prediction_id, outputs, nsfw), countdown=1)
         return
     except JobLost as lost:
         _job_lost(lost)
@@ -253,6 +257,7 @@ def finalize(job_id: str) -> None:
         if unfinished:
             log.info("job %s: not finalizing, %d run(s) have not finished", job_id, unfinished)
             return
-        status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)
+        status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id,
+                              open_root=ctx.storage)
         ctx.state.finalized(job_id)
         log.info("job %s finished: %s", job_id, status.status)

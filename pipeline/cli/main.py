@@ -406,11 +406,17 @@ def webhook_server(host: str, port: int) -> None:
 
 def _attach_commands() -> None:
     from ..simulator.cli import simulate_api
+    from .publish import publish_command
+    from .regenerate import regenerate_command
     from .report import report_command
+    from .review import review_command
     from .schedules import schedules
 
     main.add_command(simulate_api, "simulate-api")
     main.add_command(report_command, "report")
+    main.add_command(review_command, "review")
+    main.add_command(regenerate_command, "regenerate")
+    main.add_command(publish_command, "publish")
     main.add_command(schedules, "schedules")
 
 

@@ -22,6 +22,7 @@ from ..size import DEFAULT_MAX_RUNS
 from .catalog_rows import CatalogReader, feed_label, max_images_spec
 from .checks import Cap, check_manifest
 from .feeds import LOCAL_FILES, CatalogSources
+from .publish import PublishSpec, resolve_publish
 from .reader import DocPath, Locations, as_value, read_yaml
 from .references import References
 from .schema import (
@@ -33,6 +34,7 @@ from .schema import (
     ManifestDoc,
     Matrix,
     Prompt,
+    PublishDoc,
     RunSpec,
     Strict,
     pydantic_issue,
@@ -134,6 +136,7 @@ def _parse(
         prompts = _located(doc.prompts, "prompts")
         runs = _located(doc.runs, "runs") if doc.runs is not None else None
         catalog = doc.catalog
+        publish_doc = doc.publish
     else:
         # Salvage what is structurally sound so that semantic mistakes are reported too.
         defaults = _try(Defaults, data.get("defaults", {}), ("defaults",)) or Defaults()
@@ -144,6 +147,7 @@ def _parse(
         raw_key = data.get("output_key", DEFAULT_OUTPUT_KEY)
         output_key = raw_key if isinstance(raw_key, str) else DEFAULT_OUTPUT_KEY
         catalog = _try(Catalog, data["catalog"], ("catalog",)) if "catalog" in data else None
+        publish_doc = _try(PublishDoc, data["publish"], ("publish",)) if "publish" in data else None
 
     version = as_value(data.get("version"))
     if isinstance(version, int) and not isinstance(version, bool) and version != SUPPORTED_VERSION:
@@ -155,6 +159,12 @@ def _parse(
         output, problem = _resolve_output(data["output"], base_dir)
         if problem:
             issues.append(locations.issue(("output",), problem))
+
+    publish: PublishSpec | None = None
+    if publish_doc is not None:
+        publish, problem = resolve_publish(publish_doc, base_dir)
+        if problem:
+            issues.append(locations.issue(("publish", "to"), problem))
 
     references = References(base_dir)
     catalog_sets: list[CatalogSet] = []
@@ -192,6 +202,7 @@ def _parse(
         catalog=catalog,
         skipped_rows=tuple(skipped),
         s3_etags=s3_etags,
+        publish=publish,
     )
     check_manifest(manifest, specs, issues, references, _cap(data, locations, max_runs))
     if issues:

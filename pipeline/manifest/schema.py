@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    model_validator,
+)
 
 from ..errors import ManifestIssue
 from ..modelspec import DEFAULT_MODEL, ModelSpec
@@ -122,6 +131,56 @@ class Catalog(Strict):
 
 Matrix = dict[str, Annotated[list[Text], Field(min_length=1)]]
 
+# The publish block (an editpipe extension; resolved by ``publish``).
+CHECK_NAMES = ("aspect_ratio", "min_size", "not_nsfw", "changed")
+Review = Literal["required", "auto"]
+
+
+def _unwrap_check(value: Any) -> Any:
+    """A check as written: a bare name, or ``{min_size: N}`` (its YAML scalars unwrapped)."""
+    if isinstance(value, Scalar):
+        return value.source
+    if isinstance(value, dict):
+        return {as_text(k): v.value if isinstance(v, Scalar) else v for k, v in value.items()}
+    return value
+
+
+def _known_check(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        if value == "min_size":
+            raise ValueError("min_size needs the least long side in pixels: `min_size: 1024`")
+        if value not in CHECK_NAMES:
+            raise ValueError(f"unknown check {value!r} (known: {', '.join(CHECK_NAMES)})")
+        return value
+    if list(value) != ["min_size"]:
+        raise ValueError(f"a check is a name ({', '.join(CHECK_NAMES)}) or `min_size: N`")
+    size = value["min_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError("min_size must be a whole number of pixels, at least 1")
+    return value
+
+
+CheckItem = Annotated[str | dict[str, Any], BeforeValidator(_unwrap_check), AfterValidator(_known_check)]
+
+
+def _unique_checks(checks: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+    names = [c if isinstance(c, str) else next(iter(c)) for c in checks]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"check {', '.join(repeated)} is listed twice")
+    return checks
+
+
+class PublishDoc(Strict):
+    """Where approved outputs go, whether a person reviews them first, and the checks every
+    output gets when it is collected."""
+
+    to: Annotated[NonEmptyText, Field(description="s3://bucket/prefix/{image_set}/{prompt} or a local folder: a "
+                                                  "template like output_key; the output's extension is added.")]
+    review: Annotated[Review, BeforeValidator(as_text)] = "required"
+    checks: Annotated[list[CheckItem], AfterValidator(_unique_checks),
+                      Field(description="aspect_ratio, min_size: N, not_nsfw, changed")] = Field(default_factory=list)
+
 
 class ManifestDoc(Strict):
     """A manifest as written, version 1 (see manifest.md)."""
@@ -145,11 +204,14 @@ class ManifestDoc(Strict):
     matrix: Matrix = Field(default_factory=dict, description="Option values crossed with every pair.")
     runs: Annotated[list[RunSpec], Field(min_length=1)] | None = None
     output_key: Text = Field(default=DEFAULT_OUTPUT_KEY, description="Where each output goes, before its extension.")
+    publish: PublishDoc | None = Field(default=None, description="Where approved outputs go, review and checks "
+                                                                 "(an editpipe extension).")
 
 
 # Every field name a manifest knows, for "did you mean" hints.
 FIELD_VOCABULARY = sorted(
-    {name for model in (ManifestDoc, Defaults, ImageSet, Prompt, RunSpec, Catalog) for name in model.model_fields}
+    {name for model in (ManifestDoc, Defaults, ImageSet, Prompt, RunSpec, Catalog, PublishDoc)
+     for name in model.model_fields}
 )
 
 
@@ -188,6 +250,8 @@ def pydantic_issue(error: Mapping[str, Any], locations: Locations) -> ManifestIs
         message = _MESSAGES[kind]
     elif kind == "string_pattern_mismatch":
         message = f"{error['input']!r} must match {ctx.get('pattern')}"
+    elif kind == "literal_error":
+        message = f"must be {ctx.get('expected')}"
     elif kind == "value_error":
         message = str(ctx.get("error", error["msg"]))
     elif kind in ("greater_than", "greater_than_equal"):

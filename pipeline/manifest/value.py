@@ -14,6 +14,7 @@ from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 
+from .publish import PublishSpec
 from .reader import Locations
 from .schema import Catalog, Defaults, ImageSet, Prompt, RunSpec
 from .template import Template
@@ -62,6 +63,8 @@ class Manifest:
     catalog: Catalog | None = None
     skipped_rows: tuple[str, ...] = ()
     s3_etags: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where approved outputs go, and the checks at collection (an editpipe extension).
+    publish: PublishSpec | None = None
 
     @property
     def catalog_vars(self) -> tuple[str, ...] | None:

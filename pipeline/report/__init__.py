@@ -8,7 +8,8 @@ for a local output root (the folder can be moved or zipped), presigned ones for 
 7 days; ``editpipe report JOB --refresh`` renews them).
 
 May import the domain (records, layout, ledger, plan), the adapters (storage, the job store,
-thumbnails, the run index) and ``notify``; never the engine's steps, the CLI or ``workers``.
+thumbnails, the run index), ``notify`` and ``publish`` (a finished job with ``review: auto``
+publishes what passed its checks); never the engine's steps, the CLI or ``workers``.
 """
 
 from .finalize import final_status, finalize_job, job_summary

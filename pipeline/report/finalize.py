@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from ..state import BUDGET_EXHAUSTED, JobStatus, State
 from ..layout import job_file, job_prefix, page_key
 from ..ledger import LedgerEntry, parse_time, usd, utc_now
+from ..manifest.publish import RECORD_FIELD, from_record
 from ..notify import notify
+from ..publish import OpenRoot, at_finish, open_like
 from ..records import JobState, RunResult
 from ..run_index import write_job_index
 from ..storage import Storage
@@ -39,9 +41,14 @@ def final_status(state: State, status: JobStatus) -> JobState:
     return JobState.SUCCEEDED if status.failed == 0 else JobState.PARTIAL
 
 
-def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE) -> JobStatus:
+def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int = PAGE_SIZE,
+                 open_root: OpenRoot | None = None) -> JobStatus:
     """Write the job's records and report to storage, then set its final status (so that a
-    job seen as finished always has its files), then notify the job's webhook, if any."""
+    job seen as finished always has its files), then notify the job's webhook, if any.
+
+    A job with a ``publish`` block publishes what passed its checks (``review: auto``) or
+    says how many outputs wait for review (``required``), before its summary is written
+    (``publish.at_finish``); ``open_root`` opens the destination (default: ``open_like``)."""
     status = state.jobs.status(job_id)
     stored = state.runs.results(job_id)
     results = [RunResult.from_dict(r) for r in stored]
@@ -53,6 +60,9 @@ def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int 
     final = final_status(state, status)
     finished_at = state.jobs.field(job_id, "finished_at") or utc_now()
     summary = job_summary(state, status, results, final=final, finished_at=finished_at)
+    spec = from_record(state.jobs.field(job_id, RECORD_FIELD))
+    if spec is not None:
+        summary["publish"] = at_finish(storage, job_id, spec, results, open_root or open_like(storage))
     summary["pages"] = max(1, -(-len(results) // page_size))
     summary["report"] = storage.location(page_key(job_prefix(job_id), 1))
     text = json.dumps(summary, indent=2)

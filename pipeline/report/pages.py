@@ -111,6 +111,9 @@ img.broken{opacity:.25}
 .cap .what{min-width:0;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .cap .n{color:var(--muted);font-size:.75rem;font-variant-numeric:tabular-nums}
 .opts{color:var(--muted);font-size:.78rem}
+.checks{display:flex;flex-wrap:wrap;gap:.25rem;margin-top:.3rem}
+.check{font-size:.7rem;padding:.05rem .45rem;border-radius:999px;background:#dcf3e3;color:var(--ok)}
+.check.no{background:#fde4e1;color:var(--bad);font-weight:650}
 .opts a{margin-left:.3rem}
 footer{color:var(--muted);font-size:.78rem;padding:0 2rem 2rem}
 """
@@ -176,8 +179,15 @@ def _header(sheet: Sheet, summary: dict) -> str:
     ]
     if counts.get("unfinished"):
         stats.append(_stat("unfinished", str(counts["unfinished"]), "bad"))
+    checked = [r for r in sheet.results if r.checked]
+    if checked:
+        held = sum(1 for r in checked if not r.checks_passed)
+        stats.append(_stat("checks failed", f"{held} of {len(checked)}", "bad" if held else "ok"))
     stats += [_money_stat(summary), _stat("duration", _E(_duration(summary.get("duration_s"))))]
     error = f'<p class="sub" style="color:var(--bad)">{_E(summary["error"])}</p>' if summary.get("error") else ""
+    publish = summary.get("publish") or {}
+    if publish.get("message"):
+        error += f'<p class="sub">Publish ({_E(publish.get("review", ""))}): {_E(publish["message"])}</p>'
     badge = f'<span class="badge {_E(summary["status"])}">{_E(summary["status"].replace("_", " "))}</span>'
     return f"""<header>
 <h1>{_E(summary['name'])} {badge}</h1>
@@ -282,8 +292,19 @@ def _card(sheet: Sheet, result: RunResult, option_names: list[str]) -> str:
         f'<div class="pair">{_inputs(sheet, run)}<span class="arrow">→</span>{out}</div>'
         f'<div class="cap"><span class="what" title="{what}"><b>{what}</b>{badge}</span>'
         f'<span class="n">#{result.index + 1}</span></div>'
-        f'<div class="opts">{" · ".join(opts)}</div></article>'
+        f'<div class="opts">{" · ".join(opts)}</div>{_checks(result)}</article>'
     )
+
+
+def _checks(result: RunResult) -> str:
+    """The output's checks as small pills (its detail on hover); nothing for a run without."""
+    if not result.checks:
+        return ""
+    pills = "".join(
+        f'<span class="check{"" if found.get("passed") else " no"}" title="{_E(str(found.get("detail", "")))}">'
+        f'{"✓" if found.get("passed") else "✗"} {_E(name.replace("_", " "))}</span>'
+        for name, found in result.checks.items())
+    return f'<div class="checks">{pills}</div>'
 
 
 def render_page(sheet: Sheet, summary: dict, results: list[RunResult], page: int, pages: int, page_size: int) -> str:

@@ -9,7 +9,8 @@ where a test wants them through markers in the prompt (``[sim:fail]``, ``[sim:40
 and will be billed), ``[sim:drop-once]``, ``[sim:drop-uncreated-once]`` (the connection
 dropped before anything was made), ``[sim:slow]``, ``[sim:output-500-once]``: the first
 download of the output answers 500; ``[sim:fail:CODE]``, ``[sim:fail-once:CODE]``,
-``[sim:status:timeout]`` and the like: failure codes and terminal statuses, see ``faults``).
+``[sim:status:timeout]`` and the like: failure codes and terminal statuses, see ``faults``;
+``[sim:nsfw]``: the prediction completes with ``has_nsfw_contents`` true for its output).
 ``/_sim/stats`` reports what
 happened, including what a correct client must never cause (duplicate submissions, 429s).
 

@@ -20,6 +20,7 @@ from .images import Rendered
 from .limits import StartWindow
 
 ACTIVE = frozenset({"created", "processing"})
+NSFW_MARKER = "[sim:nsfw]"
 ACCESS_KEY_NAME = "default"  # the name the provider's console gives an account's first key
 
 
@@ -71,7 +72,8 @@ class Prediction:
             "status": self.status,
             "outputs": list(self.outputs),
             "urls": {"get": f"{self.origin}/api/v3/predictions/{self.id}/result"},
-            "has_nsfw_contents": [False] * len(self.outputs),
+            # ``[sim:nsfw]`` in the prompt: the provider flags every output it made.
+            "has_nsfw_contents": [NSFW_MARKER in self.prompt] * len(self.outputs),
             "created_at": self.created_at,
             "error": self.error,
             "timings": {} if self.inference_ms is None else {"inference": self.inference_ms},

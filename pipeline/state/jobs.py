@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
+from typing import NamedTuple
 
 from ..errors import JobLost, JobNotFound
 from ..ledger import from_micros, to_micros, usd
@@ -105,6 +106,15 @@ class JobStatus:
         }
 
 
+class AddedRun(NamedTuple):
+    """What ``Jobs.add_runs`` did with one run: ``added`` (``index`` is the new run's),
+    ``already`` (its source was regenerated before, as run ``index``) or ``taken`` (its run
+    key is the added run ``index``'s)."""
+
+    status: str
+    index: int
+
+
 class Jobs:
     """Job records: create, read, stop, cancel, and the job's final status."""
 
@@ -112,8 +122,9 @@ class Jobs:
         self._r = conn.redis
         self._mark_running = conn.script("mark_running.lua")
         self._epoch = conn.script("epoch.lua")
+        self._add_runs = conn.script("add_runs.lua")
         self._marked_running: set[str] = set()
-        self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
+        self._output_cached = lru_cache(maxsize=256)(self._output_of)
 
     def create(
         self,
@@ -172,6 +183,31 @@ class Jobs:
         pipe.zadd(keys.JOBS, {job_id: datetime.now(timezone.utc).timestamp()})
         self._epoch(keys=[keys.EPOCH], client=pipe)
         pipe.execute()
+
+    def add_runs(self, job_id: str, runs: Iterable[tuple[int, Run]]) -> list[AddedRun]:
+        """Add runs to a recorded job, each regenerating the run at its source index
+        (``add_runs.lua``): each becomes the job's next run index, and a finished job is
+        reopened, in one step. Guaranteed: a source regenerated once is never regenerated
+        again (``already``: the index of the run added for it), and no two added runs share
+        a run key (``taken``: the caller picks another variant); ``JobLost`` when Redis has
+        no record of the job. The runs' own ``index`` is ignored."""
+        args: list[str | int] = []
+        for source, run in runs:
+            args += [source, json.dumps(run.to_dict(), separators=(",", ":"))]
+        if not args:
+            return []
+        reply = self._add_runs(
+            keys=[keys.job(job_id), keys.job(job_id, "runs"), keys.job(job_id, "regenerated"),
+                  keys.job(job_id, "added-keys"), keys.TO_FINALIZE],
+            args=args,
+        )
+        if reply == -2:
+            raise JobLost(job_id)
+        return [AddedRun(status, int(index)) for status, index in reply]
+
+    def regenerated(self, job_id: str) -> dict[int, int]:
+        """Each regenerated run's index -> the index of the run added for it (``add_runs``)."""
+        return {int(k): int(v) for k, v in self._r.hgetall(keys.job(job_id, "regenerated")).items()}
 
     def known(self, job_id: str) -> bool:
         """Whether Redis has the job's record."""
@@ -280,8 +316,16 @@ class Jobs:
         self._r.hset(keys.job(job_id), mapping=mapping)
 
     def output_root(self, job_id: str) -> str:
-        """Where the job's outputs go (set when the job is created, never changed)."""
+        """Where the job's outputs go (set when the job is created, never changed, so each
+        process keeps it). ``JobLost`` when Redis has no record of the job: nothing is kept
+        then, so a job rebuilt later is not sent to an empty root (the current folder)."""
         return self._output_cached(job_id)
+
+    def _output_of(self, job_id: str) -> str:
+        output = self.field(job_id, "output")
+        if not output:
+            raise JobLost(job_id)  # lru_cache keeps no answer for a call that raised
+        return output
 
     def mark_running(self, job_id: str) -> None:
         """Note that the job's first submit is on its way (``mark_running.lua``). A job never

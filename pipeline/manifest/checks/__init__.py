@@ -6,7 +6,8 @@ only echo earlier ones (the output key of each run, when ids, options or templat
 wrong) are held back until those are right.
 
 - ``options``: ids, run references, models, request options and their values;
-- ``names``: inline image sets, var names, the vars prompts use, the names ``output_key`` uses;
+- ``names``: inline image sets, var names, the vars prompts use, the names ``output_key`` (and
+  ``publish.to``) use;
 - ``keys``: the output key of every run ``pipeline.plan`` expands, safe and used once;
 - ``size``: the number of runs, counted by arithmetic, within the job's cap. Over it, no
   check walks every run (nor more than ``MAX_PAIRS_OVER_CAP`` pairs).
@@ -20,13 +21,14 @@ from collections.abc import Iterator, Mapping
 from ...errors import ManifestIssue
 from ...modelspec import ModelSpec
 from ...plan import model_of, pairs
+from ..publish import PublishSpec
 from ..references import References
 from ..value import CatalogSet, Manifest
 from . import keys, names, options
 from .context import Context, Pair
 from .size import Cap, within_cap
 
-__all__ = ["Cap", "check_manifest"]
+__all__ = ["Cap", "check_manifest", "publish_problems"]
 
 # Over the cap the manifest is refused whatever else is wrong: its other checks look at this
 # many image set × prompt pairs at most.
@@ -72,10 +74,24 @@ def check_manifest(
         names.catalog_var_names(ctx, option_names)
     templates_ok = names.prompt_vars(ctx, checked)
     # An unknown model (reported already) leaves its option names unknown too.
-    key_ok = names.output_key_names(ctx, checked, option_names if used_models <= set(specs) else None)
+    known_options = option_names if used_models <= set(specs) else None
+    key_ok = names.output_key_names(ctx, checked, known_options)
+    if m.publish is not None:
+        for problem in names.key_template_problems(ctx, m.publish.key, checked, known_options):
+            ctx.add(("publish", "to"), problem)
     # Colliding or unrenderable keys would only echo the issues above.
     if size_ok and ids_ok and refs_ok and options_ok and templates_ok and key_ok:
         keys.output_keys(ctx)
+
+
+def publish_problems(manifest: Manifest, specs: Mapping[str, ModelSpec], publish: PublishSpec) -> list[str]:
+    """What is wrong with a ``publish.to`` set apart from the manifest (a schedule's) for this
+    valid manifest: the names its key uses, judged as ``output_key``'s are."""
+    ctx = Context(manifest, specs, [], References(manifest.base_dir))
+    checked = list(itertools.islice(_pairs_to_check(manifest), MAX_PAIRS_OVER_CAP))
+    models = {model_of(manifest.defaults, prompt, entry) for _, prompt, entry in checked}
+    option_names = {name for spec in ctx.known_models(models) for name in spec.options}
+    return names.key_template_problems(ctx, publish.key, checked, option_names)
 
 
 def _pairs_to_check(manifest: Manifest) -> Iterator[Pair]:

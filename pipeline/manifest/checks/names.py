@@ -1,5 +1,5 @@
 """Checks of inline image sets and of the names templates use: var names, the vars each
-prompt uses, and the names ``output_key`` uses."""
+prompt uses, and the names ``output_key`` (and ``publish.to``) use."""
 
 from __future__ import annotations
 
@@ -78,22 +78,29 @@ def prompt_vars(ctx: Context, pairs: list[Pair]) -> bool:
 def output_key_names(ctx: Context, pairs: list[Pair], options: set[str] | None) -> bool:
     """``output_key`` parses, cannot be unsafe whatever its values, and uses only run fields,
     ``options`` (None: unknown, not judged) and vars every image set it meets has."""
+    problems = key_template_problems(ctx, ctx.manifest.output_key, pairs, options)
+    for problem in problems:
+        ctx.add(("output_key",), problem)
+    return not problems
+
+
+def key_template_problems(ctx: Context, source: str, pairs: list[Pair], options: set[str] | None) -> list[str]:
+    """What is wrong with a key template (``output_key``, or the key part of ``publish.to``):
+    it must parse, be safe whatever its values, and use only run fields, ``options`` (None:
+    unknown, not judged) and vars every image set it meets has. Empty when it is right."""
     m = ctx.manifest
-    path: DocPath = ("output_key",)
     try:
-        template = Template.parse(m.output_key)
+        template = Template.parse(source)
     except ValueError as exc:
-        ctx.add(path, str(exc))
-        return False
+        return [str(exc)]
     # The template's own text can make every key unsafe (``../{image_set}``, ``/abs``):
     # say so even when other errors hold back the per-run check.
     static_problem = unsafe_key(template.render({name: "x" for name in template.names}))
     if static_problem is not None:
-        ctx.add(path, f"{m.output_key!r} {static_problem}")
-        return False
+        return [f"{source!r} {static_problem}"]
     used_sets = list({id(s): s for s, _, _ in pairs if isinstance(s, ImageSet)}.values())
     catalog_used = bool(_catalog_prompts(ctx, pairs))
-    ok = True
+    problems = []
     for name in template.names:
         if name in RUN_FIELDS or options is None or name in options or not (used_sets or catalog_used):
             continue
@@ -101,16 +108,13 @@ def output_key_names(ctx: Context, pairs: list[Pair], options: set[str] | None) 
         catalog_lacks = catalog_used and name not in (m.catalog_vars or ())
         if len(lacking) == len(used_sets) and (catalog_lacks or not catalog_used):
             known = ", ".join([*RUN_FIELDS, *sorted(options)])
-            ctx.add(path, f"unknown name {{{name}}}: use {known} or a var of every image set")
-            ok = False
+            problems.append(f"unknown name {{{name}}}: use {known} or a var of every image set")
             continue
         if lacking:
-            ctx.add(path, f"{{{name}}} is not a var of {sets_phrase(lacking)}")
-            ok = False
+            problems.append(f"{{{name}}} is not a var of {sets_phrase(lacking)}")
         if catalog_lacks:
-            ctx.add(path, _not_a_catalog_var(ctx, name))
-            ok = False
-    return ok
+            problems.append(_not_a_catalog_var(ctx, name))
+    return problems
 
 
 def _catalog_prompts(ctx: Context, pairs: list[Pair]) -> set[int]:
