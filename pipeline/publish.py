@@ -302,8 +302,9 @@ def _line(job_id: str, item: Item, why: str) -> dict[str, Any]:
 
 
 def review_waiting(results: Sequence[RunResult], decisions: Mapping[str, Decision]) -> int:
-    """How many outputs wait for a person's decision."""
-    return sum(1 for r in results if has_output(r) and r.run_key not in decisions)
+    """How many outputs this job made wait for a person's decision (those it skipped were an
+    earlier job's to review: a nightly re-run that changed nothing has none waiting)."""
+    return sum(1 for r in results if r.status is RunStatus.SUCCEEDED and r.output and r.run_key not in decisions)
 
 
 def review_location(storage: Storage, job_id: str) -> str:
@@ -335,5 +336,6 @@ def at_finish(storage: Storage, job_id: str, spec: PublishSpec, results: Sequenc
     info["review_with"] = f"editpipe review {job_id} --output {storage.root}"
     info["decisions"] = review_location(storage, job_id)
     info["message"] = (f"{waiting} output(s) wait for review: editpipe review {job_id} --output {storage.root}, "
-                       f"then editpipe publish {job_id} --output {storage.root}")
+                       f"then editpipe publish {job_id} --output {storage.root}" if waiting
+                       else "no output of this job waits for review")
     return info

@@ -8,6 +8,7 @@ from rich.console import Console
 from ..state import JobStatus, State
 from ..ledger import usd
 from ..records import JobState, RunResult
+from ..report.finalize import PUBLISH_MESSAGE
 
 # No emoji codes: an issue at line 100, col 3 would print ":100:" as 💯.
 console = Console(stderr=False, highlight=False, soft_wrap=True, emoji=False)
@@ -63,4 +64,7 @@ def finish(state: State, job_id: str) -> int:
     status = progress_follow(state, job_id)
     print_summary(status)
     print_failures(state, job_id)
+    published = state.jobs.field(job_id, PUBLISH_MESSAGE)
+    if published:
+        console.print(f"  publish: {published}", markup=False)
     return exit_code(status)

@@ -16,6 +16,8 @@ Modules, each about one thing:
   file too);
 - ``schema``: the pydantic models of a manifest as written, and its JSON Schema;
 - ``template``: ``{name}`` templates, and what makes an output key safe;
+- ``publish``: the ``publish`` block resolved (``PublishSpec``: where approved outputs go,
+  review, the checks at collection), and how a job's record keeps it;
 - ``value``: the validated ``Manifest`` and ``CatalogSet``;
 - ``checks``: what the values mean, against the model specs;
 - ``feeds``: a catalog's feed rows and folders parsed, and what opens their locations;

@@ -25,6 +25,7 @@ from ..storage import Storage
 from .pages import PAGE_SIZE, write_report
 
 log = logging.getLogger(__name__)
+PUBLISH_MESSAGE = "publish_message"  # the job record's field: what publishing did or waits for
 
 
 def _jsonl(lines: Iterable[dict]) -> str:
@@ -63,6 +64,8 @@ def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int 
     spec = from_record(state.jobs.field(job_id, RECORD_FIELD))
     if spec is not None:
         summary["publish"] = at_finish(storage, job_id, spec, results, open_root or open_like(storage))
+        # What `run` and `submit --wait` print under the summary (they read Redis, not storage).
+        state.jobs.set_fields(job_id, {PUBLISH_MESSAGE: summary["publish"]["message"]})
     summary["pages"] = max(1, -(-len(results) // page_size))
     summary["report"] = storage.location(page_key(job_prefix(job_id), 1))
     text = json.dumps(summary, indent=2)
