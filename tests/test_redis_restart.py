@@ -187,7 +187,8 @@ def test_the_webhook_server_rides_out_a_redis_restart(own_settings, own_redis, s
         image = client.upload(make_image(tmp_path / "in.png"))
         prediction = client.submit("/api/v3/openai/gpt-image-2/edit", {"images": [image], "prompt": "p"})
         wait_for(lambda: client.result(prediction.id).completed)
-        outputs = client.result(prediction.id).outputs
+        done = client.result(prediction.id)
+        outputs, nsfw = done.outputs, done.nsfw
     State.from_url(hooked.redis_url or "").runs.record_prediction("job-1", 3, prediction.id)
     body = json.dumps({"id": prediction.id, "status": "completed", "outputs": outputs}).encode()
     sent: list[tuple] = []
@@ -207,4 +208,4 @@ def test_the_webhook_server_rides_out_a_redis_restart(own_settings, own_redis, s
         server.stop()
 
     assert answer and answer[0].status_code == 200 and answer[0].json() == {"accepted": True}
-    assert sent == [("job-1", 3, prediction.id, outputs)]
+    assert sent == [("job-1", 3, prediction.id, outputs, nsfw)]
