@@ -57,10 +57,13 @@ LAYERS: dict[str, int] = {
     # Records, reports, notifications, metrics.
     "pipeline.report": OUTPUTS,
     "pipeline.notify": OUTPUTS,
+    "pipeline.metrics": OUTPUTS,  # the fleet's Prometheus metrics, over the state layer's snapshot
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C
     "pipeline.cli.progress": INTERFACES,  # a bar on a terminal, plain lines in a log
+    "pipeline.cli.metrics_server": INTERFACES,  # `editpipe metrics-server`
+    "pipeline.cli.top": INTERFACES,  # `editpipe top`: the live terminal view
     "pipeline.webhooks": INTERFACES,
     "pipeline.embedded": INTERFACES,
     "workers": INTERFACES,

@@ -376,7 +376,8 @@ def reconcile(job_id: str, output: str | None, settle: bool, as_json: bool) -> N
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface, as behind a proxy or in compose).")
 @click.option("--port", default=8780, show_default=True)
-def webhook_server(host: str, port: int) -> None:
+@click.option("--metrics", is_flag=True, help="Also serve the fleet's Prometheus metrics at /metrics.")
+def webhook_server(host: str, port: int, metrics: bool) -> None:
     """Receive the provider's signed completion POSTs (set EDITPIPE_WEBHOOK_URL to this
     server's public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike;
     the server also needs WAVESPEED_API_KEY, to fetch the account's webhook secret and to
@@ -388,17 +389,21 @@ def webhook_server(host: str, port: int) -> None:
     from ..webhooks import make_app
 
     settings = _settings()
-    web.run_app(make_app(settings, collect_sender(settings)), host=host, port=port, access_log=None)
+    web.run_app(make_app(settings, collect_sender(settings), metrics), host=host, port=port, access_log=None)
 
 
 def _attach_commands() -> None:
     from ..simulator.cli import simulate_api
+    from .metrics_server import metrics_server
     from .report import report_command
     from .schedules import schedules
+    from .top import top
 
     main.add_command(simulate_api, "simulate-api")
     main.add_command(report_command, "report")
     main.add_command(schedules, "schedules")
+    main.add_command(metrics_server, "metrics-server")
+    main.add_command(top, "top")
 
 
 _attach_commands()

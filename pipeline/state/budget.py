@@ -18,6 +18,7 @@ from decimal import Decimal
 from ..ledger import to_micros
 from . import keys
 from .connection import Connection
+from .metrics import utc_day
 
 
 class Budget:
@@ -46,7 +47,7 @@ class Budget:
         """Charge a submit whose answer was lost, once per ``entry_id``."""
         return bool(
             self._unconfirmed(
-                keys=[keys.job(job_id), keys.job(job_id, "ledger"), keys.job(job_id, "reserved")],
-                args=[index, entry_id, json.dumps(line, separators=(",", ":")), cost_micros],
+                keys=[keys.job(job_id), keys.job(job_id, "ledger"), keys.job(job_id, "reserved"), keys.METRICS],
+                args=[index, entry_id, json.dumps(line, separators=(",", ":")), cost_micros, utc_day()],
             )
         )

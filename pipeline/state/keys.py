@@ -14,6 +14,15 @@ DAY_BUDGET_PREFIX = f"{PREFIX}:budget:day:"  # + YYYY-MM-DD: micro-USD held that
 FAIR = f"{PREFIX}:fair"  # the fair queue's prefix (``fair_queue``)
 DUE = f"{PREFIX}:due"  # sorted set: due member -> when its next check is due
 EPOCH = f"{PREFIX}:epoch"  # when this Redis's records begin (Unix time), set at its first job
+# The metrics (``metrics``): the fleet's counters (runs by outcome, failures by kind, spend,
+# polls, webhooks), the settings the workers publish, and one hash per histogram.
+METRICS = f"{PREFIX}:metrics"
+METRICS_CONFIG = f"{PREFIX}:metrics:config"
+
+
+def histogram(name: str) -> str:
+    """A histogram's bucket counters, sum and count, by label (``metrics``)."""
+    return f"{PREFIX}:metrics:hist:{name}"
 
 
 def job(job_id: str, part: str = "") -> str:
@@ -69,7 +78,8 @@ def limits(account: str) -> str:
 
 
 def limit_part(prefix: str, part: str) -> str:
-    """``rate``, ``leases`` or ``throttle`` of an account's limits; ``last`` of a rate."""
+    """``rate``, ``leases``, ``throttle`` or ``counts`` (starts and 429s, for the metrics) of
+    an account's limits; ``last`` of a rate."""
     return f"{prefix}:{part}"
 
 

@@ -1,8 +1,10 @@
 -- Record a submit whose answer was lost: the provider may have created and will bill that
 -- prediction, so its price is charged as an `unconfirmed_submit` ledger line and the
 -- reservation becomes spend (never released: the budget must not be passed).
--- KEYS[1] job hash, KEYS[2] ledger hash, KEYS[3] reservations hash
--- ARGV[1] run index, ARGV[2] ledger entry id, ARGV[3] ledger line, ARGV[4] cost in micro-USD
+-- KEYS[1] job hash, KEYS[2] ledger hash, KEYS[3] reservations hash, KEYS[4] the fleet's
+-- counters (``state.metrics``: the spend is counted there)
+-- ARGV[1] run index, ARGV[2] ledger entry id, ARGV[3] ledger line, ARGV[4] cost in micro-USD,
+-- ARGV[5] the UTC day now (YYYY-MM-DD)
 -- Loaded after budget_lib.lua.
 -- Returns 1 when charged, 0 when this entry was charged before.
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
@@ -10,5 +12,5 @@ if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then
 end
 local cost = tonumber(ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'unconfirmed_micros', cost)
-reservation_to_spend(KEYS[1], KEYS[3], ARGV[1], cost)
+reservation_to_spend(KEYS[1], KEYS[3], ARGV[1], cost, KEYS[4], ARGV[5])
 return 1
