@@ -88,16 +88,16 @@ def render(snap: Snapshot, settings: Settings, rates: Rates) -> Group:
         + (f" / ${usd(cap)}" if (cap := daily_cap_usd(snap, settings)) is not None else "")
     )
     jobs = Table(expand=True, box=None, pad_edge=False)
-    for name, justify in (("job", "left"), ("status", "left"), ("progress", "left"), ("done", "right"),
-                          ("failed", "right"), ("queued", "right"), ("rate/min", "right"), ("ETA", "right"),
-                          ("spent / budget", "right")):
-        jobs.add_column(name, justify=justify, no_wrap=True)
+    # On a narrow terminal the job id is cut short; the figures never are.
+    jobs.add_column("job", no_wrap=True, overflow="ellipsis", ratio=1)
+    for name in ("status", "progress", "done", "failed", "queued", "rate/min", "ETA", "spent / budget"):
+        jobs.add_column(name, justify="left" if name in ("status", "progress") else "right", no_wrap=True)
     failures: dict[str, int] = {}
     for job in snap.jobs:
         rate = rates.per_minute(job, snap.now)
         budget = f" / ${usd(from_micros(job.budget_micros))}" if job.budget_micros is not None else ""
         jobs.add_row(
-            job.id, job.status, ProgressBar(total=max(job.total, 1), completed=job.finished, width=24),
+            job.id, job.status, ProgressBar(total=max(job.total, 1), completed=job.finished, width=20),
             f"{job.finished}/{job.total}", str(job.failed), str(job.queued),
             f"{rate:.1f}" if rate else "-", _eta(job.total - job.finished, rate),
             f"${usd(from_micros(job.spent_micros))}{budget}",
