@@ -5,6 +5,8 @@ label."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -208,3 +210,14 @@ def test_a_scrape_with_redis_away_answers_redis_down(settings):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert list(families) == ["editpipe_redis_up"]
     assert families["editpipe_redis_up"].samples[0].value == 0
+
+
+def test_the_grafana_dashboard_graphs_only_metrics_the_exposition_has(settings, r):
+    families = list(text_string_to_metric_families(exposition(fleet_registry(settings)).decode()))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exposed = {family.name + suffix for family in families for suffix in suffixes[family.type]}
+    dashboard = json.loads((ROOT / "configs" / "grafana" / "editpipe.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\beditpipe_\w+", expr)}
+    assert len(used) >= 20
+    assert used <= exposed, used - exposed
