@@ -192,7 +192,7 @@ def _buckets(hist: Histogram) -> list[tuple[str, int]]:
 
 
 class FleetCollector(Collector):
-    """The fleet's metrics, read from Redis at each scrape (one ``Snapshot``, three round
+    """The fleet's metrics, read from Redis at each scrape (one ``Snapshot``, two round
     trips). Redis away: only ``editpipe_redis_up 0``, so the scrape itself still answers."""
 
     def __init__(self, state: State, settings: Settings):

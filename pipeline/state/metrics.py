@@ -127,7 +127,7 @@ class LimitsMetrics:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything the metrics show, read in three round trips."""
+    """Everything the metrics show, read in two round trips (``Metrics.snapshot``)."""
 
     now: float  # Redis time
     runs_finished: dict[str, int]
