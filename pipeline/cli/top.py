@@ -75,8 +75,8 @@ def _eta(left: int, rate: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def render(snap: Snapshot, settings: Settings, rates: Rates) -> Group:
-    """One frame of the view."""
+def render(snap: Snapshot, settings: Settings, rates: Rates, width: int = 120) -> Group:
+    """One frame of the view, for a terminal ``width`` columns wide."""
     per_minute, concurrent = account_limits(snap, settings)
     lim = snap.limits
     account = Text(
@@ -89,15 +89,16 @@ def render(snap: Snapshot, settings: Settings, rates: Rates) -> Group:
     )
     jobs = Table(expand=True, box=None, pad_edge=False)
     # On a narrow terminal the job id is cut short; the figures never are.
-    jobs.add_column("job", no_wrap=True, overflow="ellipsis", ratio=1)
-    for name in ("status", "progress", "done", "failed", "queued", "rate/min", "ETA", "spent / budget"):
+    jobs.add_column("job", no_wrap=True, overflow="ellipsis", ratio=1, min_width=20)
+    bar = 20 if width >= 120 else 10
+    for name in ("status", "progress", "done", "failed", "queued", "/min", "ETA", "spent / budget"):
         jobs.add_column(name, justify="left" if name in ("status", "progress") else "right", no_wrap=True)
     failures: dict[str, int] = {}
     for job in snap.jobs:
         rate = rates.per_minute(job, snap.now)
         budget = f" / ${usd(from_micros(job.budget_micros))}" if job.budget_micros is not None else ""
         jobs.add_row(
-            job.id, job.status, ProgressBar(total=max(job.total, 1), completed=job.finished, width=20),
+            job.id, job.status, ProgressBar(total=max(job.total, 1), completed=job.finished, width=bar),
             f"{job.finished}/{job.total}", str(job.failed), str(job.queued),
             f"{rate:.1f}" if rate else "-", _eta(job.total - job.finished, rate),
             f"${usd(from_micros(job.spent_micros))}{budget}",
@@ -154,12 +155,12 @@ def top(interval: float, once: bool) -> None:
     state = State.from_url(settings.redis_url, report=lambda message: err.print(message, markup=False))
     rates = Rates()
     if once:
-        console.print(render(state.metrics.snapshot(), settings, rates))
+        console.print(render(state.metrics.snapshot(), settings, rates, console.width))
         return
     try:
         with _keys() as quit_pressed, Live(console=console, auto_refresh=False, screen=False) as live:
             while True:
-                live.update(render(state.metrics.snapshot(), settings, rates), refresh=True)
+                live.update(render(state.metrics.snapshot(), settings, rates, console.width), refresh=True)
                 if quit_pressed(interval):
                     break
     except KeyboardInterrupt:
