@@ -27,7 +27,7 @@ from pipeline.state import State
 from pipeline.state.metrics import utc_day
 from pipeline.submission import follow, prepare, submit
 from pipeline.webhooks import WebhookServer
-from workers.celery_app import job_enqueuer
+from workers.celery_app import collect_sender, job_enqueuer
 
 PRICE = Decimal("0.10")
 ALLOWED_LABELS = {"status", "error_kind", "job_id", "job_name", "schedule", "scope", "name", "day", "model",
@@ -221,3 +221,33 @@ def test_the_grafana_dashboard_graphs_only_metrics_the_exposition_has(settings, 
     used = {name for expr in exprs for name in re.findall(r"\beditpipe_\w+", expr)}
     assert len(used) >= 20
     assert used <= exposed, used - exposed
+
+
+def test_webhooks_received_and_collected_are_the_simulators_and_the_servers_own(
+        settings, sim, workers, tmp_path, bucket):
+    server = WebhookServer(settings.with_overrides(webhook_secret=SecretStr("hook-secret")),
+                           collect_sender(settings), metrics=True).start()
+    try:
+        # Webhooks on, and a first poll far too late to matter: every run is collected through
+        # its webhook.
+        hooked = settings.with_overrides(webhook_url=f"{server.base_url}/webhook",
+                                         webhook_secret=SecretStr("hook-secret"), poll_initial_s=30.0, poll_max_s=30.0)
+        workers.settings = hooked
+        workers.start()
+        state = State.from_url(settings.redis_url or "")
+        manifest = catalog(tmp_path, f"s3://{bucket}/out", sets=3)  # 9 runs, 3 refused
+        job_id = submit(prepare(manifest, hooked), state, job_enqueuer(hooked), finalize=finalize_job)
+        assert follow(state, job_id, lambda s: None, interval_s=0.2, timeout_s=120).done
+        stats, own = sim.stats(), httpx.get(f"{server.base_url}/stats").json()
+        deadline = time.monotonic() + 10
+        while value(samples := scrape(f"{server.base_url}/metrics"), "editpipe_webhooks_received_total") < \
+                own["received"]:
+            assert time.monotonic() < deadline, "the server's counts never reached Redis"
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    assert stats["webhooks_sent"] == own["received"] == value(samples, "editpipe_webhooks_received_total") == 9
+    assert value(samples, "editpipe_webhooks_collected_total") == own["collected"] == 6
+    assert sum(value(samples, "editpipe_webhooks_refused_total", reason=reason)
+               for reason in label_values(samples, "reason")) == 0
+    assert value(samples, "editpipe_runs_finished_total", status="succeeded") == stats["completed"] == 6
