@@ -366,9 +366,10 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
 
 
 def _poll_outcome(step: Next, due: Due) -> str:
-    """A check's outcome as the metrics count it: the prediction still ``running``, found
-    ``completed``, the check met an ``error`` (counted against the run), or ``other`` (it
-    failed, or the run had finished or had no prediction to check)."""
+    """A check's outcome as the metrics count it: the prediction still ``running`` (or the
+    check was answered 429, which never counts against a run), found ``completed``, the check
+    met an ``error`` (counted against the run), or ``other`` (it failed, or the run had
+    finished or had no prediction to check)."""
     if step.action == "poll":
         return "error" if step.failures > due.failures else "running"
     return "completed" if step.action == "collect" else "other"
