@@ -272,7 +272,8 @@ def make_app(settings: Settings, send_collect: SendCollect, metrics: bool = Fals
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await flush_counts()
+        with contextlib.suppress(TimeoutError):  # a Redis away does not hold the shutdown
+            await asyncio.wait_for(flush_counts(), RELEASE_WAIT_S)
 
     app = web.Application(client_max_size=1024**2)
     app.router.add_post("/webhook", receive)
