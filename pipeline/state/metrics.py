@@ -21,9 +21,11 @@ runs waiting in the fair queue, predictions in flight (the concurrency leases), 
 the day's budget counter. The limits and the daily cap the workers run with are published by
 each worker process (``publish_config``); a reader that finds none uses its own settings.
 
-Histograms are bucket counters (one field per bucket, not cumulative), so ``HINCRBY`` is the
-only write; the reader makes them cumulative. Counters only grow (a Redis that loses its
-data starts them again at zero, which Prometheus reads as a counter reset).
+Histograms are bucket counters (one field per bucket, not cumulative, with a sum and a
+count), so an observation is three increments and no read; the reader makes them
+cumulative. Counters only grow (a Redis that loses its data starts them again at zero, which
+Prometheus reads as a counter reset). The spend by day keeps a field per UTC day (a few
+bytes a day); a snapshot reports the last ``DAYS_KEPT``.
 """
 
 from __future__ import annotations
