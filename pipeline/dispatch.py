@@ -50,6 +50,7 @@ from .execution import COLLECT_CLAIM_S, Context, Next, poll_run, slot_holder, st
 from .logs import run_context
 from .provider import Prediction
 from .state import Due
+from .state.metrics import POLL_OUTCOMES
 
 SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a new message
 DUE_LEASE_S = 30.0
@@ -317,6 +318,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     running: list[str] = []
     completed: list[tuple[str, int, Prediction]] = []
     latencies: dict[str, list[float]] = {}
+    polls = dict.fromkeys(POLL_OUTCOMES, 0)  # the batch's checks by outcome, for the metrics
     # The batch's runs and their states in two round trips, not three per prediction. A
     # state read here can only be behind by a collect finishing meanwhile, which the
     # collect's own check catches.
@@ -333,6 +335,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
         with run_context(due.job_id, due.index, states[due].prediction_id):
             step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
                             state=states[due])
+        polls[_poll_outcome(step, due)] += 1
         if step.action == "poll":
             # Seen running now, unless the check failed for now (or it was seen completed).
             seen = time.time() if due.seen_at and step.failures <= due.failures else due.seen_at
@@ -358,6 +361,18 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
         ctx.limits.heartbeat_many(running)
     for model, samples in latencies.items():
         dispatch.observe_latency(model, samples)
+    if checks:
+        ctx.state.metrics.record_polls(polls, latencies)
     if completed:
         dispatch.tasks.collect(completed)
     return dispatch.schedule([d.member for d in checks], added)
+
+
+def _poll_outcome(step: Next, due: Due) -> str:
+    """A check's outcome as the metrics count it: the prediction still ``running`` (or the
+    check was answered 429, which never counts against a run), found ``completed``, the check
+    met an ``error`` (counted against the run), or ``other`` (it failed, or the run had
+    finished or had no prediction to check)."""
+    if step.action == "poll":
+        return "error" if step.failures > due.failures else "running"
+    return "completed" if step.action == "collect" else "other"

@@ -62,6 +62,7 @@ class Throttle:
       decrease: multiplier applied to the factor by a 429 (0 < decrease <= 1).
       floor: the lowest factor (0 < floor <= 1).
       recovery_s: time for the factor to grow back by 1.0 once a pause has ended.
+      counts_key: the account's counts hash, where each 429 is counted (for the metrics).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class Throttle:
         decrease: float = 0.5,
         floor: float = 0.1,
         recovery_s: float = 30.0,
+        counts_key: str | None = None,
     ):
         if not (0 < decrease <= 1 and 0 < floor <= 1 and recovery_s > 0):
             raise ValueError("Throttle needs 0 < decrease <= 1, 0 < floor <= 1, recovery_s > 0")
@@ -84,12 +86,14 @@ class Throttle:
         self.decrease = decrease
         self.floor = floor
         self.recovery_us = max(1, _us(recovery_s))
+        self.counts_key = counts_key
 
     def on_rate_limited(self, retry_after_s: float | None = None) -> float:
         """Record a 429 for the whole fleet; returns the seconds of pause now in force."""
         pause = self.default_pause_s if retry_after_s is None else retry_after_s
         pause = min(max(0.0, pause), self.max_pause_s)
-        return self.backend.throttle_cut(self.key, self.recovery_us, _us(pause), self.decrease, self.floor) / US
+        return self.backend.throttle_cut(self.key, self.recovery_us, _us(pause), self.decrease, self.floor,
+                                         self.counts_key) / US
 
     def pause_remaining(self) -> float:
         """Seconds until the fleet may start again (0.0 when not paused)."""
@@ -239,7 +243,8 @@ class AccountLimits:
     or neither. A start refused for want of a slot burns no token, and one refused by the rate
     or a 429 pause takes no slot. The limits hold across every process sharing ``prefix``
     (``keys.limits(account)``): the keys are ``<prefix>:rate``, ``<prefix>:leases`` and
-    ``<prefix>:throttle``.
+    ``<prefix>:throttle``, and ``<prefix>:counts``, where the same scripts count each start
+    and each 429 for the metrics (``state.metrics``) at no extra round trip.
 
     The protocol for one prediction, with ``holder`` unique to it (e.g. ``<job>:<index>``):
     ``try_start`` until it returns 0.0; submit; ``heartbeat`` at least every ``lease_s`` while
@@ -279,7 +284,8 @@ class AccountLimits:
     ):
         self.prefix = prefix
         self.backend = backend
-        self.throttle = Throttle(backend, keys.limit_part(prefix, "throttle"), **throttle)
+        self.counts_key = keys.limit_part(prefix, "counts")
+        self.throttle = Throttle(backend, keys.limit_part(prefix, "throttle"), counts_key=self.counts_key, **throttle)
         self.rate = RateLimiter(
             backend, keys.limit_part(prefix, "rate"), images_per_minute, catch_up=catch_up, throttle=self.throttle, headroom=headroom
         )
@@ -324,6 +330,7 @@ class AccountLimits:
             catch_up_us=self.rate.catch_up_us,
             recovery_us=self.throttle.recovery_us,
             busy_retry_us=self.busy_retry_us,
+            counts_key=self.counts_key,
         )
         return wait_us / US
 

@@ -29,6 +29,11 @@ collection once per run, so a webhook and a poll that both see it done store and
 once. A failed prediction's webhook is only acknowledged: the poll reads the failure and
 judges its code.
 
+Every POST is counted for the fleet's metrics (received, refused by reason, collected):
+counted in memory and added to Redis once a second (``COUNTS_FLUSH_S``), so a count never
+delays an answer and a Redis away only delays the counts. With ``metrics=True`` the server
+also answers ``GET /metrics`` with the fleet's metrics (``pipeline.metrics``), read from Redis.
+
 A Redis outage is ridden out (the state layer's bound); past it a POST is answered 503 with
 one plain log line. The API key, the webhook secret and signatures are never logged or
 answered. An interface (layer 5). How the ``collect`` task is sent is passed in
@@ -44,7 +49,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -52,6 +58,7 @@ from .adoption import settle_by_callback
 from .callbacks import checked_run
 from .errors import ProviderError, SettingsError
 from .logs import redact, run_context
+from .metrics import CONTENT_TYPE, exposition, fleet_registry
 from .provider import TERMINAL_OK, WaveSpeedClient
 from .settings import Settings
 from .state import UNAVAILABLE, State
@@ -63,6 +70,7 @@ log = logging.getLogger(__name__)
 SECRET_REFETCH_S = 60.0  # at most one fetch of the account's secret per minute after the first
 SECRET_MAX_AGE_S = 600.0  # and once it is this old
 RELEASE_WAIT_S = 2.0  # how long a 503 waits for its event to be unmarked
+COUNTS_FLUSH_S = 1.0  # how often the POSTs counted are added to the fleet's metrics
 
 # job id, run index, prediction id, outputs, the provider's nsfw flags
 SendCollect = Callable[[str, int, str, list[str], list[bool] | None], None]
@@ -113,7 +121,7 @@ class AccountSecret:
             return matches(self._key, signed, body)
 
 
-def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
+def make_app(settings: Settings, send_collect: SendCollect, metrics: bool = False) -> web.Application:
     if settings.webhook_secret is None or not settings.redis_url:
         raise SettingsError("the webhook server needs EDITPIPE_WEBHOOK_SECRET and REDIS_URL")
     client = WaveSpeedClient(settings.base_url, settings.require_api_key(), timeout_s=settings.request_timeout_s)
@@ -123,9 +131,11 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
     account = AccountSecret(client.webhook_secret)
     counts = {"received": 0, "collected": 0, "adopted": 0, "refused": 0, "rejected": 0, "unavailable": 0}
     refused_by = {"unsigned": 0, "stale": 0, "bad signature": 0, "replayed": 0}
+    pending: Counter[str] = Counter()  # counted here, not yet added to the fleet's metrics
 
     async def receive(request: web.Request) -> web.Response:
         counts["received"] += 1
+        pending["received"] += 1
         body = await request.read()
         try:
             signed = read_headers(request.headers, time.time())
@@ -138,14 +148,17 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         run = checked_run(url_secret, request.query.get("run", ""), request.query.get("token", ""))
         if run is None:
             counts["rejected"] += 1
+            pending["refused|bad_token"] += 1
             return web.json_response({"error": "unknown run or bad token"}, status=403)
         try:
             data = json.loads(body)
             data = data.get("data", data)  # the prediction object, bare or in an envelope
             prediction_id, status = str(data.get("id") or ""), str(data.get("status") or "")
         except (ValueError, AttributeError):
+            pending["refused|bad_body"] += 1
             return web.json_response({"error": "the body is not a prediction object"}, status=400)
         if not prediction_id:
+            pending["refused|bad_body"] += 1
             return web.json_response({"error": "the body names no prediction"}, status=400)
         try:
             begun, token = await asyncio.to_thread(events.begin, signed.event_id, prediction_id)
@@ -154,6 +167,7 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         if begun is Begun.SEEN:
             return refused("replayed", f"event {signed.event_id} or prediction {prediction_id} was handled before")
         if begun is Begun.BUSY:
+            pending["refused|busy"] += 1
             return web.json_response({"error": "this event is being handled; try again later"}, status=409)
         with run_context(*run, prediction_id):  # the lines below are about this run
             try:
@@ -206,6 +220,7 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
         except Exception as exc:  # noqa: BLE001 - the broker's errors are kombu's; the poll is the fallback
             raise TryLater(f"the collect task could not be sent ({type(exc).__name__})") from None
         counts["collected"] += 1
+        pending["collected"] += 1
         return True
 
     async def release(event_id: str, prediction_id: str, token: str) -> None:
@@ -224,11 +239,13 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
     def refused(reason: str, detail: str) -> web.Response:
         counts["refused"] += 1
         refused_by[reason] += 1
+        pending["refused|" + reason.replace(" ", "_")] += 1
         log.info("%s", detail)
         return web.json_response({"error": f"webhook refused: {reason}"}, status=401)
 
     def unavailable(exc: TryLater) -> web.Response:
         counts["unavailable"] += 1
+        pending["refused|unavailable"] += 1
         log.warning("webhook not taken: %s; the provider may send it again, and the poll collects it", exc)
         return web.json_response({"error": f"{exc}; try again later"}, status=503)
 
@@ -238,9 +255,42 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
     async def close_client(_: web.Application) -> None:
         client.close()
 
+    async def flush_counts() -> None:
+        if not pending:
+            return
+        taken = dict(pending)
+        pending.clear()
+        try:
+            await asyncio.to_thread(state.metrics.count_webhooks, taken)
+        except UNAVAILABLE:
+            pending.update(taken)  # added at a later flush, once Redis answers
+
+    async def counting(_: web.Application) -> AsyncIterator[None]:
+        async def every_second() -> None:
+            while True:
+                await asyncio.sleep(COUNTS_FLUSH_S)
+                await flush_counts()
+
+        task = asyncio.create_task(every_second())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(TimeoutError):  # a Redis away does not hold the shutdown
+            await asyncio.wait_for(flush_counts(), RELEASE_WAIT_S)
+
     app = web.Application(client_max_size=1024**2)
     app.router.add_post("/webhook", receive)
     app.router.add_get("/stats", stats)
+    if metrics:
+        registry = fleet_registry(settings)
+
+        async def fleet_metrics(_: web.Request) -> web.Response:
+            body = await asyncio.to_thread(exposition, registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+        app.router.add_get("/metrics", fleet_metrics)
+    app.cleanup_ctx.append(counting)
     app.on_cleanup.append(close_client)
     return app
 
@@ -248,8 +298,10 @@ def make_app(settings: Settings, send_collect: SendCollect) -> web.Application:
 class WebhookServer:
     """The webhook receiver on a background thread (for tests and the embedded run)."""
 
-    def __init__(self, settings: Settings, send_collect: SendCollect, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, settings: Settings, send_collect: SendCollect, host: str = "127.0.0.1", port: int = 0,
+                 metrics: bool = False):
         self.settings, self.send_collect, self.host, self.port = settings, send_collect, host, port
+        self.metrics = metrics
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -261,7 +313,7 @@ class WebhookServer:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(make_app(self.settings, self.send_collect), access_log=None)
+        self._runner = web.AppRunner(make_app(self.settings, self.send_collect, self.metrics), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

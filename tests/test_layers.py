@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     "pipeline.alerts": OUTPUTS,  # budget alerts claimed in Redis, POSTed once each
     "pipeline.publish": OUTPUTS,  # approved outputs copied to publish.to, idempotently
     "pipeline.review": OUTPUTS,  # people's decisions on a job's outputs, appended to review.jsonl
+    "pipeline.metrics": OUTPUTS,  # the fleet's Prometheus metrics, over the state layer's snapshot
     # The CLI, the Celery app and its tasks, the webhook server, the local stack of `run`.
     "pipeline.cli": INTERFACES,
     "pipeline.cli.run": INTERFACES,  # `editpipe run`: continue after a kill, stop cleanly on Ctrl-C
@@ -70,6 +71,8 @@ LAYERS: dict[str, int] = {
     "pipeline.cli.review": INTERFACES,  # `editpipe review JOB`: decisions from the command line
     "pipeline.cli.publish": INTERFACES,  # `editpipe publish JOB [--dry-run]`
     "pipeline.cli.job_root": INTERFACES,  # where a finished job's records are (Redis, or --output)
+    "pipeline.cli.metrics_server": INTERFACES,  # `editpipe metrics-server`
+    "pipeline.cli.top": INTERFACES,  # `editpipe top`: the live terminal view
     "pipeline.webhooks": INTERFACES,
     "pipeline.review_server": INTERFACES,  # the review page's server: decisions, regenerate, CSRF
     "pipeline.embedded": INTERFACES,

@@ -331,8 +331,9 @@ def test_small_job_behind_a_100000_run_job_gets_its_runs_within_200_pops(r, key,
 
     assert [i for job, i in runs if job == "small"] == list(range(100))
     assert [i for job, i in runs if job == "big"] == list(range(100))
-    # A cursor per job, not an entry per run.
-    assert r.hlen(f"{key}:jobs") == 10 and r.llen(f"{key}:ring") <= 2
+    # A cursor per job, not an entry per run: six fields a job (count, cursor, weight, turns
+    # used, queued, when it was pushed).
+    assert r.hlen(f"{key}:jobs") == 12 and r.llen(f"{key}:ring") <= 2
 
 
 def test_priority_gives_a_job_that_many_turns_in_a_row(r, key, conn):

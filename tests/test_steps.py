@@ -220,10 +220,10 @@ def test_a_finished_job_leaves_the_fair_queue_and_a_resume_brings_its_runs_back(
     r = redis.Redis.from_url(fresh.redis_url or "", decode_responses=True)
 
     def fair_entries() -> int:
-        return r.hlen(keys.fair_queue()[1])  # ep:fair:jobs: five fields per job known
+        return r.hlen(keys.fair_queue()[1])  # ep:fair:jobs: six fields per job known
 
     jobs = [new_job(tmp_path / str(n), fresh, dispatch, bucket, sets=2, name=f"job{n}") for n in range(3)]
-    assert fair_entries() == 3 * 5
+    assert fair_entries() == 3 * 6
     for job_id in jobs:
         state.jobs.cancel(job_id)
 
@@ -237,6 +237,6 @@ def test_a_finished_job_leaves_the_fair_queue_and_a_resume_brings_its_runs_back(
     assert state.jobs.status(jobs[0]).status == "cancelled"
 
     assert resume(state, jobs[0], dispatch.resume) == [0, 1]
-    assert fair_entries() == 5 and tasks.submits == []
+    assert fair_entries() == 6 and tasks.submits == []
     assert pump(dispatch, "pump-token", slice_s=30) is False
     assert sim.stats()["submits"] == 2

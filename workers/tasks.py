@@ -33,6 +33,7 @@ from celery.signals import worker_process_init
 from pipeline.dispatch import SLICE_S, Completed, Dispatch, poll_due, pump as pump_runs
 from pipeline.errors import JobLost, ProviderTransient
 from pipeline.execution import Context, collect
+from pipeline.ledger import to_micros
 from pipeline.logs import run_context
 from pipeline.provider import Prediction
 from pipeline.report import finalize_job
@@ -66,7 +67,12 @@ def _fresh_context(**_: object) -> None:
 def context() -> Context:
     global _context
     if _context is None:
-        _context = Context.from_settings(Settings.from_env())
+        settings = Settings.from_env()
+        _context = Context.from_settings(settings)
+        # What the metrics show as the account's limits and the daily cap: the fleet's own.
+        _context.state.metrics.publish_config(
+            images_per_minute=settings.images_per_minute, max_concurrent=settings.max_concurrent,
+            daily_budget_micros=None if settings.daily_budget_usd is None else to_micros(settings.daily_budget_usd))
     return _context
 
 

@@ -387,7 +387,8 @@ def reconcile(job_id: str, output: str | None, settle: bool, as_json: bool) -> N
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface, as behind a proxy or in compose).")
 @click.option("--port", default=8780, show_default=True)
-def webhook_server(host: str, port: int) -> None:
+@click.option("--metrics", is_flag=True, help="Also serve the fleet's Prometheus metrics at /metrics.")
+def webhook_server(host: str, port: int, metrics: bool) -> None:
     """Receive the provider's signed completion POSTs (set EDITPIPE_WEBHOOK_URL to this
     server's public /webhook URL, and EDITPIPE_WEBHOOK_SECRET, for workers and server alike;
     the server also needs WAVESPEED_API_KEY, to fetch the account's webhook secret and to
@@ -401,16 +402,19 @@ def webhook_server(host: str, port: int) -> None:
     settings = _settings()
     # aiohttp's "Running on …" lines: a log line in the json format, printed otherwise.
     say = logging.getLogger("pipeline.webhooks").info if settings.log_format == "json" else print
-    web.run_app(make_app(settings, collect_sender(settings)), host=host, port=port, access_log=None, print=say)
+    web.run_app(make_app(settings, collect_sender(settings), metrics), host=host, port=port, access_log=None,
+                print=say)
 
 
 def _attach_commands() -> None:
     from ..simulator.cli import simulate_api
     from .publish import publish_command
     from .regenerate import regenerate_command
+    from .metrics_server import metrics_server
     from .report import report_command
     from .review import review_command
     from .schedules import schedules
+    from .top import top
 
     main.add_command(simulate_api, "simulate-api")
     main.add_command(report_command, "report")
@@ -418,6 +422,8 @@ def _attach_commands() -> None:
     main.add_command(regenerate_command, "regenerate")
     main.add_command(publish_command, "publish")
     main.add_command(schedules, "schedules")
+    main.add_command(metrics_server, "metrics-server")
+    main.add_command(top, "top")
 
 
 _attach_commands()

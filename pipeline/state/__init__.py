@@ -7,8 +7,9 @@ each saying what it guarantees: ``Jobs`` (job records), ``Runs`` (a run's claims
 results and ledger lines), ``Budget``, ``FairQueue`` and ``DueIndex``, ``TaskLeases``,
 ``Uploads``, ``Latency``, ``IndexPending``, ``ScheduleState``, ``WebhookEvents``, ``Alerts``
 (the outbox of budget alerts, claimed where spend is recorded), the limits'
-``LimitsBackend``, ``Takeover`` (what a dead embedded run held) and ``LostSubmits``
-(submits on the wire or whose answer was lost, and the prediction ids runs know). It may
+``LimitsBackend``, ``Takeover`` (what a dead embedded run held), ``LostSubmits``
+(submits on the wire or whose answer was lost, and the prediction ids runs know) and
+``Metrics`` (the fleet's counters and histograms, and the snapshot the metrics show). It may
 import the domain (plan, ledger, errors) and nothing above it.
 
 ``State.from_url(url)`` opens one connection and exposes the stores on it. The connection
@@ -27,6 +28,7 @@ from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
 from .latency import Latency
 from .limits import LimitsBackend
 from .lost_submits import LostSubmits
+from .metrics import Metrics, Snapshot
 from .queue import Due, DueIndex, FairQueue
 from .run_index import IndexPending
 from .runs import Finished, Runs, RunState, StartClaim
@@ -38,9 +40,9 @@ from .webhook_events import WebhookEvents
 
 __all__ = [
     "ACTIVE", "AlertRecord", "Alerts", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection",
-    "Due", "DueIndex",
-    "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "LostSubmits", "Released",
-    "RunState", "Runs", "ScheduleState", "StartClaim", "State", "Takeover", "TaskLeases", "Uploads", "flush",
+    "Due", "DueIndex", "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend",
+    "LostSubmits", "Metrics", "Released", "RunState", "Runs", "ScheduleState", "Snapshot", "StartClaim", "State",
+    "Takeover", "TaskLeases", "Uploads", "flush",
     "new_job_id", "wait_until_up",
 ]
 
@@ -64,13 +66,16 @@ class State:
         self.webhook_events = WebhookEvents(conn)
         self.lost = LostSubmits(conn)
         self.alerts = Alerts(conn)
+        self.metrics = Metrics(conn)
 
     @classmethod
-    def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "State":
-        """The stores on one connection that rides out a Redis outage of up to ``RIDE_OUT_S``
-        (``connection``); ``report`` gets its messages that Redis stopped and started
-        answering (the log by default)."""
-        return cls(Connection.from_url(url, report))
+    def from_url(cls, url: str, report: Callable[[str], None] | None = None,
+                 ride_out_s: float = RIDE_OUT_S) -> "State":
+        """The stores on one connection that rides out a Redis outage of up to ``ride_out_s``
+        (``connection``; a reader that must answer at once, like the metrics server, asks for
+        less); ``report`` gets its messages that Redis stopped and started answering (the
+        log by default)."""
+        return cls(Connection.from_url(url, report, ride_out_s))
 
     def schedule(self, name: str) -> ScheduleState:
         return ScheduleState(self._conn, name)

@@ -21,6 +21,7 @@ from decimal import Decimal
 from ..ledger import to_micros
 from . import keys
 from .connection import Connection
+from .metrics import utc_day
 
 
 class Budget:
@@ -49,9 +50,9 @@ class Budget:
         """Charge a submit whose answer was lost, once per ``entry_id``."""
         return bool(
             self._unconfirmed(
-                keys=[keys.job(job_id), keys.job(job_id, "ledger"), keys.job(job_id, "reserved"),
+                keys=[keys.job(job_id), keys.job(job_id, "ledger"), keys.job(job_id, "reserved"), keys.METRICS,
                       keys.job(job_id, "alerts"), keys.ALERTS, keys.ALERTS_DUE],
-                args=[index, entry_id, json.dumps(line, separators=(",", ":")), cost_micros,
+                args=[index, entry_id, json.dumps(line, separators=(",", ":")), cost_micros, utc_day(),
                       keys.DAY_BUDGET_PREFIX, keys.DAY_SPEND_SUFFIX],
             )
         )

@@ -158,10 +158,12 @@ class Connection:
         self._scripts: dict[tuple[str, ...], Script] = {}
 
     @classmethod
-    def from_url(cls, url: str, report: Callable[[str], None] | None = None) -> "Connection":
-        """A connection that rides out an outage (see the module's docstring); ``report``
-        gets the one-line messages that say Redis stopped and started answering."""
-        return cls(open_client(url, report=report))
+    def from_url(cls, url: str, report: Callable[[str], None] | None = None,
+                 ride_out_s: float = RIDE_OUT_S) -> "Connection":
+        """A connection that rides out an outage of up to ``ride_out_s`` (see the module's
+        docstring); ``report`` gets the one-line messages that say Redis stopped and started
+        answering."""
+        return cls(open_client(url, report=report, ride_out_s=ride_out_s))
 
     def script(self, name: str, *libs: str) -> Script:
         """``lua/<name>``, with the libraries ``libs`` (``lua/<lib>``) prepended."""

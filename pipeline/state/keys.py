@@ -18,6 +18,15 @@ EPOCH = f"{PREFIX}:epoch"  # when this Redis's records begin (Unix time), set at
 ALERTS = f"{PREFIX}:alerts"  # hash: alert id -> alert record (JSON)
 ALERTS_DUE = f"{PREFIX}:alerts:due"  # sorted set: alert id -> when a sender may take it (ms)
 ALERTS_HISTORY = f"{PREFIX}:alerts:history"  # list: the newest alerts done with, and how (JSON)
+# The metrics (``metrics``): the fleet's counters (runs by outcome, failures by kind, spend,
+# polls, webhooks), the settings the workers publish, and one hash per histogram.
+METRICS = f"{PREFIX}:metrics"
+METRICS_CONFIG = f"{PREFIX}:metrics:config"
+
+
+def histogram(name: str) -> str:
+    """A histogram's bucket counters, sum and count, by label (``metrics``)."""
+    return f"{PREFIX}:metrics:hist:{name}"
 
 
 def job(job_id: str, part: str = "") -> str:
@@ -82,7 +91,8 @@ def limits(account: str) -> str:
 
 
 def limit_part(prefix: str, part: str) -> str:
-    """``rate``, ``leases`` or ``throttle`` of an account's limits; ``last`` of a rate."""
+    """``rate``, ``leases``, ``throttle`` or ``counts`` (starts and 429s, for the metrics) of
+    an account's limits; ``last`` of a rate."""
     return f"{prefix}:{part}"
 
 

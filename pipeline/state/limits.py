@@ -24,16 +24,19 @@ class LimitsBackend:
         self._throttle = conn.script("limits_throttle.lua", LIB)
         self._rate = conn.script("limits_rate.lua", LIB)
         self._lease = conn.script("limits_lease.lua", LIB)
-        self._start = conn.script("limits_start.lua", LIB)
+        self._start = conn.script("limits_start.lua", LIB, "metrics_lib.lua")
 
     @classmethod
     def from_url(cls, url: str) -> "LimitsBackend":
         return cls(Connection.from_url(url))
 
     # throttle
-    def throttle_cut(self, key: str, recovery_us: int, pause_us: int, decrease: float, floor: float) -> int:
-        """Record a 429: returns the pause now in force (us)."""
-        pause_us, _ = self._throttle(keys=[key], args=["cut", recovery_us, pause_us, repr(decrease), repr(floor)])
+    def throttle_cut(self, key: str, recovery_us: int, pause_us: int, decrease: float, floor: float,
+                     counts_key: str | None = None) -> int:
+        """Record a 429 (counted in ``counts_key``, the account's counts, if given): returns the
+        pause now in force (us)."""
+        pause_us, _ = self._throttle(keys=[key] + ([counts_key] if counts_key else []),
+                                     args=["cut", recovery_us, pause_us, repr(decrease), repr(floor)])
         return int(pause_us)
 
     def throttle_read(self, key: str, recovery_us: int) -> tuple[int, int]:
@@ -64,9 +67,10 @@ class LimitsBackend:
     # both
     def start(self, *, rate_key: str, last_key: str, lease_key: str, throttle_key: str, holder: str,
               limit: int, lease_us: int, interval_us: float, catch_up_us: float, recovery_us: int,
-              busy_retry_us: int) -> int:
-        """A lease and a rate token, both or neither: 0 when taken, else microseconds to wait."""
+              busy_retry_us: int, counts_key: str | None = None) -> int:
+        """A lease and a rate token, both or neither: 0 when taken, else microseconds to wait.
+        A start taken is counted in ``counts_key`` (the account's counts), if given."""
         return int(self._start(
-            keys=[rate_key, lease_key, throttle_key, last_key],
+            keys=[rate_key, lease_key, throttle_key, last_key] + ([counts_key] if counts_key else []),
             args=[holder, limit, lease_us, repr(interval_us), repr(catch_up_us), recovery_us, busy_retry_us],
         ))

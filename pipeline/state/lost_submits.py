@@ -29,6 +29,7 @@ from typing import Iterable
 
 from . import keys
 from .connection import Connection
+from .metrics import QUEUE_WAIT, bounds_arg
 
 KEEP_KNOWN_S = 3600
 RETENTION_S = 7 * 24 * 3600
@@ -95,7 +96,7 @@ class LostSubmits:
     def __init__(self, conn: Connection):
         self._r = conn.redis
         self._on_wire = conn.script("submit_on_wire.lua")
-        self._answered = conn.script("submit_answered.lua", "submit_lib.lua")
+        self._answered = conn.script("submit_answered.lua", "submit_lib.lua", "metrics_lib.lua")
         self._lost = conn.script("submit_lost.lua")
         self._adopt = conn.script("submit_adopt.lua", "submit_lib.lua")
         self._gave_up = conn.script("submit_gave_up.lua")
@@ -110,12 +111,14 @@ class LostSubmits:
 
     def answered(self, job_id: str, index: int, prediction_id: str, created_ms: int | None) -> None:
         """The submit answered: the run's prediction id, recorded and known in one step
-        (replaces ``Runs.record_prediction`` for a submit's answer)."""
+        (replaces ``Runs.record_prediction`` for a submit's answer); at the run's first
+        answered submit, its queue wait is observed in the same step (``metrics``)."""
         self._answered(
             keys=[keys.job(job_id, "pred"), keys.job(job_id, "submitting_open"), keys.SUBMITS,
-                  keys.SUBMITS_BY_START, keys.KNOWN_PREDICTIONS, keys.KNOWN_AT, keys.PROVIDER_CLOCK],
+                  keys.SUBMITS_BY_START, keys.KNOWN_PREDICTIONS, keys.KNOWN_AT, keys.PROVIDER_CLOCK,
+                  keys.fair_queue()[1], keys.job(job_id, "failed"), keys.histogram(QUEUE_WAIT.name)],
             args=[str(index), member(job_id, index), prediction_id, member(job_id, index),
-                  "" if created_ms is None else str(created_ms), CLOCK_SAMPLES])
+                  "" if created_ms is None else str(created_ms), CLOCK_SAMPLES, job_id, bounds_arg(QUEUE_WAIT)])
 
     def settled(self, job_id: str, index: int) -> None:
         """The submit is known to have created nothing (refused, or never reached the provider):

@@ -24,6 +24,7 @@ from ..errors import JobLost, JobNotFound
 from ..plan import Run
 from . import keys
 from .connection import Connection
+from .metrics import utc_day
 
 RUNS_CACHED = 8192  # planned runs a process keeps in memory (about 1 KB each)
 
@@ -269,12 +270,13 @@ class Runs:
         index_line: str = "",
     ) -> Finished:
         """Record a run's end once, with its ledger line and its run-index line if given; the
-        last run's end puts its job on the to-finalize list in the same step, and a charge
-        claims the budget alerts it crosses (``Alerts``) in that step too. Raises
+        last run's end puts its job on the to-finalize list in the same step, the fleet's
+        counters (``metrics``) count its outcome, a failure's ``error_kind`` and its cost, and a
+        charge claims the budget alerts it crosses (``Alerts``) in that step too. Raises
         ``JobLost`` (having written nothing) when Redis no longer has the job."""
         code, pending, waited_ms = self._finish(
             keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
-                  keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending"),
+                  keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending"), keys.METRICS,
                   keys.job(job_id, "alerts"), keys.ALERTS, keys.ALERTS_DUE],
             args=[
                 index,
@@ -284,6 +286,8 @@ class Runs:
                 _json(ledger_line) if ledger_line else "",
                 cost_micros,
                 index_line,
+                utc_day(),
+                str(result.get("error_kind") or "") if outcome == "failed" else "",
                 keys.DAY_BUDGET_PREFIX,
                 keys.DAY_SPEND_SUFFIX,
             ],

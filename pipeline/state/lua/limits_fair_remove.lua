@@ -4,4 +4,4 @@ local job = ARGV[1]
 redis.call('LREM', KEYS[1], 0, job)
 redis.call('HDEL', KEYS[3], job)
 return redis.call('HDEL', KEYS[2], job .. '|count', job .. '|next', job .. '|weight',
-  job .. '|used', job .. '|queued') > 0 and 1 or 0
+  job .. '|used', job .. '|queued', job .. '|pushed') > 0 and 1 or 0

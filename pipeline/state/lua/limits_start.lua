@@ -1,6 +1,7 @@
 -- Permission to start one prediction: a concurrency lease AND a rate token, both or neither.
 -- KEYS[1] rate TAT, KEYS[2] lease sorted set, KEYS[3] throttle hash, KEYS[4] time of the
--- last start
+-- last start, KEYS[5] (optional) the account's counts hash: a start taken is counted there
+-- (metrics_lib.lua's count_start)
 -- ARGV[1] holder, ARGV[2] concurrency limit, ARGV[3] lease (us), ARGV[4] interval at full
 -- rate (us), ARGV[5] catch-up (us), ARGV[6] throttle recovery (us), ARGV[7] longest
 -- wait to suggest while every slot is taken (us; a release may free one at any time)
@@ -21,4 +22,7 @@ if wait > 0 then
 end
 gcra_take(KEYS[1], KEYS[4], now, new_tat, tonumber(ARGV[5]))
 lease_take(KEYS[2], ARGV[1], now, tonumber(ARGV[3]))
+if KEYS[5] then
+  count_start(KEYS[5], math.floor(now / 1000000))
+end
 return 0

@@ -1,4 +1,5 @@
--- The fleet-wide throttle. KEYS[1] the throttle hash (see throttle_state in limits_lib.lua).
+-- The fleet-wide throttle. KEYS[1] the throttle hash (see throttle_state in limits_lib.lua),
+-- KEYS[2] (optional) the account's counts hash, whose `rate_limited` counts every 'cut'.
 -- ARGV[1] operation, ARGV[2] recovery (us); for 'cut' also ARGV[3] pause (us),
 -- ARGV[4] decrease (multiplier), ARGV[5] floor.
 --   'cut'  a 429 was seen: pause everyone until now + pause (never shortening a pause in
@@ -20,6 +21,9 @@ if ARGV[1] == 'cut' then
   -- Once fully recovered the hash says nothing a missing one would not.
   redis.call('PEXPIRE', KEYS[1], math.ceil((paused_until - now + recovery) / 1000) + 1000)
   pause = paused_until - now
+  if KEYS[2] then
+    redis.call('HINCRBY', KEYS[2], 'rate_limited', 1)
+  end
 elseif ARGV[1] ~= 'read' then
   return redis.error_reply('unknown throttle operation ' .. tostring(ARGV[1]))
 end
