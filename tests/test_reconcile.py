@@ -192,7 +192,8 @@ def test_a_billed_prediction_beyond_the_jobs_lost_submits_is_listed_never_booked
     key = f"out/jobs/{job}/ledger.jsonl"
     text = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     # Someone else's prediction of the same model, on the same account, just after the job.
-    sim.configure(latency_s=2.0, jitter_s=0.0)
+    # Long enough to be still running through both reconciles below, on a loaded machine too.
+    sim.configure(latency_s=12.0, jitter_s=0.0)
     with WaveSpeedClient(settings.base_url, settings.require_api_key()) as client:
         image = client.upload(tmp_path / "p.png")
         stranger = client.submit("/api/v3/openai/gpt-image-2/edit", {"images": [image], "prompt": "not editpipe's"})
