@@ -10,10 +10,16 @@ targets. Cases so far:
   × ``variants: 4`` = 1,620,000,000 runs. ``editpipe plan`` must refuse it by arithmetic,
   before a run is built: exit 2, the count in its message, ≤ 2 s, ≤ 200 MB peak RSS.
 
-The child runs under a 1.5 GiB address-space limit (``RLIMIT_AS``), as the issue's repro did,
+- ``catalog``: a 100,000-row CSV feed (the same rows) × 10 prompts = 1,000,000 runs into a
+  fresh local output root. ``editpipe plan``: ≤ 10 s and ≤ 500 MB peak RSS. Then the job is
+  recorded and handed to the workers as ``editpipe submit`` does (``submission.prepare`` and
+  ``submission.submit`` against a private Redis, no worker taking it): ≤ 60 s, and what Redis
+  holds for it, ``INFO memory`` ``used_memory`` after minus before, ≤ 300 bytes per queued run.
+
+Each child runs under a 1.5 GiB address-space limit (``RLIMIT_AS``), as the issue's repro did,
 so that a regression dies with a MemoryError rather than taking the machine's memory.
 
-    .venv/bin/python bench/scale.py [--case refused]
+    .venv/bin/python bench/scale.py [--case refused] [--case catalog]
 
 Exits 1 when a figure misses its target.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import resource
 import subprocess
@@ -82,13 +89,18 @@ class Child:
 def run_editpipe(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
     """``editpipe ARGS`` in a child interpreter under ``ADDRESS_SPACE_LIMIT``: its wall time,
     exit code and peak RSS (``os.wait4`` gives the resource use of that child alone)."""
+    return run_child(["-c", "from pipeline.cli import main; main()", *args], cwd, env)
+
+
+def run_child(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
+    """``python ARGV`` as ``run_editpipe`` runs ``editpipe``."""
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errors:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.cli import main; main()", *args],
+            [sys.executable, *argv],
             cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=out, stderr=errors, text=True, preexec_fn=limit,
         )
@@ -137,6 +149,45 @@ def write_refused_manifest(directory: Path) -> Path:
     return path
 
 
+def write_catalog_manifest(directory: Path, output: str = "out") -> Path:
+    """The feed of ``write_feed`` × 10 prompts, each using the row's vars: 1,000,000 runs."""
+    write_feed(directory)
+    prompts = "".join(f"  - id: p{j}\n    text: Editorial photograph {j} of the {{color}} {{title}}.\n"
+                      for j in range(10))
+    path = directory / "catalog.yaml"
+    path.write_text(
+        f"version: 1\nname: catalog\noutput: {output}\n"
+        "catalog:\n  feed: products.csv\n  id: sku\n  images: [image_url, backdrop]\n  vars: [title, color]\n"
+        f"prompts:\n{prompts}"
+    )
+    return path
+
+
+def enqueue_child(manifest: Path, redis_url: str) -> dict:
+    """In a child: plan ``manifest`` and submit it as ``editpipe submit`` does (the job
+    recorded in Redis, its runs finished or handed out, the first message sent); the figures
+    as a dict. Redis's ``used_memory`` is read before and after the submit alone."""
+    from pipeline.report import finalize_job
+    from pipeline.settings import Settings
+    from pipeline.state import State
+    from pipeline.submission import prepare, submit
+    from workers.celery_app import job_enqueuer
+
+    settings = Settings.from_env({**os.environ, "REDIS_URL": redis_url})
+    state = State.from_url(redis_url)
+    started = time.perf_counter()
+    prepared = prepare(manifest, settings, state=state)
+    plan_s = time.perf_counter() - started
+    enqueue = job_enqueuer(settings)
+    before = state.memory_used()
+    started = time.perf_counter()
+    job_id = submit(prepared, state, enqueue, finalize=finalize_job)
+    submit_s = time.perf_counter() - started
+    after = state.memory_used()
+    return {"job_id": job_id, "runs": state.jobs.status(job_id).total, "plan_s": plan_s, "submit_s": submit_s,
+            "used_before": before, "used_after": after}
+
+
 # ---- cases ----------------------------------------------------------------------------------
 
 
@@ -158,13 +209,47 @@ def case_refused(work: Path) -> Result:
     )
 
 
-CASES: dict[str, Callable[[Path], Result]] = {"refused": case_refused}
+def case_catalog(work: Path) -> Result:
+    """1,000,000 runs: ``editpipe plan``, then the submit into a private Redis."""
+    from pipeline.embedded import private_redis
+
+    manifest = write_catalog_manifest(work)
+    planned = run_editpipe(["plan", str(manifest), "--limit", "3"], cwd=work)
+    (work / "redis").mkdir()
+    with private_redis(work / "redis") as redis_url:
+        child = run_child([__file__, "--enqueue-child", str(manifest), redis_url], cwd=work)
+    figures = [Figure("plan", planned.wall_s, 10.0, "s"), Figure("plan RSS", planned.peak_rss_mb, 500.0, "MB")]
+    checks = [(f"plan exit code {planned.exit_code} (0 wanted)", planned.exit_code == 0)]
+    output = planned.stdout.strip()[-1500:] + planned.stderr.strip()[-1500:]
+    if child.exit_code == 0:
+        got = json.loads(child.stdout.strip().splitlines()[-1])
+        per_run = (got["used_after"] - got["used_before"]) / max(1, got["runs"])
+        figures += [Figure("submit", got["submit_s"], 60.0, "s"),
+                    Figure("Redis/run", per_run, 300.0, "B"),
+                    Figure("submit RSS", child.peak_rss_mb, 500.0, "MB")]
+        checks.append((f"{got['runs']:,} runs recorded (1,000,000 wanted)", got["runs"] == ROWS * 10))
+        output += (f"\nsubmit child: planned in {got['plan_s']:.1f} s, Redis used_memory "
+                   f"{got['used_before'] / 1e6:.1f} MB before, {got['used_after'] / 1e6:.1f} MB after")
+    else:
+        checks.append((f"submit child exit code {child.exit_code} (0 wanted)", False))
+        output += "\n" + child.stderr.strip()[-2000:]
+    return Result(
+        parameters=f"{ROWS:,}-row CSV feed × 10 prompts = {ROWS * 10:,} runs; RLIMIT_AS 1.5 GiB",
+        figures=figures, checks=checks, output=output,
+    )
+
+
+CASES: dict[str, Callable[[Path], Result]] = {"refused": case_refused, "catalog": case_catalog}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases")
+    parser.add_argument("--enqueue-child", nargs=2, metavar=("MANIFEST", "REDIS_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.enqueue_child:
+        print(json.dumps(enqueue_child(Path(args.enqueue_child[0]), args.enqueue_child[1])))
+        return 0
     print(f"editpipe scale benchmark; {machine()}\n")
     missed = False
     for name in args.case or CASES:

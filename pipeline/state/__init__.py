@@ -68,6 +68,10 @@ class State:
         answering (the log by default)."""
         return cls(Connection.from_url(url, report))
 
+    def memory_used(self) -> int:
+        """What Redis holds in all, in bytes (``INFO memory``'s ``used_memory``)."""
+        return int(self._conn.redis.info("memory")["used_memory"])
+
     def schedule(self, name: str) -> ScheduleState:
         return ScheduleState(self._conn, name)
 
