@@ -130,7 +130,7 @@ def rebuild(
     # A job rebuilt before (and finalized since) keeps the count of its earlier losses.
     paid_twice_before = int(((stored.summary or {}).get("rebuilt") or {}).get("possibly_paid_twice") or 0)
     left = set(runs.left)
-    same_runs = fingerprint(run.run_key for run in plan.runs) == mark.fingerprint
+    same_runs = fingerprint(plan.keys()) == mark.fingerprint
     # A prediction a step recorded after the loss is polled, not paid again (same runs only:
     # a run's index must still name the run it was submitted for).
     state.jobs.clear_leftovers(job_id, keep=("pred",) if same_runs else ())
@@ -183,7 +183,7 @@ def _plan_again(settings: Settings, storage: Storage, stored: StoredJob) -> tupl
             job_id=stored.job_id,
             created_at=summary.get("created_at") or utc_now(),
             runs=len(plan.runs),
-            fingerprint=fingerprint(run.run_key for run in plan.runs),
+            fingerprint=fingerprint(plan.keys()),
             manifest_dir=str(base),
             budget_usd=summary.get("budget_usd"),
             schedule=summary.get("schedule") or "",

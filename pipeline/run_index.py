@@ -25,6 +25,14 @@ know (or that cannot ask Redis) reads the sidecars of its runs not in the index
 (``find_by_sidecars``): an output whose sidecar names the run's key was paid for, and is
 skipped at $0 (``pipeline.submission.look_up_done``).
 
+Looking a plan up in the index (``DoneLookup``) is a join of two streams that may each hold a
+million keys: the index's lines go into a scratch SQLite database on local disk (one row
+per run key, the first output listed winning; one per output key), then the plan's run
+keys and output keys are asked of it in batches as the plan yields them. What comes out is
+``DoneRuns``: a bit per planned run and the outputs made at another key than the run's own.
+Memory stays bounded (SQLite's page cache and one batch) whatever the number of runs; an
+empty index costs nothing.
+
 Why batches and not one marker object per output (the layout before this one, still read
 under ``_index/runs/``): an object store charges per request, and a marker per run was a
 quarter of all the writes a run made. A batch of ``BATCH`` lines is one write.
@@ -33,10 +41,13 @@ quarter of all the writes a run made. A batch of ``BATCH`` lines is one write.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -44,6 +55,7 @@ from urllib.parse import unquote
 
 from .errors import StorageError
 from .layout import sidecar_key
+from .plan import Plan, Run
 from .state import IndexPending
 from .storage import Storage
 
@@ -262,3 +274,109 @@ def _read_segment(storage: Storage, key: str) -> str:
             return storage.get_text(whole)
         except FileNotFoundError:
             return ""
+
+
+class DoneRuns(Mapping[str, str]):
+    """The runs of a plan whose run key has an output under the output root already.
+
+    Engine code asks by run (``output_of``, ``done_at``: one bit per planned run, no key
+    held); as a ``Mapping`` it is run key -> output key in plan order, which walks the plan's
+    keys (for tests and small plans)."""
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+        self._bits = bytearray(len(plan.runs))
+        self._elsewhere: dict[int, str] = {}  # position -> output, when not the run's own key
+        self._count = 0
+
+    def add(self, index: int, output: str, own_output: str) -> None:
+        if not self._bits[index]:
+            self._bits[index] = 1
+            self._count += 1
+        if output != own_output:
+            self._elsewhere[index] = output
+
+    def done_at(self, index: int) -> bool:
+        return 0 <= index < len(self._bits) and bool(self._bits[index])
+
+    def output_of(self, run: Run) -> str | None:
+        """The output already made for ``run`` (a run of this plan), or None."""
+        if not self.done_at(run.index):
+            return None
+        return self._elsewhere.get(run.index, run.output_key)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _pairs(self) -> Iterator[tuple[str, str]]:
+        if not self._count:
+            return
+        for index, (run_key, output) in enumerate(self._plan.keys_and_outputs()):
+            if self._bits[index]:
+                yield run_key, self._elsewhere.get(index, output)
+
+    def __iter__(self) -> Iterator[str]:
+        return (run_key for run_key, _ in self._pairs())
+
+    def __getitem__(self, run_key: str) -> str:
+        for key, output in self._pairs():
+            if key == run_key:
+                return output
+        raise KeyError(run_key)
+
+
+class DoneLookup:
+    """The output root's index lines in a scratch SQLite database, asked about a plan's runs
+    in batches (see the module docstring). Use as a context manager; ``add`` the lines, then
+    ``look_up`` the plan."""
+
+    QUERY_BATCH = 900  # run keys per query (under SQLite's bound on parameters)
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="editpipe-index-")
+        self._db = sqlite3.connect(f"{self._dir.name}/index.db", isolation_level=None)
+        self._db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-32768;"
+            "CREATE TABLE made (run_key TEXT PRIMARY KEY, output TEXT NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE outputs (output TEXT PRIMARY KEY) WITHOUT ROWID;")
+        self.lines = 0
+
+    def __enter__(self) -> DoneLookup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._db.close()
+        self._dir.cleanup()
+
+    def add(self, lines: Iterable[tuple[str, str]]) -> None:
+        """Index lines ``(run_key, output_key)``; of two lines of one run key the first counts."""
+        db = self._db
+        it = iter(lines)
+        db.execute("BEGIN")
+        while batch := list(itertools.islice(it, 10_000)):
+            self.lines += len(batch)
+            db.executemany("INSERT OR IGNORE INTO made VALUES (?, ?)", batch)
+            db.executemany("INSERT OR IGNORE INTO outputs VALUES (?)", ((output,) for _, output in batch))
+        db.execute("COMMIT")
+
+    def look_up(self, plan: Plan, done: DoneRuns | None) -> int:
+        """Mark in ``done`` the plan's runs whose run key has a line; returns how many of the
+        others have an output key a line names (changed runs). With ``done`` None (``--force``:
+        nothing counts as done) every run whose output key a line names is changed."""
+        changed = 0
+        pairs = enumerate(plan.keys_and_outputs())
+        while batch := list(itertools.islice(pairs, self.QUERY_BATCH)):
+            found: dict[str, str] = {}
+            if done is not None:
+                found = dict(self._db.execute(
+                    f"SELECT run_key, output FROM made WHERE run_key IN ({','.join('?' * len(batch))})",
+                    [run_key for _, (run_key, _) in batch]))
+                for index, (run_key, output) in batch:
+                    if run_key in found:
+                        done.add(index, found[run_key], output)
+            rest = [output for _, (run_key, output) in batch if run_key not in found]
+            if rest:
+                changed += self._db.execute(
+                    f"SELECT count(*) FROM outputs WHERE output IN ({','.join('?' * len(rest))})", rest
+                ).fetchone()[0]
+        return changed

@@ -1,5 +1,11 @@
 """Job records: one hash per job (``ep:job:<id>``) of counters and facts, and the jobs index.
 
+A job's planned runs are stored as its plan's blueprint (``ep:job:<id>:plan``: the parts its
+runs share, ``pipeline.blueprint``), written once: a million-run catalog job costs Redis its
+image sets and prompts (about 35 bytes a run), not a JSON per run. Runs given as a plain
+list (not a plan's ``PlannedRuns``), and runs added later beyond the planned ones, are kept
+one JSON each in ``ep:job:<id>:runs`` (``state.Runs`` reads either).
+
 Guaranteed: a job's counters change only inside the scripts of ``runs`` and ``budget`` (so
 concurrent workers and redelivered tasks never count twice); a job never goes back to
 queued once running; a stop reason, once set, is kept (the first one wins) until ``reopen``;
@@ -26,6 +32,7 @@ from functools import lru_cache
 
 from ..errors import JobLost, JobNotFound
 from ..ledger import from_micros, to_micros, usd
+from ..blueprint import PlannedRuns
 from ..plan import Run
 from . import keys
 from .connection import Connection
@@ -132,12 +139,12 @@ class Jobs:
         extra: dict[str, int | str] | None = None,
         batch: int = 2000,
     ) -> None:
-        """Record a job and its planned runs (written ``batch`` at a time), queued."""
-        runs_key = keys.job(job_id, "runs")
+        """Record a job and its planned runs (written ``batch`` fields at a time), queued: a
+        plan's ``PlannedRuns`` as its blueprint, any other runs one JSON each."""
         pipe = self._r.pipeline(transaction=False)
         pending = 0
-        for run in runs:
-            pipe.hset(runs_key, str(run.index), json.dumps(run.to_dict(), separators=(",", ":")))
+        for key, field, value in _run_fields(job_id, runs):
+            pipe.hset(key, field, value)
             pending += 1
             if pending >= batch:
                 pipe.execute()
@@ -172,6 +179,15 @@ class Jobs:
         pipe.zadd(keys.JOBS, {job_id: datetime.now(timezone.utc).timestamp()})
         self._epoch(keys=[keys.EPOCH], client=pipe)
         pipe.execute()
+
+    def memory(self, job_id: str) -> int:
+        """The bytes Redis holds for the job: ``MEMORY USAGE`` of each of its keys."""
+        pattern = keys.job(re.sub(r"([*?\[\]\\])", r"\\\1", job_id), "*")
+        found = [keys.job(job_id), *self._r.scan_iter(match=pattern, count=1000)]
+        pipe = self._r.pipeline(transaction=False)
+        for key in found:
+            pipe.memory_usage(key, samples=0)
+        return sum(int(n or 0) for n in pipe.execute())
 
     def known(self, job_id: str) -> bool:
         """Whether Redis has the job's record."""
@@ -345,3 +361,18 @@ class Jobs:
         (their finalize task was lost)."""
         now = float(self._r.time()[0])
         return list(self._r.zrangebyscore(keys.TO_FINALIZE, "-inf", now - older_than_s))
+
+
+def _run_fields(job_id: str, runs: Iterable[Run]) -> Iterable[tuple[str, str, str]]:
+    """(key, field, value) of what stores ``runs``: a blueprint's head and image-set chunks,
+    or a JSON per run."""
+    if isinstance(runs, PlannedRuns):
+        blueprint = runs.blueprint
+        plan_key = keys.job(job_id, "plan")
+        for chunk, text in blueprint.set_chunks():
+            yield plan_key, f"sets:{chunk}", text
+        yield plan_key, "head", blueprint.head()  # last: a head is only read with its sets there
+        return
+    runs_key = keys.job(job_id, "runs")
+    for run in runs:
+        yield runs_key, str(run.index), json.dumps(run.to_dict(), separators=(",", ":"))
