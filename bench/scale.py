@@ -16,10 +16,19 @@ targets. Cases so far:
   ``submission.submit`` against a private Redis, no worker taking it): ≤ 60 s, and what Redis
   holds for it, ``INFO memory`` ``used_memory`` after minus before, ≤ 300 bytes per queued run.
 
+- ``replan``: the same 1,000,000-run catalog planned again (as ``editpipe plan`` plans:
+  ``submission.prepare``, no Redis) against its finished output root on moto's S3 server:
+  $0.00 to pay, every run unchanged, decided in ≤ 60 s; the storage requests it took are
+  counted at the wire (botocore's ``before-send`` event on the client the plan uses) and
+  printed with what they would cost on S3. The root holds what a plan reads of a finished
+  job: its index segment (``_index/jobs/<job>.jsonl``, 1,000,000 lines, as finalize writes
+  it) and its records; the outputs themselves are not written (a plan whose index answers
+  reads none of them, so 2,000,000 more objects would change no figure, only the setup).
+
 Each child runs under a 1.5 GiB address-space limit (``RLIMIT_AS``), as the issue's repro did,
 so that a regression dies with a MemoryError rather than taking the machine's memory.
 
-    .venv/bin/python bench/scale.py [--case refused] [--case catalog]
+    .venv/bin/python bench/scale.py [--case refused] [--case catalog] [--case replan]
 
 Exits 1 when a figure misses its target.
 """
@@ -188,6 +197,51 @@ def enqueue_child(manifest: Path, redis_url: str) -> dict:
             "used_before": before, "used_after": after}
 
 
+# S3's request prices (us-east-1, per 1,000): what a plan's requests would cost there.
+S3_PRICE_PER_1000 = {"GET": 0.0004, "HEAD": 0.0004, "LIST": 0.005, "PUT": 0.005}
+
+
+def replan_child(manifest: Path, s3_endpoint: str, setup: bool) -> dict:
+    """In a child: with ``setup``, write the finished job's index segment under the
+    manifest's output root (as finalize writes it) and its records; else plan the manifest
+    as ``editpipe plan`` does, counting the storage requests it sends."""
+    from pipeline.ledger import usd
+    from pipeline.manifest import load_manifest
+    from pipeline.modelspec import load_model_specs
+    from pipeline.plan import plan_runs
+    from pipeline.run_index import index_line, job_key
+    from pipeline.settings import Settings
+    from pipeline.storage import open_storage, s3_client
+    from pipeline.submission import prepare
+
+    settings = Settings.from_env({**os.environ, "S3_ENDPOINT_URL": s3_endpoint})
+    if setup:
+        specs = load_model_specs(settings.models_dir)
+        manifest_ = load_manifest(manifest, specs)
+        plan = plan_runs(manifest_, specs)
+        storage = open_storage(manifest_.output, settings)
+        job_id = "catalog-20261202T020000Z-0a1b2c"
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+            for run_key, output_key in plan.keys_and_outputs():
+                f.write(index_line(run_key, output_key) + "\n")
+            f.flush()
+            storage.put_file(job_key(job_id), Path(f.name), "application/x-ndjson")
+        storage.put_text(f"jobs/{job_id}/manifest.yaml", manifest.read_text(), "application/yaml")
+        return {"written": len(plan.runs)}
+    requests: dict[str, int] = {}
+
+    def count(request, **_: object) -> None:
+        method = request.method
+        kind = "LIST" if method == "GET" and "list-type=2" in request.url else method
+        requests[kind] = requests.get(kind, 0) + 1
+
+    s3_client(settings).meta.events.register("before-send.s3", count)
+    started = time.perf_counter()
+    prepared = prepare(manifest, settings)
+    return {"seconds": time.perf_counter() - started, "runs": len(prepared.plan.runs),
+            "unchanged": prepared.changes.unchanged, "to_pay": usd(prepared.estimated_usd), "requests": requests}
+
+
 # ---- cases ----------------------------------------------------------------------------------
 
 
@@ -239,14 +293,50 @@ def case_catalog(work: Path) -> Result:
     )
 
 
-CASES: dict[str, Callable[[Path], Result]] = {"refused": case_refused, "catalog": case_catalog}
+def case_replan(work: Path) -> Result:
+    """The unchanged 1,000,000-run catalog planned again against its finished root on S3."""
+    import boto3
+
+    from _common import moto_server
+
+    with moto_server() as moto:
+        boto3.client("s3", endpoint_url=moto.url).create_bucket(Bucket="catalog")
+        manifest = write_catalog_manifest(work, output="s3://catalog/edits")
+        setup = run_child([__file__, "--replan-child", str(manifest), moto.url, "setup"], cwd=work)
+        if setup.exit_code != 0:
+            return Result("setup failed", [], [("setup", False)], setup.stderr[-2000:])
+        child = run_child([__file__, "--replan-child", str(manifest), moto.url, "plan"], cwd=work)
+    if child.exit_code != 0:
+        return Result("the plan failed", [], [(f"exit code {child.exit_code}", False)], child.stderr[-2000:])
+    got = json.loads(child.stdout.strip().splitlines()[-1])
+    requests = got["requests"]
+    s3_usd = sum(S3_PRICE_PER_1000.get(kind, 0) * n / 1000 for kind, n in requests.items())
+    shown = ", ".join(f"{n} {kind}" for kind, n in sorted(requests.items()))
+    return Result(
+        parameters=f"{ROWS * 10:,} runs planned again against their finished root on moto's S3 server; "
+                   "RLIMIT_AS 1.5 GiB",
+        figures=[Figure("decided in", got["seconds"], 60.0, "s"), Figure("peak RSS", child.peak_rss_mb, 500.0, "MB")],
+        checks=[(f"to pay ${got['to_pay']} ($0.00 wanted)", got["to_pay"] == "0.00"),
+                (f"{got['unchanged']:,} runs unchanged (all {got['runs']:,} wanted)", got["unchanged"] == got["runs"])],
+        output=(f"storage requests: {sum(requests.values())} ({shown}); the same on S3 itself (a listing is one "
+                f"request per 1,000 keys, and the finished job's index is one object), costing ${s3_usd:.6f}"),
+    )
+
+
+CASES: dict[str, Callable[[Path], Result]] = {"refused": case_refused, "catalog": case_catalog,
+                                              "replan": case_replan}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=sorted(CASES), action="append", help="run only these cases")
+    parser.add_argument("--replan-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--enqueue-child", nargs=2, metavar=("MANIFEST", "REDIS_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.replan_child:
+        manifest, endpoint, what = args.replan_child
+        print(json.dumps(replan_child(Path(manifest), endpoint, what == "setup")))
+        return 0
     if args.enqueue_child:
         print(json.dumps(enqueue_child(Path(args.enqueue_child[0]), args.enqueue_child[1])))
         return 0

@@ -26,12 +26,12 @@ know (or that cannot ask Redis) reads the sidecars of its runs not in the index
 skipped at $0 (``pipeline.submission.look_up_done``).
 
 Looking a plan up in the index (``DoneLookup``) is a join of two streams that may each hold a
-million keys: the index's lines go into a scratch SQLite database on local disk (one row
-per run key, the first output listed winning; one per output key), then the plan's run
-keys and output keys are asked of it in batches as the plan yields them. What comes out is
-``DoneRuns``: a bit per planned run and the outputs made at another key than the run's own.
-Memory stays bounded (SQLite's page cache and one batch) whatever the number of runs; an
-empty index costs nothing.
+million keys: the index's lines become two sorted arrays of 16-byte digests (its run keys,
+the first line of each winning, with the output each was made at; its output keys), then
+the plan's run keys and output keys are looked up in them in batches (numpy's
+``searchsorted``) as the plan yields them. What comes out is ``DoneRuns``: a bit per planned
+run and the outputs made at another key than the run's own. Memory is 32 bytes a line and
+a batch, never a Python set of keys; an empty index costs nothing.
 
 Why batches and not one marker object per output (the layout before this one, still read
 under ``_index/runs/``): an object store charges per request, and a marker per run was a
@@ -41,17 +41,18 @@ quarter of all the writes a run made. A batch of ``BATCH`` lines is one write.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
 import secrets
-import sqlite3
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote
+
+import numpy as np
 
 from .errors import StorageError
 from .layout import sidecar_key
@@ -217,9 +218,19 @@ def write_recovered(storage: Storage, found: dict[str, str]) -> None:
     storage.put_text(f"{SEGMENTS}recovered-{stamp}-{secrets.token_hex(4)}.jsonl", text, "application/x-ndjson")
 
 
-def _parse_segment(text: str) -> Iterator[tuple[str, str]]:
-    for line in text.splitlines():
-        if line.strip():
+_HEAD, _MIDDLE = b'{"run_key":"', b'","output":"'
+
+
+def _parse_segment(text: str | bytes) -> Iterator[tuple[str, str]]:
+    """A segment's lines, one at a time (a finished million-run job's segment is one object
+    of ~130 MB: its lines are never all held as strings at once)."""
+    for line in io.BytesIO(text.encode() if isinstance(text, str) else text):
+        line = line.rstrip(b"\r\n")
+        # The shape index_line writes, read without a JSON parser (a third of the time of a
+        # million lines); anything else (an escaped character, other spacing) is parsed.
+        if line.startswith(_HEAD) and line[76:88] == _MIDDLE and line.endswith(b'"}') and b"\\" not in line:
+            yield line[12:76].decode(), line[88:-2].decode()
+        elif line.strip():
             entry = json.loads(line)
             yield entry["run_key"], entry["output"]
 
@@ -252,28 +263,31 @@ def read_index(storage: Storage) -> Iterator[tuple[str, str]]:
 
 
 def read_segments(storage: Storage, segments: list[str]) -> Iterator[tuple[str, str]]:
-    """The lines of ``segments`` (keys as listed), read in parallel."""
+    """The lines of ``segments`` (keys as listed), read ``READ_THREADS`` at a time in
+    parallel: at most that many segments are held at once."""
     if not segments:
         return
     with ThreadPoolExecutor(min(READ_THREADS, len(segments)), thread_name_prefix="index") as pool:
-        for text in pool.map(_read_segment, [storage] * len(segments), segments):
-            yield from _parse_segment(text)
+        for start in range(0, len(segments), READ_THREADS):
+            window = segments[start:start + READ_THREADS]
+            for data in pool.map(_read_segment, [storage] * len(window), window):
+                yield from _parse_segment(data)
 
 
-def _read_segment(storage: Storage, key: str) -> str:
+def _read_segment(storage: Storage, key: str) -> bytes:
     """A segment's text. A batch listed but gone was deleted by its job's finalize after the
     listing; finalize wrote the job's whole index before deleting, so that is read instead
     (outputs whose lines were missed here would be paid for again)."""
     try:
-        return storage.get_text(key)
+        return storage.get_bytes(key)
     except FileNotFoundError:
         whole = job_key(key[len(SEGMENTS) :].split(".", 1)[0])
         if whole == key:
-            return ""  # a job's index is never deleted; gone means the output root was cleared
+            return b""  # a job's index is never deleted; gone means the output root was cleared
         try:
-            return storage.get_text(whole)
+            return storage.get_bytes(whole)
         except FileNotFoundError:
-            return ""
+            return b""
 
 
 class DoneRuns(Mapping[str, str]):
@@ -285,16 +299,21 @@ class DoneRuns(Mapping[str, str]):
 
     def __init__(self, plan: Plan):
         self._plan = plan
-        self._bits = bytearray(len(plan.runs))
+        self._bits = np.zeros(len(plan.runs), dtype=bool)
         self._elsewhere: dict[int, str] = {}  # position -> output, when not the run's own key
         self._count = 0
 
     def add(self, index: int, output: str, own_output: str) -> None:
         if not self._bits[index]:
-            self._bits[index] = 1
+            self._bits[index] = True
             self._count += 1
         if output != own_output:
             self._elsewhere[index] = output
+
+    def add_own(self, indices: np.ndarray) -> None:
+        """Runs at these positions are done, each at its own output key."""
+        self._bits[indices] = True
+        self._count = int(np.count_nonzero(self._bits))
 
     def done_at(self, index: int) -> bool:
         return 0 <= index < len(self._bits) and bool(self._bits[index])
@@ -325,58 +344,82 @@ class DoneRuns(Mapping[str, str]):
         raise KeyError(run_key)
 
 
-class DoneLookup:
-    """The output root's index lines in a scratch SQLite database, asked about a plan's runs
-    in batches (see the module docstring). Use as a context manager; ``add`` the lines, then
-    ``look_up`` the plan."""
+def _digests(texts: Iterable[str], hex_keys: bool = False) -> np.ndarray:
+    """16-byte digests of ``texts`` as one array: the first half of a run key (itself a
+    sha256, so its first 128 bits identify it as well as all 256 do for any number of runs
+    editpipe meets), or the blake2b-128 of an output key."""
+    if hex_keys:
+        raw = bytes.fromhex("".join(text[:32] for text in texts))
+    else:
+        raw = b"".join(hashlib.blake2b(text.encode(), digest_size=16).digest() for text in texts)
+    return np.frombuffer(raw, dtype="S16")
 
-    QUERY_BATCH = 900  # run keys per query (under SQLite's bound on parameters)
+
+class DoneLookup:
+    """The output root's index lines as sorted arrays of 16-byte digests (32 bytes a line,
+    ~64 MB for a million lines at the peak of building them), asked about a plan's runs in
+    batches (see the module docstring). ``add`` the lines, then ``look_up`` the plan."""
+
+    BATCH = 100_000  # lines, or plan runs, turned into digests at once
 
     def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="editpipe-index-")
-        self._db = sqlite3.connect(f"{self._dir.name}/index.db", isolation_level=None)
-        self._db.executescript(
-            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-32768;"
-            "CREATE TABLE made (run_key TEXT PRIMARY KEY, output TEXT NOT NULL) WITHOUT ROWID;"
-            "CREATE TABLE outputs (output TEXT PRIMARY KEY) WITHOUT ROWID;")
+        self._keys: list[np.ndarray] = []
+        self._outputs: list[np.ndarray] = []
+        self._index: Callable[[], Iterable[tuple[str, str]]] | None = None
         self.lines = 0
 
     def __enter__(self) -> DoneLookup:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._db.close()
-        self._dir.cleanup()
+        self._keys, self._outputs = [], []
 
-    def add(self, lines: Iterable[tuple[str, str]]) -> None:
-        """Index lines ``(run_key, output_key)``; of two lines of one run key the first counts."""
-        db = self._db
-        it = iter(lines)
-        db.execute("BEGIN")
-        while batch := list(itertools.islice(it, 10_000)):
+    def add(self, lines: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """The index lines ``(run_key, output_key)``, as a callable that gives them (read
+        again only for a run made at another output key than its own, which is rare); of two
+        lines of one run key the first counts."""
+        self._index = lines
+        it = iter(lines())
+        while batch := list(itertools.islice(it, self.BATCH)):
             self.lines += len(batch)
-            db.executemany("INSERT OR IGNORE INTO made VALUES (?, ?)", batch)
-            db.executemany("INSERT OR IGNORE INTO outputs VALUES (?)", ((output,) for _, output in batch))
-        db.execute("COMMIT")
+            self._keys.append(_digests((run_key for run_key, _ in batch), hex_keys=True))
+            self._outputs.append(_digests(output for _, output in batch))
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, "S16")
+        outputs = np.concatenate(self._outputs) if self._outputs else np.empty(0, "S16")
+        self._keys, first = np.unique(keys, return_index=True)  # sorted, and each key's first line
+        self._made_at = outputs[first]
+        self._outputs = np.unique(outputs)
 
     def look_up(self, plan: Plan, done: DoneRuns | None) -> int:
         """Mark in ``done`` the plan's runs whose run key has a line; returns how many of the
         others have an output key a line names (changed runs). With ``done`` None (``--force``:
         nothing counts as done) every run whose output key a line names is changed."""
         changed = 0
-        pairs = enumerate(plan.keys_and_outputs())
-        while batch := list(itertools.islice(pairs, self.QUERY_BATCH)):
-            found: dict[str, str] = {}
-            if done is not None:
-                found = dict(self._db.execute(
-                    f"SELECT run_key, output FROM made WHERE run_key IN ({','.join('?' * len(batch))})",
-                    [run_key for _, (run_key, _) in batch]))
-                for index, (run_key, output) in batch:
-                    if run_key in found:
-                        done.add(index, found[run_key], output)
-            rest = [output for _, (run_key, output) in batch if run_key not in found]
-            if rest:
-                changed += self._db.execute(
-                    f"SELECT count(*) FROM outputs WHERE output IN ({','.join('?' * len(rest))})", rest
-                ).fetchone()[0]
+        elsewhere: dict[str, list[tuple[int, str]]] = {}  # run key -> (position, own output)
+        pairs = plan.keys_and_outputs()
+        start = 0
+        while batch := list(itertools.islice(pairs, self.BATCH)):
+            keys = _digests((run_key for run_key, _ in batch), hex_keys=True)
+            outputs = _digests(output for _, output in batch)
+            found = np.zeros(len(batch), dtype=bool)
+            if done is not None and len(self._keys):
+                at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+                found = self._keys[at] == keys
+                own = found & (self._made_at[at] == outputs)
+                done.add_own(start + np.flatnonzero(own))
+                for n in np.flatnonzero(found & ~own):
+                    run_key, output = batch[n]
+                    elsewhere.setdefault(run_key, []).append((start + int(n), output))
+            start += len(batch)
+            rest = outputs[~found]
+            if len(rest) and len(self._outputs):
+                at = np.minimum(np.searchsorted(self._outputs, rest), len(self._outputs) - 1)
+                changed += int(np.count_nonzero(self._outputs[at] == rest))
+        if elsewhere and done is not None and self._index is not None:
+            # Made at another output key than the run's own: that key, from the first line.
+            for run_key, output in self._index():
+                for index, own in elsewhere.pop(run_key, ()):
+                    done.add(index, output, own)
+                if not elsewhere:
+                    break
         return changed

@@ -108,7 +108,8 @@ def look_up_done(
     """
     done = DoneRuns(plan)
     with DoneLookup() as lookup:
-        lookup.add(itertools.chain(read_index(storage), unwritten))
+        unwritten = list(unwritten)
+        lookup.add(lambda: itertools.chain(read_index(storage), unwritten))
         changed = lookup.look_up(plan, None if force else done) if lookup.lines else 0
     if not force:
         recovered = _found_by_sidecars(storage, plan, done, jobs)
