@@ -46,10 +46,12 @@ import itertools
 import json
 import logging
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
@@ -106,9 +108,22 @@ def write_batch_if_due(pending_lines: IndexPending, storage: Storage, job_id: st
 
 def write_job_index(pending_lines: IndexPending, storage: Storage, job_id: str, results: Iterable[dict]) -> None:
     """Write the job's whole index from its results, then drop its batches and its open mark."""
-    lines = [index_line(r["run_key"], r["output"]) for r in results if r["status"] == "succeeded" and r["output"]]
-    if lines:
-        storage.put_text(job_key(job_id), "\n".join(lines) + "\n", "application/x-ndjson")
+    with tempfile.TemporaryDirectory(prefix="editpipe-index-") as scratch:
+        path = Path(scratch) / "index.jsonl"
+        lines = 0
+        with path.open("w", encoding="utf-8") as out:
+            for r in results:
+                if r["status"] == "succeeded" and r["output"]:
+                    out.write(index_line(r["run_key"], r["output"]) + "\n")
+                    lines += 1
+        write_job_index_file(pending_lines, storage, job_id, path if lines else None)
+
+
+def write_job_index_file(pending_lines: IndexPending, storage: Storage, job_id: str, path: Path | None) -> None:
+    """Write the job's whole index from a file of its lines (None: it made no output),
+    streamed, then drop its batches and its open mark."""
+    if path is not None:
+        storage.put_file(job_key(job_id), path, "application/x-ndjson")
     batches = [key for key in storage.list_keys(f"{SEGMENTS}{job_id}.") if key != job_key(job_id)]
     storage.delete_keys(batches)
     pending_lines.forget(job_id)

@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from functools import lru_cache
 
 from ..errors import JobLost, JobNotFound
 from ..ledger import from_micros, to_micros, usd
@@ -120,7 +119,7 @@ class Jobs:
         self._mark_running = conn.script("mark_running.lua")
         self._epoch = conn.script("epoch.lua")
         self._marked_running: set[str] = set()
-        self._output_cached = lru_cache(maxsize=256)(lambda job_id: self.field(job_id, "output") or "")
+        self._outputs: dict[str, str] = {}
 
     def create(
         self,
@@ -296,8 +295,18 @@ class Jobs:
         self._r.hset(keys.job(job_id), mapping=mapping)
 
     def output_root(self, job_id: str) -> str:
-        """Where the job's outputs go (set when the job is created, never changed)."""
-        return self._output_cached(job_id)
+        """Where the job's outputs go (set when the job is created, never changed); '' while
+        Redis has no record of the job. Only a known root is remembered: a job asked about
+        while it was lost, and rebuilt since, must not keep '' (its finalize would write its
+        records under the worker's working directory)."""
+        root = self._outputs.get(job_id)
+        if root is None:
+            root = self.field(job_id, "output") or ""
+            if root:
+                if len(self._outputs) >= 256:
+                    self._outputs.clear()
+                self._outputs[job_id] = root
+        return root
 
     def mark_running(self, job_id: str) -> None:
         """Note that the job's first submit is on its way (``mark_running.lua``). A job never

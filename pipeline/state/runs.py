@@ -210,6 +210,21 @@ class Runs:
         return (len(blueprint) if blueprint is not None else 0) + int(self._r.hlen(keys.job(job_id, "runs")))
 
     # results and ledger
+    def iter_results(self, job_id: str, batch: int = 1000) -> Iterator[dict]:
+        """The job's result lines in index order, read ``batch`` indices a round trip: a
+        million-run job's results are never all in memory at once."""
+        key = keys.job(job_id, "results")
+        count = int(self._r.hlen(key))
+        found = start = 0
+        # Results are keyed by run index: every one is below the planned runs plus the results.
+        top = self.planned_count(job_id) + count
+        while found < count and start < top:
+            for raw in self._r.hmget(key, [str(i) for i in range(start, start + batch)]):
+                if raw is not None:
+                    found += 1
+                    yield json.loads(raw)
+            start += batch
+
     def results(self, job_id: str) -> list[dict]:
         lines = [json.loads(v) for _, v in self._r.hscan_iter(keys.job(job_id, "results"), count=1000)]
         return sorted(lines, key=lambda line: line["index"])
