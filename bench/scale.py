@@ -25,10 +25,16 @@ targets. Cases so far:
   it) and its records; the outputs themselves are not written (a plan whose index answers
   reads none of them, so 2,000,000 more objects would change no figure, only the setup).
 
+- ``finished``: what a finished job leaves in Redis. A 2,000-run job (a feed × 1 prompt) is
+  run to its end by two workers against the simulator and moto's S3 server; then the bytes
+  Redis holds for it (``MEMORY USAGE`` of each of its keys) per run, and its expiry: a
+  finalized job's keys expire after ``EDITPIPE_FINISHED_JOB_TTL_S`` (default 7 days; 20 s
+  here, so that the bench sees it) and the bench checks that nothing of the job is left.
+
 Each child runs under a 1.5 GiB address-space limit (``RLIMIT_AS``), as the issue's repro did,
 so that a regression dies with a MemoryError rather than taking the machine's memory.
 
-    .venv/bin/python bench/scale.py [--case refused] [--case catalog] [--case replan]
+    .venv/bin/python bench/scale.py [--case refused] [--case catalog] [--case replan] [--case finished]
 
 Exits 1 when a figure misses its target.
 """
@@ -323,8 +329,52 @@ def case_replan(work: Path) -> Result:
     )
 
 
+FINISHED_RUNS = 2_000
+FINISHED_TTL_S = 20
+
+
+def case_finished(work: Path) -> Result:
+    """A real job run to its end: the bytes per run Redis keeps for it, then none once it expired."""
+    import boto3
+
+    from _common import editpipe_settings, editpipe_workers, moto_server, simulator, submit_and_wait, \
+        write_feed_manifest
+    from pipeline.embedded import private_redis
+    from pipeline.state import State
+
+    (work / "redis").mkdir()
+    (work / "logs").mkdir()
+    os.environ["EDITPIPE_FINISHED_JOB_TTL_S"] = str(FINISHED_TTL_S)  # the workers' environment
+    with private_redis(work / "redis") as redis_url, simulator(latency_s=0.5) as sim, moto_server() as s3:
+        boto3.client("s3", endpoint_url=s3.url).create_bucket(Bucket="finished")
+        settings = editpipe_settings(redis_url=redis_url, sim=sim, images_per_minute=100_000, max_concurrent=5_000,
+                                     s3_endpoint=s3.url, EDITPIPE_FINISHED_JOB_TTL_S=str(FINISHED_TTL_S))
+        manifest = write_feed_manifest(work / "manifest", FINISHED_RUNS, "s3://finished/out", name="finished")
+        state = State.from_url(redis_url)
+        with editpipe_workers(settings, count=2, concurrency=4, logdir=work / "logs"):
+            _, status, wall_s = submit_and_wait(settings, manifest, timeout_s=900)
+        held = state.jobs.memory(status.id)
+        ttl = state.jobs.ttl(status.id)
+        time.sleep(FINISHED_TTL_S + 1)
+        left = state.jobs.memory(status.id)
+    per_run = held / FINISHED_RUNS
+    return Result(
+        parameters=f"{FINISHED_RUNS:,} runs run to their end (2 workers, simulator latency 0.5 s, moto S3) "
+                   f"in {wall_s:.0f} s; EDITPIPE_FINISHED_JOB_TTL_S={FINISHED_TTL_S} (default 7 days)",
+        figures=[],
+        checks=[(f"job {status.status}, {status.succeeded:,} succeeded", status.succeeded == FINISHED_RUNS),
+                (f"its keys expire in {ttl} s after finalize (≤ {FINISHED_TTL_S} wanted)",
+                 ttl is not None and 0 < ttl <= FINISHED_TTL_S),
+                (f"left in Redis once expired: {left} bytes (0 wanted)", left == 0)],
+        output=(f"a finished job holds {held / 1e6:.2f} MB in Redis, {per_run:.0f} bytes per run (results, "
+                f"prediction ids, ledger lines, its blueprint), until it expires; then nothing: storage is its "
+                f"record (`status --output`, `resume --output`). A 1,000,000-run job: about "
+                f"{per_run * 1e6 / 1e9:.2f} GB for its retention."),
+    )
+
+
 CASES: dict[str, Callable[[Path], Result]] = {"refused": case_refused, "catalog": case_catalog,
-                                              "replan": case_replan}
+                                              "replan": case_replan, "finished": case_finished}
 
 
 def main() -> int:

@@ -152,7 +152,7 @@ def rebuild(
     last = runs.record(state, job_id)
     if last or not plan.runs:
         finalize(state, storage, job_id)
-        state.finalized(job_id)
+        state.finalized(job_id, settings.finished_job_ttl_s)
     for start in range(0, len(runs.left), chunk):
         enqueue_runs(job_id, runs.left[start : start + chunk])
     return Rebuilt(

@@ -85,6 +85,9 @@ class Settings:
     # Runs one job may have (EDITPIPE_MAX_RUNS; None: the default of ``pipeline.size``); a
     # manifest's own ``max_runs`` takes precedence.
     max_runs: int | None = None
+    # How long Redis keeps a finalized job (EDITPIPE_FINISHED_JOB_TTL_S; 0: for ever): its
+    # records are in storage by then, and a resume lifts the expiry.
+    finished_job_ttl_s: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -121,6 +124,7 @@ class Settings:
             state_dir=Path(env["EDITPIPE_STATE_DIR"]).expanduser().absolute() if env.get("EDITPIPE_STATE_DIR") else None,
             state_home=Path(env.get("XDG_STATE_HOME") or Path(env.get("HOME") or "~").expanduser() / ".local" / "state"),
             max_runs=_int(env, "EDITPIPE_MAX_RUNS", 0) or None,
+            finished_job_ttl_s=_int(env, "EDITPIPE_FINISHED_JOB_TTL_S", 7 * 24 * 3600),
         )
 
     def with_tier(self, tier: str) -> "Settings":

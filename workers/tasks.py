@@ -239,5 +239,5 @@ def collect_runs(items: list[tuple[str, int, str, list[str]]]) -> None:
 def finalize(job_id: str) -> None:
     ctx = context()
     status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id)
-    ctx.state.finalized(job_id)
+    ctx.state.finalized(job_id, ctx.settings.finished_job_ttl_s)
     log.info("job %s finished: %s", job_id, status.status)

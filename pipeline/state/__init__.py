@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from .budget import Budget
 from .connection import RIDE_OUT_S, UNAVAILABLE, Connection, flush, wait_until_up
-from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
+from .jobs import ACTIVE, BUDGET_EXHAUSTED, FINISHED_TTL_S, Jobs, JobStatus, new_job_id
 from .latency import Latency
 from .limits import LimitsBackend
 from .lost_submits import LostSubmits
@@ -35,7 +35,7 @@ from .uploads import Uploads
 from .webhook_events import WebhookEvents
 
 __all__ = [
-    "ACTIVE", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
+    "ACTIVE", "BUDGET_EXHAUSTED", "FINISHED_TTL_S", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection", "Due", "DueIndex",
     "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend", "LostSubmits", "Released",
     "RunState", "Runs", "ScheduleState", "StartClaim", "State", "Takeover", "TaskLeases", "Uploads", "flush",
     "new_job_id", "wait_until_up",
@@ -75,8 +75,12 @@ class State:
     def schedule(self, name: str) -> ScheduleState:
         return ScheduleState(self._conn, name)
 
-    def finalized(self, job_id: str) -> None:
+    def finalized(self, job_id: str, keep_s: int = FINISHED_TTL_S) -> None:
         """The job's records are written: it leaves the to-finalize list and the fair queue
-        (whose entry only refused late requeues; a resume registers the job again)."""
+        (whose entry only refused late requeues; a resume registers the job again), and
+        everything Redis holds for it expires in ``keep_s`` seconds (0: never), storage
+        being its record from then on (``Jobs.expire``)."""
         self.jobs.finalized(job_id)
         self.fair.remove(job_id)
+        if keep_s > 0:
+            self.jobs.expire(job_id, keep_s)

@@ -37,6 +37,7 @@ from . import keys
 from .connection import Connection
 
 ACTIVE = ("queued", "running")
+FINISHED_TTL_S = 7 * 24 * 3600  # a finalized job's keys expire after this (settings.finished_job_ttl_s)
 BUDGET_EXHAUSTED = "budget_exhausted"
 MARKED_RUNNING = 1024  # jobs a process remembers having marked running
 STAMP = "%Y%m%dT%H%M%SZ"
@@ -179,14 +180,39 @@ class Jobs:
         self._epoch(keys=[keys.EPOCH], client=pipe)
         pipe.execute()
 
+    def _keys_of(self, job_id: str) -> list[str]:
+        """The job's record and every part of it Redis holds now."""
+        pattern = keys.job(re.sub(r"([*?\[\]\\])", r"\\\1", job_id), "*")
+        return [keys.job(job_id), *self._r.scan_iter(match=pattern, count=1000)]
+
     def memory(self, job_id: str) -> int:
         """The bytes Redis holds for the job: ``MEMORY USAGE`` of each of its keys."""
-        pattern = keys.job(re.sub(r"([*?\[\]\\])", r"\\\1", job_id), "*")
-        found = [keys.job(job_id), *self._r.scan_iter(match=pattern, count=1000)]
         pipe = self._r.pipeline(transaction=False)
-        for key in found:
+        for key in self._keys_of(job_id):
             pipe.memory_usage(key, samples=0)
         return sum(int(n or 0) for n in pipe.execute())
+
+    def expire(self, job_id: str, ttl_s: int) -> None:
+        """Let everything Redis holds for a finalized job go in ``ttl_s`` seconds: its
+        records (results, ledger, report, run index) are in storage, where ``status
+        --output``, ``resume --output`` and the next plans read them. A job asked about
+        after that is one Redis does not know (``missing``)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._keys_of(job_id):
+            pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    def ttl(self, job_id: str) -> int | None:
+        """Seconds until the job's record expires; None when it does not (or is gone)."""
+        left = int(self._r.ttl(keys.job(job_id)))
+        return left if left >= 0 else None
+
+    def persist(self, job_id: str) -> None:
+        """Keep the job again until it is finalized once more (``reopen``)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._keys_of(job_id):
+            pipe.persist(key)
+        pipe.execute()
 
     def known(self, job_id: str) -> bool:
         """Whether Redis has the job's record."""
@@ -354,6 +380,7 @@ class Jobs:
         if budget_usd is not None:
             fields.update(budget_usd=str(budget_usd), budget_micros=to_micros(budget_usd))
         self._r.hset(key, mapping=fields)
+        self.persist(job_id)
 
     def set_final(self, job_id: str, status: str, finished_at: str) -> None:
         self._r.hset(keys.job(job_id), mapping={"status": status, "finished_at": finished_at})
