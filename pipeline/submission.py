@@ -297,14 +297,15 @@ def resume(
     if not status.done:
         raise EditpipeError(f"job {job_id} is still {status.status}: wait for it, or cancel it, then resume")
     indices = []
-    finished = set()
-    for result in map(RunResult.from_dict, state.runs.results(job_id)):
-        finished.add(result.index)
+    finished = bytearray(status.total)  # a byte per planned run: a million-run job's results are streamed
+    for result in map(RunResult.from_dict, state.runs.iter_results(job_id)):
+        if 0 <= result.index < status.total:
+            finished[result.index] = 1
         if result.failed and result.retryable:
             if state.runs.reopen(job_id, result.index):
                 state.runs.forget_attempts(job_id, result.index)
                 indices.append(result.index)
-    indices += [i for i in range(status.total) if i not in finished]
+    indices += [i for i in range(status.total) if not finished[i]]
     indices.sort()
     if not indices:
         return []
