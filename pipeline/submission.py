@@ -237,15 +237,12 @@ def finish_skipped(prepared: Prepared, state: State, job_id: str) -> bool:
     True when one of them was the job's last run. A run finishes once, so a second call
     (``editpipe run`` continuing a job killed before it was handed to the workers) only
     finishes those the first did not reach."""
-    last = False
     if not prepared.done:
         return False
-    for run in prepared.plan.runs:
-        existing = prepared.done.output_of(run)
-        if existing is not None:
-            result = skipped_result(run, existing).to_dict()
-            last = state.runs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last or last
-    return last
+    done = prepared.done
+    skipped = ((run.index, skipped_result(run, existing).to_dict()) for run in prepared.plan.runs
+               if done.done_at(run.index) and (existing := done.output_of(run)) is not None)
+    return state.runs.finish_many(job_id, RunStatus.SKIPPED, skipped)
 
 
 def follow(

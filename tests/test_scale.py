@@ -183,3 +183,23 @@ def test_a_large_jobs_results_and_report_are_written_page_by_page(tmp_path, spec
     assert summary["pages"] == 7 and len(summary["failures"]) == 5
     index = storage.get_text(job_key(job_id)).splitlines()
     assert len(index) == 2_495
+
+
+def test_an_unchanged_plan_submitted_again_is_skipped_whole_at_no_cost(tmp_path, specs, state, settings):
+    from pipeline.submission import prepare, submit
+
+    path = _feed_manifest(tmp_path, 200, prompts=10)
+    first = prepare(path, settings, state=state)
+    storage = first.storage
+    storage.put_text(job_key("made-20261201T000000Z-abcdef"),
+                     "".join(index_line(k, o) + "\n" for k, o in first.plan.keys_and_outputs()))
+
+    again = prepare(path, settings, state=state)
+    assert again.estimated_usd == 0 and again.changes.unchanged == 2_000 and again.new_runs == 0
+    sent: list[str] = []
+    job_id = submit(again, state, sent.append, finalize=finalize_job)
+
+    status = state.jobs.status(job_id)
+    assert not sent and status.status == "succeeded" and status.skipped == 2_000 and status.spent_usd == 0
+    lines = storage.get_text(f"jobs/{job_id}/results.jsonl").splitlines()
+    assert len(lines) == 2_000 and all(json.loads(line)["status"] == "skipped" for line in lines)
