@@ -52,15 +52,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
-
-import numpy as np
 
 from .errors import StorageError
 from .layout import sidecar_key
 from .plan import Plan, Run
 from .state import IndexPending
 from .storage import Storage
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 SEGMENTS = "_index/jobs/"
@@ -313,6 +315,8 @@ class DoneRuns(Mapping[str, str]):
     keys (for tests and small plans)."""
 
     def __init__(self, plan: Plan):
+        import numpy as np
+
         self._plan = plan
         self._bits = np.zeros(len(plan.runs), dtype=bool)
         self._elsewhere: dict[int, str] = {}  # position -> output, when not the run's own key
@@ -328,7 +332,7 @@ class DoneRuns(Mapping[str, str]):
     def add_own(self, indices: np.ndarray) -> None:
         """Runs at these positions are done, each at its own output key."""
         self._bits[indices] = True
-        self._count = int(np.count_nonzero(self._bits))
+        self._count = int(self._bits.sum())
 
     def done_at(self, index: int) -> bool:
         return 0 <= index < len(self._bits) and bool(self._bits[index])
@@ -363,6 +367,8 @@ def _digests(texts: Iterable[str], hex_keys: bool = False) -> np.ndarray:
     """16-byte digests of ``texts`` as one array: the first half of a run key (itself a
     sha256, so its first 128 bits identify it as well as all 256 do for any number of runs
     editpipe meets), or the blake2b-128 of an output key."""
+    import numpy as np  # imported when an index is looked up, not by every command
+
     if hex_keys:
         raw = bytes.fromhex("".join(text[:32] for text in texts))
     else:
@@ -393,6 +399,8 @@ class DoneLookup:
         """The index lines ``(run_key, output_key)``, as a callable that gives them (read
         again only for a run made at another output key than its own, which is rare); of two
         lines of one run key the first counts."""
+        import numpy as np
+
         self._index = lines
         it = iter(lines())
         while batch := list(itertools.islice(it, self.BATCH)):
@@ -409,6 +417,8 @@ class DoneLookup:
         """Mark in ``done`` the plan's runs whose run key has a line; returns how many of the
         others have an output key a line names (changed runs). With ``done`` None (``--force``:
         nothing counts as done) every run whose output key a line names is changed."""
+        import numpy as np
+
         changed = 0
         elsewhere: dict[str, list[tuple[int, str]]] = {}  # run key -> (position, own output)
         pairs = plan.keys_and_outputs()

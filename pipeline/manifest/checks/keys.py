@@ -20,8 +20,6 @@ import re
 from array import array
 from collections.abc import Iterator, Mapping
 
-import numpy as np
-
 from ...modelspec import ModelSpec
 from ...plan import PairRuns, option_sets, pair_runs, pairs, render_output_keys
 from ..reader import DocPath
@@ -92,6 +90,8 @@ def _repeated_hashes(ctx: Context) -> tuple[set[int], bool]:
             hashes.append(hash(key))
         else:
             unsafe = True
+    import numpy as np  # only for manifests whose keys are rendered
+
     ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
     return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist()), unsafe
 
