@@ -263,6 +263,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env["EDITPIPE_MAX_RETRIES"] = str(settings.max_transient_retries)
     env["EDITPIPE_REQUEST_TIMEOUT"] = str(settings.request_timeout_s)
     env["EDITPIPE_PUMPS"] = str(settings.pumps)
+    env["EDITPIPE_FINISHED_JOB_TTL_S"] = str(settings.finished_job_ttl_s)
     env["WAVESPEED_IMAGES_PER_MINUTE"] = str(settings.images_per_minute)
     env["WAVESPEED_MAX_CONCURRENT"] = str(settings.max_concurrent)
     if settings.webhook_url and settings.webhook_secret is not None:

@@ -11,7 +11,8 @@ This module alone says which runs a manifest means:
   ``image_set``, ``prompt`` and ``variant``.
 
 ``pair_runs`` walks those pairs, ``count_runs`` counts their runs without building them, and
-``plan_runs`` builds them. The manifest's checks walk the same pairs to judge output keys,
+``plan_runs`` plans them: it identifies every input once and returns the plan's
+``blueprint`` (``pipeline.blueprint``), from which runs are built as they are read. The manifest's checks walk the same pairs to judge output keys,
 so that the keys checked are exactly those a plan writes.
 
 Each run carries a ``run_key``, the sha256 of what the provider is asked to do: the model,
@@ -20,14 +21,13 @@ variant number. Equal requests get equal keys in any process on any day, which i
 a job skip runs already done; the key never depends on the output root, the manifest name
 or the run's position.
 
-A plan of 100,000 runs is held in memory, so runs are kept light: slotted, and the runs of
-one image set share its inputs and vars, the runs of one option set share its options. Runs
-and their inputs are not changed once planned, but they are not frozen dataclasses either:
-those set each field through ``object.__setattr__``, which makes building them three times
-slower.
+A plan holds its image sets, prompts and option sets, never its runs: a million-run plan
+costs what its feed costs. Runs are light when built: slotted, and the runs of one image
+set share its inputs and vars, the runs of one option set share its options. ``Run``,
+``InputRef`` and ``run_key`` live in ``pipeline.run`` and are re-exported here.
 
-Domain layer: imports ``modelspec`` only; the manifest's types are named for type checkers
-alone (``pipeline.manifest`` imports this module to check output keys).
+Domain layer: imports ``modelspec``, ``run`` and ``blueprint``; the manifest's types are
+named for type checkers alone (``pipeline.manifest`` imports this module to check output keys).
 """
 
 from __future__ import annotations
@@ -37,20 +37,22 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
+from .blueprint import Blueprint, Group, PlannedRuns, SetPart
 from .modelspec import DEFAULT_MODEL, ModelSpec
+from .run import EXTENSIONS, InputRef, Run, run_key
+
+__all__ = ["EXTENSIONS", "InputRef", "Plan", "PlannedRuns", "Run", "count_runs", "plan_runs", "run_key"]
 
 if TYPE_CHECKING:
     from .manifest import AnyImageSet, Defaults, Manifest, Prompt, RunSpec
 
-# A run's output_format → the extension of its output key.
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _CHUNK = 1 << 20
 
 
@@ -81,121 +83,50 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-@dataclass(slots=True)
-class InputRef:
-    """One reference image of a run.
-
-    ``uri``: s3:// and http(s) URIs as written, local files as an absolute path.
-    ``identity``: ``sha256:<hex>`` of a local file's bytes, ``etag:<etag>`` of an s3 object,
-    the URI itself for http(s) (the provider fetches it; we cannot see what it will get).
-    """
-
-    uri: str
-    kind: str
-    identity: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"uri": self.uri, "kind": self.kind, "identity": self.identity}
-
-
-@dataclass(slots=True)
-class Run:
-    """One paid edit request, fully resolved: nothing left to look up in the manifest.
-
-    ``options`` holds every request option of the model; ``output_key`` already has the
-    output format's extension; ``variant`` is 1-based, ``index`` 0-based in plan order.
-    ``options`` and ``vars`` may be shared with other runs of the same plan: read only.
-    """
-
-    index: int
-    run_key: str
-    image_set: str
-    prompt_id: str
-    variant: int
-    model: str
-    prompt: str
-    options: dict[str, str]
-    inputs: tuple[InputRef, ...]
-    output_key: str
-    vars: dict[str, str]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict that ``from_dict`` turns back into an equal ``Run``."""
-        return {
-            "index": self.index,
-            "run_key": self.run_key,
-            "image_set": self.image_set,
-            "prompt_id": self.prompt_id,
-            "variant": self.variant,
-            "model": self.model,
-            "prompt": self.prompt,
-            "options": dict(self.options),
-            "inputs": [ref.to_dict() for ref in self.inputs],
-            "output_key": self.output_key,
-            "vars": dict(self.vars),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Run:
-        return cls(
-            index=int(d["index"]),
-            run_key=str(d["run_key"]),
-            image_set=str(d["image_set"]),
-            prompt_id=str(d["prompt_id"]),
-            variant=int(d["variant"]),
-            model=str(d["model"]),
-            prompt=str(d["prompt"]),
-            options={str(k): str(v) for k, v in d["options"].items()},
-            inputs=tuple(InputRef(str(i["uri"]), str(i["kind"]), str(i["identity"])) for i in d["inputs"]),
-            output_key=str(d["output_key"]),
-            vars={str(k): str(v) for k, v in d["vars"].items()},
-        )
-
-
 @dataclass(frozen=True)
 class Plan:
     """The runs of one manifest, in order, and the catalog rows it skipped (``file:line:col:
-    field: message`` each, as ``on_bad_row: skip`` asks)."""
+    field: message`` each, as ``on_bad_row: skip`` asks).
+
+    ``runs`` is a ``PlannedRuns`` from ``plan_runs`` (built as they are read, from the
+    plan's ``blueprint``), or any list of runs."""
 
     manifest_name: str
-    runs: list[Run]
+    runs: Sequence[Run]
     skipped_rows: list[str] = field(default_factory=list)
+
+    @property
+    def blueprint(self) -> Blueprint | None:
+        return self.runs.blueprint if isinstance(self.runs, PlannedRuns) else None
+
+    def keys(self) -> Iterator[str]:
+        """Every run key in plan order (from the blueprint, without building the runs)."""
+        bp = self.blueprint
+        return bp.keys() if bp is not None else (run.run_key for run in self.runs)
+
+    def keys_and_outputs(self) -> Iterator[tuple[str, str]]:
+        """``(run key, output key)`` of every run in plan order."""
+        bp = self.blueprint
+        return bp.keys_and_outputs() if bp is not None else ((run.run_key, run.output_key) for run in self.runs)
 
     def estimated_cost(self, specs: Mapping[str, ModelSpec]) -> Decimal:
         """What the whole plan costs if every run completes (only completed runs are billed)."""
-        return self.cost_of(self.runs, specs)
+        return self.cost_where(specs)
+
+    def cost_where(self, specs: Mapping[str, ModelSpec], left_out: Callable[[int], bool] | None = None) -> Decimal:
+        """What the plan's runs cost if each completes once, but those whose position
+        ``left_out`` is true for (runs done already, say)."""
+        bp = self.blueprint
+        if bp is None:
+            return self.cost_of((r for i, r in enumerate(self.runs) if left_out is None or not left_out(i)), specs)
+        prices = bp.prices(specs)
+        if left_out is None:
+            return sum(prices, Decimal(0))
+        return sum((price for i, price in enumerate(prices) if not left_out(i)), Decimal(0))
 
     def cost_of(self, runs: Iterable[Run], specs: Mapping[str, ModelSpec]) -> Decimal:
         """What ``runs`` cost if each completes once."""
         return sum((specs[run.model].price_for(run.options) for run in runs), Decimal(0))
-
-
-def run_key(model: str, options: Mapping[str, str], prompt: str, inputs: Iterable[InputRef], variant: int) -> str:
-    """The sha256 (hex) of a canonical JSON of one request; see the module docstring.
-
-    Local inputs count by content only, so a checkout in another directory (or a renamed
-    file with the same bytes) keeps its keys; s3 inputs by URI and ETag; URLs by URI.
-    """
-    canonical = {
-        "model": model,
-        "options": dict(options),
-        "prompt": prompt,
-        "inputs": [_input_identity(ref) for ref in inputs],
-        "variant": variant,
-    }
-    return hashlib.sha256(_canonical_json(canonical).encode("utf-8")).hexdigest()
-
-
-def _input_identity(ref: InputRef) -> list[str]:
-    return [ref.identity] if ref.kind == "local" else [ref.uri, ref.identity]
-
-
-# One encoder for every key: json.dumps with these arguments would build a new one per call.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _canonical_json(value: Any) -> str:
-    return _CANONICAL.encode(value)
 
 
 # --- Which runs a manifest means -----------------------------------------------------------
@@ -303,25 +234,21 @@ def count_runs(manifest: Manifest) -> int:
 
 
 class _Identities:
-    """Input identities, each computed once per plan however many runs share the input, with
-    the canonical JSON ``run_key`` writes for it (a run's inputs are that JSON, joined)."""
+    """Input identities, each computed once per plan however many runs share the input."""
 
     def __init__(self, manifest: Manifest, s3_etag: Callable[[str], str] | None):
         self._manifest = manifest
         self._s3_etag = s3_etag
-        self._refs: dict[str, tuple[InputRef, str]] = {}
+        self._refs: dict[str, InputRef] = {}
 
-    def of_set(self, image_set: AnyImageSet) -> tuple[tuple[InputRef, ...], str]:
-        """The set's inputs and their canonical JSON (a JSON list, as ``run_key`` encodes it)."""
+    def of_set(self, image_set: AnyImageSet) -> SetPart:
+        """The set as its runs need it: its inputs identified."""
         known = self._refs
-        found = [known[ref] if ref in known else self._add(ref) for ref in image_set.images]
-        return tuple(ref for ref, _ in found), f"[{','.join(text for _, text in found)}]"
+        inputs = tuple(known[ref] if ref in known else self._add(ref) for ref in image_set.images)
+        return SetPart.of(image_set.id, inputs, image_set.vars)
 
-    def _add(self, ref: str) -> tuple[InputRef, str]:
-        identified = self._identify(ref)
-        # A list of strings, as _canonical_json writes it.
-        text = f"[{','.join(map(_canonical_json, _input_identity(identified)))}]"
-        added = self._refs[ref] = (identified, text)
+    def _add(self, ref: str) -> InputRef:
+        added = self._refs[ref] = self._identify(ref)
         return added
 
     def _identify(self, ref: str) -> InputRef:
@@ -355,49 +282,48 @@ def plan_runs(
     s3_etag: Callable[[str], str] | None = None,
 ) -> Plan:
     """Every run of ``manifest``, in plan order: ``pair_runs``, each pair's option sets in
-    matrix order, then variants.
+    matrix order, then variants. The runs are a ``PlannedRuns``: built as they are read from
+    the plan's blueprint (each input identified here, once), so a plan of a million runs
+    holds its image sets and prompts, not a million runs.
 
     ``s3_etag(uri)`` returns an s3 object's ETag; it is required when an input is in S3 and
     the manifest's catalog listing did not give it (``ValueError`` otherwise). Deterministic:
     the same manifest and input bytes give the same runs and keys.
     """
     with gc_paused():
-        runs = _runs(manifest, specs, s3_etag)
-    return Plan(manifest_name=manifest.name, runs=runs, skipped_rows=list(manifest.skipped_rows))
+        blueprint = _blueprint(manifest, specs, s3_etag)
+    return Plan(manifest_name=manifest.name, runs=PlannedRuns(blueprint), skipped_rows=list(manifest.skipped_rows))
 
 
-def _runs(manifest: Manifest, specs: Mapping[str, ModelSpec], s3_etag: Callable[[str], str] | None) -> list[Run]:
+def _group(manifest: Manifest, prompt: Prompt, model: str, variants: int, sets: list[dict[str, str]]) -> Group:
+    return Group(prompt.id, manifest.prompt_template(prompt).source, model, variants, tuple(sets))
+
+
+def _blueprint(manifest: Manifest, specs: Mapping[str, ModelSpec], s3_etag: Callable[[str], str] | None) -> Blueprint:
     identities = _Identities(manifest, s3_etag)
-    options_json: dict[int, str] = {}  # by id of the shared options dict (see pair_runs)
-    runs: list[Run] = []
+    template = manifest.output_template.source
+    if manifest.runs is None:
+        # Every set × every prompt: the groups are the prompts', the sets all of them.
+        defaults = manifest.defaults
+        groups = [_group(manifest, prompt, model_of(defaults, prompt), variants_of(defaults, prompt),
+                         option_sets(manifest, prompt, None, specs)) for prompt in manifest.prompts]
+        sets = [identities.of_set(image_set) for image_set in manifest.image_sets] if groups else []
+        return Blueprint(groups, template, len(sets), sets.__getitem__)
+    # A runs list: the sets it names, once each, and one group per distinct entry.
+    sets = []
+    set_pos: dict[int, int] = {}
+    groups = []
+    group_pos: dict[str, int] = {}  # by content: entries that resolve alike share a group
+    pairs_: list[tuple[int, int]] = []
     for pair in pair_runs(manifest, specs):
-        image_set, prompt = pair.image_set, pair.prompt
-        inputs, inputs_json = identities.of_set(image_set)
-        text = manifest.prompt_template(prompt).render(image_set.vars)
-        # run_key's canonical JSON put together from its parts (keys in sorted order, each
-        # value as _canonical_json writes it), so that what runs share is encoded once:
-        # "variant" sorts last, so each variant's key is the prefix plus its number.
-        head = f'{{"inputs":{inputs_json},"model":{_canonical_json(pair.model)},"options":'
-        tail = f',"prompt":{_canonical_json(text)},"variant":'
-        for options in pair.option_sets:
-            if id(options) not in options_json:
-                options_json[id(options)] = _canonical_json(options)
-            prefix = f"{head}{options_json[id(options)]}{tail}"
-            extension = EXTENSIONS[options["output_format"]]
-            for variant, output_key in enumerate(render_output_keys(manifest, pair, options), start=1):
-                runs.append(
-                    Run(
-                        index=len(runs),
-                        run_key=hashlib.sha256(f"{prefix}{variant}}}".encode()).hexdigest(),
-                        image_set=image_set.id,
-                        prompt_id=prompt.id,
-                        variant=variant,
-                        model=pair.model,
-                        prompt=text,
-                        options=options,
-                        inputs=inputs,
-                        output_key=f"{output_key}.{extension}",
-                        vars=image_set.vars,
-                    )
-                )
-    return runs
+        if id(pair.image_set) not in set_pos:
+            set_pos[id(pair.image_set)] = len(sets)
+            sets.append(identities.of_set(pair.image_set))
+        group = _group(manifest, pair.prompt, pair.model, pair.variants, pair.option_sets)
+        content = json.dumps(group.stored(), sort_keys=True)
+        key = group_pos.get(content)
+        if key is None:
+            key = group_pos[content] = len(groups)
+            groups.append(group)
+        pairs_.append((set_pos[id(pair.image_set)], key))
+    return Blueprint(groups, template, len(sets), sets.__getitem__, pairs_)

@@ -126,7 +126,7 @@ def rebuild(
     if stored is None:
         raise JobNotFound(f"no job {job_id!r} under {storage.root} (no {job_file(job_id, MANIFEST)} there)")
     manifest, plan, mark = _plan_again(settings, storage, stored)
-    same_runs = fingerprint(run.run_key for run in plan.runs) == mark.fingerprint
+    same_runs = fingerprint(plan.keys()) == mark.fingerprint
     plan = with_added_runs(storage, job_id, plan)  # the runs `regenerate` added to the job
     runs = _Runs.from_storage(storage, job_id, plan, force=mark.force)
     cap = budget_usd if budget_usd is not None else (Decimal(mark.budget_usd) if mark.budget_usd else None)
@@ -156,7 +156,7 @@ def rebuild(
     last = runs.record(state, job_id)
     if last or not plan.runs:
         finalize(state, storage, job_id)
-        state.finalized(job_id)
+        state.finalized(job_id, settings.finished_job_ttl_s)
     for start in range(0, len(runs.left), chunk):
         enqueue_runs(job_id, runs.left[start : start + chunk])
     return Rebuilt(
@@ -187,7 +187,7 @@ def _plan_again(settings: Settings, storage: Storage, stored: StoredJob) -> tupl
             job_id=stored.job_id,
             created_at=summary.get("created_at") or utc_now(),
             runs=len(plan.runs),
-            fingerprint=fingerprint(run.run_key for run in plan.runs),
+            fingerprint=fingerprint(plan.keys()),
             manifest_dir=str(base),
             budget_usd=summary.get("budget_usd"),
             schedule=summary.get("schedule") or "",

@@ -167,6 +167,7 @@ def regenerate(state: State, storage: Storage, job_id: str, run_keys: Iterable[s
             else:  # 'taken': another regenerate added this variant meanwhile; the next one
                 todo.append(source)
     if added:
+        state.jobs.persist(job_id)  # reopened: a finalized job's expiry no longer applies
         storage.append_text(job_file(job_id, ADDED_RUNS), "".join(lines), "application/x-ndjson")
         reopen_mark(state, storage, job_id)
         enqueue_runs(job_id, sorted(added))
@@ -182,10 +183,11 @@ def with_added_runs(storage: Storage, job_id: str, plan: Plan) -> Plan:
         return plan
     stored = sorted((json.loads(line)["run"] for line in text.splitlines() if line.strip()),
                     key=lambda run: run["index"])
-    known = {run.run_key for run in plan.runs}
+    known = set(plan.keys())
     extra = [Run.from_dict({**run, "index": len(plan.runs) + n})
              for n, run in enumerate(r for r in stored if r["run_key"] not in known)]
-    return replace(plan, runs=plan.runs + extra) if extra else plan
+    # A plan with added runs is a list of runs (each stored on its own), not a blueprint.
+    return replace(plan, runs=[*plan.runs, *extra]) if extra else plan
 
 
 def _before(source: Run, run: Run) -> Regenerated:

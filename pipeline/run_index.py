@@ -25,6 +25,14 @@ know (or that cannot ask Redis) reads the sidecars of its runs not in the index
 (``find_by_sidecars``): an output whose sidecar names the run's key was paid for, and is
 skipped at $0 (``pipeline.submission.look_up_done``).
 
+Looking a plan up in the index (``DoneLookup``) is a join of two streams that may each hold a
+million keys: the index's lines become two sorted arrays of 16-byte digests (its run keys,
+the first line of each winning, with the output each was made at; its output keys), then
+the plan's run keys and output keys are looked up in them in batches (numpy's
+``searchsorted``) as the plan yields them. What comes out is ``DoneRuns``: a bit per planned
+run and the outputs made at another key than the run's own. Memory is 32 bytes a line and
+a batch, never a Python set of keys; an empty index costs nothing.
+
 Why batches and not one marker object per output (the layout before this one, still read
 under ``_index/runs/``): an object store charges per request, and a marker per run was a
 quarter of all the writes a run made. A batch of ``BATCH`` lines is one write.
@@ -33,19 +41,28 @@ quarter of all the writes a run made. A batch of ``BATCH`` lines is one write.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from .errors import StorageError
 from .layout import sidecar_key
+from .plan import Plan, Run
 from .state import IndexPending
 from .storage import Storage
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 SEGMENTS = "_index/jobs/"
@@ -93,9 +110,22 @@ def write_batch_if_due(pending_lines: IndexPending, storage: Storage, job_id: st
 
 def write_job_index(pending_lines: IndexPending, storage: Storage, job_id: str, results: Iterable[dict]) -> None:
     """Write the job's whole index from its results, then drop its batches and its open mark."""
-    lines = [index_line(r["run_key"], r["output"]) for r in results if r["status"] == "succeeded" and r["output"]]
-    if lines:
-        storage.put_text(job_key(job_id), "\n".join(lines) + "\n", "application/x-ndjson")
+    with tempfile.TemporaryDirectory(prefix="editpipe-index-") as scratch:
+        path = Path(scratch) / "index.jsonl"
+        lines = 0
+        with path.open("w", encoding="utf-8") as out:
+            for r in results:
+                if r["status"] == "succeeded" and r["output"]:
+                    out.write(index_line(r["run_key"], r["output"]) + "\n")
+                    lines += 1
+        write_job_index_file(pending_lines, storage, job_id, path if lines else None)
+
+
+def write_job_index_file(pending_lines: IndexPending, storage: Storage, job_id: str, path: Path | None) -> None:
+    """Write the job's whole index from a file of its lines (None: it made no output),
+    streamed, then drop its batches and its open mark."""
+    if path is not None:
+        storage.put_file(job_key(job_id), path, "application/x-ndjson")
     batches = [key for key in storage.list_keys(f"{SEGMENTS}{job_id}.") if key != job_key(job_id)]
     storage.delete_keys(batches)
     pending_lines.forget(job_id)
@@ -205,9 +235,19 @@ def write_recovered(storage: Storage, found: dict[str, str]) -> None:
     storage.put_text(f"{SEGMENTS}recovered-{stamp}-{secrets.token_hex(4)}.jsonl", text, "application/x-ndjson")
 
 
-def _parse_segment(text: str) -> Iterator[tuple[str, str]]:
-    for line in text.splitlines():
-        if line.strip():
+_HEAD, _MIDDLE = b'{"run_key":"', b'","output":"'
+
+
+def _parse_segment(text: str | bytes) -> Iterator[tuple[str, str]]:
+    """A segment's lines, one at a time (a finished million-run job's segment is one object
+    of ~130 MB: its lines are never all held as strings at once)."""
+    for line in io.BytesIO(text.encode() if isinstance(text, str) else text):
+        line = line.rstrip(b"\r\n")
+        # The shape index_line writes, read without a JSON parser (a third of the time of a
+        # million lines); anything else (an escaped character, other spacing) is parsed.
+        if line.startswith(_HEAD) and line[76:88] == _MIDDLE and line.endswith(b'"}') and b"\\" not in line:
+            yield line[12:76].decode(), line[88:-2].decode()
+        elif line.strip():
             entry = json.loads(line)
             yield entry["run_key"], entry["output"]
 
@@ -240,25 +280,171 @@ def read_index(storage: Storage) -> Iterator[tuple[str, str]]:
 
 
 def read_segments(storage: Storage, segments: list[str]) -> Iterator[tuple[str, str]]:
-    """The lines of ``segments`` (keys as listed), read in parallel."""
+    """The lines of ``segments`` (keys as listed), read ``READ_THREADS`` at a time in
+    parallel: at most that many segments are held at once."""
     if not segments:
         return
     with ThreadPoolExecutor(min(READ_THREADS, len(segments)), thread_name_prefix="index") as pool:
-        for text in pool.map(_read_segment, [storage] * len(segments), segments):
-            yield from _parse_segment(text)
+        for start in range(0, len(segments), READ_THREADS):
+            window = segments[start:start + READ_THREADS]
+            for data in pool.map(_read_segment, [storage] * len(window), window):
+                yield from _parse_segment(data)
 
 
-def _read_segment(storage: Storage, key: str) -> str:
+def _read_segment(storage: Storage, key: str) -> bytes:
     """A segment's text. A batch listed but gone was deleted by its job's finalize after the
     listing; finalize wrote the job's whole index before deleting, so that is read instead
     (outputs whose lines were missed here would be paid for again)."""
     try:
-        return storage.get_text(key)
+        return storage.get_bytes(key)
     except FileNotFoundError:
         whole = job_key(key[len(SEGMENTS) :].split(".", 1)[0])
         if whole == key:
-            return ""  # a job's index is never deleted; gone means the output root was cleared
+            return b""  # a job's index is never deleted; gone means the output root was cleared
         try:
-            return storage.get_text(whole)
+            return storage.get_bytes(whole)
         except FileNotFoundError:
-            return ""
+            return b""
+
+
+class DoneRuns(Mapping[str, str]):
+    """The runs of a plan whose run key has an output under the output root already.
+
+    Engine code asks by run (``output_of``, ``done_at``: one bit per planned run, no key
+    held); as a ``Mapping`` it is run key -> output key in plan order, which walks the plan's
+    keys (for tests and small plans)."""
+
+    def __init__(self, plan: Plan):
+        import numpy as np
+
+        self._plan = plan
+        self._bits = np.zeros(len(plan.runs), dtype=bool)
+        self._elsewhere: dict[int, str] = {}  # position -> output, when not the run's own key
+        self._count = 0
+
+    def add(self, index: int, output: str, own_output: str) -> None:
+        if not self._bits[index]:
+            self._bits[index] = True
+            self._count += 1
+        if output != own_output:
+            self._elsewhere[index] = output
+
+    def add_own(self, indices: np.ndarray) -> None:
+        """Runs at these positions are done, each at its own output key."""
+        self._bits[indices] = True
+        self._count = int(self._bits.sum())
+
+    def done_at(self, index: int) -> bool:
+        return 0 <= index < len(self._bits) and bool(self._bits[index])
+
+    def output_of(self, run: Run) -> str | None:
+        """The output already made for ``run`` (a run of this plan), or None."""
+        if not self.done_at(run.index):
+            return None
+        return self._elsewhere.get(run.index, run.output_key)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _pairs(self) -> Iterator[tuple[str, str]]:
+        if not self._count:
+            return
+        for index, (run_key, output) in enumerate(self._plan.keys_and_outputs()):
+            if self._bits[index]:
+                yield run_key, self._elsewhere.get(index, output)
+
+    def __iter__(self) -> Iterator[str]:
+        return (run_key for run_key, _ in self._pairs())
+
+    def __getitem__(self, run_key: str) -> str:
+        for key, output in self._pairs():
+            if key == run_key:
+                return output
+        raise KeyError(run_key)
+
+
+def _digests(texts: Iterable[str], hex_keys: bool = False) -> np.ndarray:
+    """16-byte digests of ``texts`` as one array: the first half of a run key (itself a
+    sha256, so its first 128 bits identify it as well as all 256 do for any number of runs
+    editpipe meets), or the blake2b-128 of an output key."""
+    import numpy as np  # imported when an index is looked up, not by every command
+
+    if hex_keys:
+        raw = bytes.fromhex("".join(text[:32] for text in texts))
+    else:
+        raw = b"".join(hashlib.blake2b(text.encode(), digest_size=16).digest() for text in texts)
+    return np.frombuffer(raw, dtype="S16")
+
+
+class DoneLookup:
+    """The output root's index lines as sorted arrays of 16-byte digests (32 bytes a line,
+    ~64 MB for a million lines at the peak of building them), asked about a plan's runs in
+    batches (see the module docstring). ``add`` the lines, then ``look_up`` the plan."""
+
+    BATCH = 100_000  # lines, or plan runs, turned into digests at once
+
+    def __init__(self) -> None:
+        self._keys: list[np.ndarray] = []
+        self._outputs: list[np.ndarray] = []
+        self._index: Callable[[], Iterable[tuple[str, str]]] | None = None
+        self.lines = 0
+
+    def __enter__(self) -> DoneLookup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._keys, self._outputs = [], []
+
+    def add(self, lines: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """The index lines ``(run_key, output_key)``, as a callable that gives them (read
+        again only for a run made at another output key than its own, which is rare); of two
+        lines of one run key the first counts."""
+        import numpy as np
+
+        self._index = lines
+        it = iter(lines())
+        while batch := list(itertools.islice(it, self.BATCH)):
+            self.lines += len(batch)
+            self._keys.append(_digests((run_key for run_key, _ in batch), hex_keys=True))
+            self._outputs.append(_digests(output for _, output in batch))
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, "S16")
+        outputs = np.concatenate(self._outputs) if self._outputs else np.empty(0, "S16")
+        self._keys, first = np.unique(keys, return_index=True)  # sorted, and each key's first line
+        self._made_at = outputs[first]
+        self._outputs = np.unique(outputs)
+
+    def look_up(self, plan: Plan, done: DoneRuns | None) -> int:
+        """Mark in ``done`` the plan's runs whose run key has a line; returns how many of the
+        others have an output key a line names (changed runs). With ``done`` None (``--force``:
+        nothing counts as done) every run whose output key a line names is changed."""
+        import numpy as np
+
+        changed = 0
+        elsewhere: dict[str, list[tuple[int, str]]] = {}  # run key -> (position, own output)
+        pairs = plan.keys_and_outputs()
+        start = 0
+        while batch := list(itertools.islice(pairs, self.BATCH)):
+            keys = _digests((run_key for run_key, _ in batch), hex_keys=True)
+            outputs = _digests(output for _, output in batch)
+            found = np.zeros(len(batch), dtype=bool)
+            if done is not None and len(self._keys):
+                at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+                found = self._keys[at] == keys
+                own = found & (self._made_at[at] == outputs)
+                done.add_own(start + np.flatnonzero(own))
+                for n in np.flatnonzero(found & ~own):
+                    run_key, output = batch[n]
+                    elsewhere.setdefault(run_key, []).append((start + int(n), output))
+            start += len(batch)
+            rest = outputs[~found]
+            if len(rest) and len(self._outputs):
+                at = np.minimum(np.searchsorted(self._outputs, rest), len(self._outputs) - 1)
+                changed += int(np.count_nonzero(self._outputs[at] == rest))
+        if elsewhere and done is not None and self._index is not None:
+            # Made at another output key than the run's own: that key, from the first line.
+            for run_key, output in self._index():
+                for index, own in elsewhere.pop(run_key, ()):
+                    done.add(index, output, own)
+                if not elsewhere:
+                    break
+        return changed

@@ -90,6 +90,9 @@ class Settings:
     # log lines are written: "text", or "json" (one object a line; ``pipeline.logs``).
     alert_url: str | None = None
     log_format: str = "text"
+    # How long Redis keeps a finalized job (EDITPIPE_FINISHED_JOB_TTL_S; 0: for ever): its
+    # records are in storage by then, and a resume lifts the expiry.
+    finished_job_ttl_s: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -128,6 +131,7 @@ class Settings:
             max_runs=_int(env, "EDITPIPE_MAX_RUNS", 0) or None,
             alert_url=_url(env, "EDITPIPE_ALERT_URL"),
             log_format=_choice(env, "EDITPIPE_LOG_FORMAT", LOG_FORMATS),
+            finished_job_ttl_s=_int(env, "EDITPIPE_FINISHED_JOB_TTL_S", 7 * 24 * 3600),
         )
 
     def with_tier(self, tier: str) -> "Settings":

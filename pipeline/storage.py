@@ -18,6 +18,7 @@ import fcntl
 import mimetypes
 import os
 import random
+import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -80,6 +81,11 @@ class Storage(ABC):
     def put_text(self, key: str, text: str, content_type: str | None = None) -> None:
         self.put_bytes(key, text.encode(), content_type or content_type_for(key))
 
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        """Store a local file's bytes as ``key``; both backends stream it (a multipart upload
+        on S3): for objects too big to hold in memory, a million-run job's ``results.jsonl``."""
+        self.put_bytes(key, path.read_bytes(), content_type)
+
     def get_text(self, key: str) -> str:
         return self.get_bytes(key).decode()
 
@@ -105,6 +111,17 @@ class LocalStorage(Storage):
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        target = self._file(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh, path.open("rb") as source:
+                shutil.copyfileobj(source, fh, 1 << 20)
             os.replace(tmp, target)
         except OSError as exc:
             raise StorageError(f"cannot write {target}: {exc.strerror}") from None
@@ -213,6 +230,13 @@ class S3Storage(Storage):
             raise StorageError(f"cannot read {self.location(key)}: {exc}") from None
         except BotoCoreError as exc:
             raise StorageError(f"cannot read {self.location(key)}: {exc}") from None
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key),
+                                    ExtraArgs={"ContentType": content_type or content_type_for(key)})
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"cannot write {self.location(key)}: {exc}") from None
 
     def exists(self, key: str) -> bool:
         try:

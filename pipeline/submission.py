@@ -30,6 +30,8 @@ from .modelspec import ModelSpec, load_model_specs
 from .plan import Plan, plan_runs
 from .records import RunResult, RunStatus, skipped_result
 from .run_index import (
+    DoneLookup,
+    DoneRuns,
     OpenMark,
     close_mark,
     find_by_sidecars,
@@ -75,8 +77,8 @@ class Prepared:
     plan: Plan
     specs: dict[str, ModelSpec]
     storage: Storage
-    # Run key -> the output an earlier job already made for it (skipped at $0).
-    done: dict[str, str]
+    # The runs an earlier job already made an output for (skipped at $0), and where.
+    done: DoneRuns
     changes: RunChanges
     estimated_usd: Decimal
     force: bool = False
@@ -89,13 +91,14 @@ class Prepared:
 def look_up_done(
     storage: Storage, plan: Plan, *, force: bool = False, unwritten: Iterable[tuple[str, str]] = (),
     jobs: Jobs | None = None,
-) -> tuple[dict[str, str], RunChanges]:
+) -> tuple[DoneRuns, RunChanges]:
     """Runs of the plan whose run key has an output under this output root (from any job),
     and how the rest compare with what was made before.
 
     The output root's run index (``run_index.py``) answers for the whole plan: no object is
-    read per run. ``unwritten``: index lines not in storage yet (``run_index.read_unwritten``).
-    With ``force`` nothing counts as done.
+    read per run, and the two are joined in bounded memory (``run_index.DoneLookup``).
+    ``unwritten``: index lines not in storage yet (``run_index.read_unwritten``). With
+    ``force`` nothing counts as done.
 
     An open job (``run_index.OpenMark``) that Redis (``jobs``) does not know may have left
     outputs the index does not list: then the sidecar of every run not found otherwise is
@@ -104,31 +107,31 @@ def look_up_done(
     ``jobs`` (``editpipe plan``, which asks no Redis) every open job counts, and nothing is
     written.
     """
-    wanted = {run.run_key for run in plan.runs}
-    found: dict[str, str] = {}
-    made_before: set[str] = set()
-    for run_key, output_key in itertools.chain(read_index(storage), unwritten):
-        made_before.add(output_key)
-        if run_key in wanted:
-            found.setdefault(run_key, output_key)
+    done = DoneRuns(plan)
+    with DoneLookup() as lookup:
+        unwritten = list(unwritten)
+        lookup.add(lambda: itertools.chain(read_index(storage), unwritten))
+        changed = lookup.look_up(plan, None if force else done) if lookup.lines else 0
     if not force:
-        found.update(_found_by_sidecars(storage, plan, found, jobs))
-    done = {} if force else found
-    unchanged = sum(1 for run in plan.runs if run.run_key in done)
-    changed = sum(1 for run in plan.runs if run.run_key not in done and run.output_key in made_before)
+        recovered = _found_by_sidecars(storage, plan, done, jobs)
+        if recovered:
+            for index, (run_key, own) in enumerate(plan.keys_and_outputs()):
+                if run_key in recovered:
+                    done.add(index, recovered[run_key], own)
+    unchanged = len(done)
     return done, RunChanges(new=len(plan.runs) - unchanged - changed, changed=changed, unchanged=unchanged)
 
 
-def _found_by_sidecars(storage: Storage, plan: Plan, found: dict[str, str], jobs: Jobs | None) -> dict[str, str]:
+def _found_by_sidecars(storage: Storage, plan: Plan, done: DoneRuns, jobs: Jobs | None) -> dict[str, str]:
     """Outputs of the plan's runs that open jobs Redis lost made and the index does not list."""
     lost = [mark for mark in open_marks(storage) if jobs is None or not jobs.known(mark.job_id)]
     if not lost:
         return {}
-    recovered = find_by_sidecars(storage, [(run.run_key, run.output_key) for run in plan.runs
-                                           if run.run_key not in found])
+    recovered = find_by_sidecars(storage, [pair for index, pair in enumerate(plan.keys_and_outputs())
+                                           if not done.done_at(index)])
     if jobs is not None:
         write_recovered(storage, recovered)
-        ours = fingerprint(run.run_key for run in plan.runs)
+        ours = fingerprint(plan.keys())
         for mark in lost:
             # Every output that job could make had this plan's run key, and was looked for.
             if mark.fingerprint == ours and not jobs.known(mark.job_id):
@@ -165,7 +168,7 @@ def prepare(path: Path, settings: Settings, *, force: bool = False, state: State
         storage=storage,
         done=done,
         changes=changes,
-        estimated_usd=plan.cost_of([r for r in plan.runs if r.run_key not in done], specs),
+        estimated_usd=plan.cost_where(specs, done.done_at if done else None),
         force=force,
     )
 
@@ -197,7 +200,7 @@ def submit(
         job_id=job_id,
         created_at=utc_now(),
         runs=len(prepared.plan.runs),
-        fingerprint=fingerprint(run.run_key for run in prepared.plan.runs),
+        fingerprint=fingerprint(prepared.plan.keys()),
         manifest_dir=str(manifest.base_dir),
         budget_usd=str(min(caps)) if caps else None,
         schedule=schedule,
@@ -238,13 +241,12 @@ def finish_skipped(prepared: Prepared, state: State, job_id: str) -> bool:
     True when one of them was the job's last run. A run finishes once, so a second call
     (``editpipe run`` continuing a job killed before it was handed to the workers) only
     finishes those the first did not reach."""
-    last = False
-    for run in prepared.plan.runs:
-        existing = prepared.done.get(run.run_key)
-        if existing is not None:
-            result = skipped_result(run, existing).to_dict()
-            last = state.runs.finish_run(job_id, run.index, outcome=RunStatus.SKIPPED, result=result).last or last
-    return last
+    if not prepared.done:
+        return False
+    done = prepared.done
+    skipped = ((run.index, skipped_result(run, existing).to_dict()) for run in prepared.plan.runs
+               if done.done_at(run.index) and (existing := done.output_of(run)) is not None)
+    return state.runs.finish_many(job_id, RunStatus.SKIPPED, skipped)
 
 
 def follow(
@@ -296,14 +298,15 @@ def resume(
     if not status.done:
         raise EditpipeError(f"job {job_id} is still {status.status}: wait for it, or cancel it, then resume")
     indices = []
-    finished = set()
-    for result in map(RunResult.from_dict, state.runs.results(job_id)):
-        finished.add(result.index)
+    finished = bytearray(status.total)  # a byte per planned run: a million-run job's results are streamed
+    for result in map(RunResult.from_dict, state.runs.iter_results(job_id)):
+        if 0 <= result.index < status.total:
+            finished[result.index] = 1
         if result.failed and result.retryable:
             if state.runs.reopen(job_id, result.index):
                 state.runs.forget_attempts(job_id, result.index)
                 indices.append(result.index)
-    indices += [i for i in range(status.total) if i not in finished]
+    indices += [i for i in range(status.total) if not finished[i]]
     indices.sort()
     if not indices:
         return []

@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     "pipeline.modelspec": DOMAIN,
     "pipeline.manifest": DOMAIN,
     "pipeline.plan": DOMAIN,
+    "pipeline.run": DOMAIN,  # a run and its run key, as every layer passes them
+    "pipeline.blueprint": DOMAIN,  # the parts a plan's runs share; run i built from them
     "pipeline.size": DOMAIN,  # a plan's runs, cost and dimensions, by arithmetic
     "pipeline.ledger": DOMAIN,
     "pipeline.layout": DOMAIN,

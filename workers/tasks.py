@@ -265,5 +265,5 @@ def finalize(job_id: str) -> None:
             return
         status = finalize_job(ctx.state, ctx.storage(ctx.state.jobs.output_root(job_id)), job_id,
                               open_root=ctx.storage)
-        ctx.state.finalized(job_id)
+        ctx.state.finalized(job_id, ctx.settings.finished_job_ttl_s)
         log.info("job %s finished: %s", job_id, status.status)

@@ -127,7 +127,7 @@ def plan(manifest: Path, limit: int, force: bool) -> None:
     for col in ("#", "image set", "prompt", "v", *option_names, "output", "run key", "state"):
         table.add_column(col, overflow="fold")
     for run in runs[:limit]:
-        state = "done" if run.run_key in prepared.done else "new"
+        state = "done" if prepared.done.done_at(run.index) else "new"
         table.add_row(str(run.index), run.image_set, run.prompt_id, str(run.variant),
                       *(run.options.get(name, "") for name in option_names), run.output_key, run.run_key[:10], state)
     console.print(table)

@@ -52,11 +52,14 @@ def print_summary(status: JobStatus) -> None:
 
 
 def print_failures(state: State, job_id: str, limit: int = 10) -> None:
-    failed = [r for r in map(RunResult.from_dict, state.runs.results(job_id)) if r.failed]
-    for r in failed[:limit]:
-        console.print(f"  failed {r.image_set}/{r.prompt}/v{r.variant}: {r.error}", markup=False)
-    if len(failed) > limit:
-        console.print(f"  … {len(failed) - limit} more in results.jsonl", markup=False)
+    failed = 0
+    for r in map(RunResult.from_dict, state.runs.iter_results(job_id)):
+        if r.failed:
+            failed += 1
+            if failed <= limit:
+                console.print(f"  failed {r.image_set}/{r.prompt}/v{r.variant}: {r.error}", markup=False)
+    if failed > limit:
+        console.print(f"  … {failed - limit} more in results.jsonl", markup=False)
 
 
 def finish(state: State, job_id: str) -> int:

@@ -11,7 +11,6 @@ import click
 from ..errors import EditpipeError, SettingsError
 from ..state import State
 from ..layout import job_file, job_prefix, page_key
-from ..records import RunResult
 from ..report import report_location, write_report
 from ..settings import Settings
 from ..storage import LocalStorage, open_storage
@@ -38,7 +37,7 @@ def report_command(job_id: str, open_browser: bool, refresh: bool) -> None:
     first_page = page_key(job_prefix(job_id), 1)
     if refresh:
         summary = json.loads(storage.get_text(job_file(job_id, "summary.json")))
-        write_report(state, storage, job_id, summary, [RunResult.from_dict(r) for r in state.runs.results(job_id)])
+        write_report(state, storage, job_id, summary)  # its results read from Redis a page at a time
     elif not storage.exists(first_page):
         raise EditpipeError(f"job {job_id} has no report at {storage.location(first_page)}")
     location = report_location(storage, job_id)

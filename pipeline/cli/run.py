@@ -83,8 +83,8 @@ def plan_fingerprint(prepared: Prepared, *, force: bool) -> str:
     (run key and output key of each, in order). A budget edit keeps it; a changed prompt,
     input or option changes a run key, and with it the fingerprint."""
     digest = hashlib.sha256(f"{prepared.storage.root}\n{int(force)}\n".encode())
-    for run in prepared.plan.runs:
-        digest.update(f"{run.run_key} {run.output_key}\n".encode())
+    for run_key, output_key in prepared.plan.keys_and_outputs():
+        digest.update(f"{run_key} {output_key}\n".encode())
     return digest.hexdigest()[:32]
 
 

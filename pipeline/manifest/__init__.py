@@ -28,7 +28,8 @@ Modules, each about one thing:
 
 Domain layer: imports ``errors``, ``modelspec``, ``plan`` (which runs a manifest means:
 the checks judge the output keys of exactly those) and ``size`` (how many, by arithmetic:
-a manifest over its cap of runs is refused before any is expanded), and Pillow to read an
+a manifest over its cap of runs is refused before any is expanded), numpy (to sort the
+hashes of output keys, finding repeats in bounded memory) and Pillow to read an
 image's header; never a layer above; what reads a feed
 over the network is passed in (``pipeline.catalog.Sources``).
 """

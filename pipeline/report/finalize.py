@@ -4,14 +4,22 @@
 prediction), ``job.json`` and ``summary.json`` (counts, spend against budget, duration,
 failures), the job's run index, then the report pages. Finalizing is idempotent: running
 it twice writes the same files.
+
+A million-run job is finalized in bounded memory: its results are read from Redis a batch
+at a time in index order and written as they come to local scratch files (``results.jsonl``
+and the run index), which are then streamed to storage; what the summary needs (the failed
+runs) and the report needs (which options vary) is gathered in the same pass, and the report
+reads its results again page by page (``pages.write_report``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 from ..state import BUDGET_EXHAUSTED, JobStatus, State
 from ..layout import job_file, job_prefix, page_key
@@ -20,9 +28,9 @@ from ..manifest.publish import RECORD_FIELD, from_record
 from ..notify import notify
 from ..publish import OpenRoot, at_finish, open_like
 from ..records import JobState, RunResult
-from ..run_index import write_job_index
+from ..run_index import index_line, write_job_index_file
 from ..storage import Storage
-from .pages import PAGE_SIZE, write_report
+from .pages import PAGE_SIZE, Facts, write_report
 
 log = logging.getLogger(__name__)
 PUBLISH_MESSAGE = "publish_message"  # the job record's field: what publishing did or waits for
@@ -51,28 +59,29 @@ def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int 
     says how many outputs wait for review (``required``), before its summary is written
     (``publish.at_finish``); ``open_root`` opens the destination (default: ``open_like``)."""
     status = state.jobs.status(job_id)
-    stored = state.runs.results(job_id)
-    results = [RunResult.from_dict(r) for r in stored]
+    with tempfile.TemporaryDirectory(prefix="editpipe-finalize-") as scratch:
+        facts = _write_results(state, storage, job_id, Path(scratch))
     ledger = [LedgerEntry.from_dict(line) for line in state.runs.ledger(job_id)]
-    storage.put_text(job_file(job_id, "results.jsonl"), _jsonl(r.public() for r in results), "application/x-ndjson")
     storage.put_text(job_file(job_id, "ledger.jsonl"), _jsonl(line.to_dict() for line in ledger),
                      "application/x-ndjson")
-    write_job_index(state.index, storage, job_id, stored)
     final = final_status(state, status)
     finished_at = state.jobs.field(job_id, "finished_at") or utc_now()
-    summary = job_summary(state, status, results, final=final, finished_at=finished_at)
+    summary = job_summary(state, status, facts.failed, final=final, finished_at=finished_at)
     spec = from_record(state.jobs.field(job_id, RECORD_FIELD))
     if spec is not None:
+        # Publishing reads every result again (a job that publishes holds its results in
+        # memory here, unlike the passes above).
+        results = [RunResult.from_dict(stored) for stored in state.runs.iter_results(job_id)]
         summary["publish"] = at_finish(storage, job_id, spec, results, open_root or open_like(storage))
         # What `run` and `submit --wait` print under the summary (they read Redis, not storage).
         state.jobs.set_fields(job_id, {PUBLISH_MESSAGE: summary["publish"]["message"]})
-    summary["pages"] = max(1, -(-len(results) // page_size))
+    summary["pages"] = max(1, -(-facts.total // page_size))
     summary["report"] = storage.location(page_key(job_prefix(job_id), 1))
     text = json.dumps(summary, indent=2)
     storage.put_text(job_file(job_id, "summary.json"), text, "application/json")
     storage.put_text(job_file(job_id, "job.json"), text, "application/json")
     try:
-        write_report(state, storage, job_id, summary, results, page_size=page_size)
+        write_report(state, storage, job_id, summary, page_size=page_size, facts=facts)
     except Exception:  # noqa: BLE001 - the page is for people; the job's records are written
         log.exception("job %s: the report could not be written", job_id)
     state.jobs.set_final(job_id, final, finished_at)
@@ -82,9 +91,30 @@ def finalize_job(state: State, storage: Storage, job_id: str, *, page_size: int 
     return state.jobs.status(job_id)
 
 
-def job_summary(state: State, status: JobStatus, results: list[RunResult], *, final: JobState,
+def _write_results(state: State, storage: Storage, job_id: str, scratch: Path) -> Facts:
+    """``results.jsonl`` and the job's run index, from one pass over its results in Redis
+    (written to ``scratch`` files as they come, then streamed to storage); what the summary
+    and the report need of every result, gathered on the way."""
+    facts = Facts()
+    results_file, index_file = scratch / "results.jsonl", scratch / "index.jsonl"
+    indexed = 0
+    with results_file.open("w", encoding="utf-8") as out, index_file.open("w", encoding="utf-8") as index:
+        for stored in state.runs.iter_results(job_id):
+            result = RunResult.from_dict(stored)
+            out.write(json.dumps(result.public(), separators=(",", ":")) + "\n")
+            facts.add(result)
+            if stored["status"] == "succeeded" and stored["output"]:
+                index.write(index_line(stored["run_key"], stored["output"]) + "\n")
+                indexed += 1
+    storage.put_file(job_file(job_id, "results.jsonl"), results_file, "application/x-ndjson")
+    write_job_index_file(state.index, storage, job_id, index_file if indexed else None)
+    return facts
+
+
+def job_summary(state: State, status: JobStatus, results: Iterable[RunResult], *, final: JobState,
                 finished_at: str) -> dict:
-    """The summary a machine reads (``summary.json``, the webhook's body)."""
+    """The summary a machine reads (``summary.json``, the webhook's body); of ``results``
+    only the failed ones count (the others may be left out)."""
     summary = status.to_dict()
     summary["status"] = final.value
     summary["finished_at"] = finished_at

@@ -2,51 +2,126 @@
 
 ``report.html``, ``report-2.html``, …: each run shown as its inputs → its output, each
 picture linking to the full image, failures tabled on the first page. Pages are
-self-contained HTML (inline CSS, no outside assets). Writing them makes the thumbnails
-still missing first (``thumbnails.make_thumbnails``, within a time budget), so that big
-jobs still finalize fast.
+self-contained HTML (inline CSS, no outside assets), one object each: a million-run job is
+5,000 pages of 200 runs, never one giant file. They are written one at a time, each from
+its own results and runs (read from Redis a page at a time), making the thumbnails its runs
+still miss first (``thumbnails.make_thumbnails``), within one time budget for the whole
+report, so that big jobs still finalize fast and the first pages get the thumbnails.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 
+from ..errors import JobNotFound
 from ..state import State
-from ..layout import job_prefix, page_key, sidecar_key
+from ..layout import job_prefix, page_key, sidecar_key, thumbs_prefix
 from ..ledger import parse_time, usd, utc_now
 from ..plan import Run
 from ..records import RunResult, RunStatus
 from ..storage import Storage
 from ..thumbnails import THUMB_BUDGET_S, make_thumbnails
-from .sheet import Picture, Sheet, input_name
+from .sheet import Links, Picture, Sheet, Varying, input_name
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 200
+PAGES_PER_WINDOW = 10  # pages whose results, runs and thumbnails are handled together
 MAX_FAILURE_ROWS = 500
 MAX_INPUTS_SHOWN = 3
 
 
-def write_report(state: State, storage: Storage, job_id: str, summary: dict, results: list[RunResult], *,
-                 page_size: int = PAGE_SIZE, thumb_budget_s: float = THUMB_BUDGET_S) -> list[str]:
-    """Make the missing thumbnails and write every page of the report; the pages' keys."""
+@dataclass
+class Facts:
+    """What the report (and the summary) need of every result of a job, gathered in one
+    pass: how many, the failed ones with their positions, which options vary."""
+
+    total: int = 0
+    failed: list[RunResult] = field(default_factory=list)
+    failed_at: list[int] = field(default_factory=list)
+    varying: Varying = field(default_factory=Varying)
+
+    def add(self, result: RunResult) -> None:
+        if result.failed:
+            self.failed.append(result)
+            self.failed_at.append(self.total)
+        self.varying.add(result)
+        self.total += 1
+
+    @classmethod
+    def of(cls, results: Iterable[RunResult]) -> Facts:
+        facts = cls()
+        for result in results:
+            facts.add(result)
+        return facts
+
+
+def write_report(state: State, storage: Storage, job_id: str, summary: dict, results: list[RunResult] | None = None,
+                 *, page_size: int = PAGE_SIZE, thumb_budget_s: float = THUMB_BUDGET_S,
+                 facts: Facts | None = None) -> list[str]:
+    """Write every page of the report, each making its missing thumbnails first (within
+    ``thumb_budget_s`` for all pages together); the pages' keys. ``results``: the job's,
+    in index order (read from Redis a page at a time when None); ``facts``: theirs, when
+    the caller gathered them already."""
+    def source() -> Iterator[RunResult]:
+        if results is not None:
+            return iter(results)
+        return map(RunResult.from_dict, state.runs.iter_results(job_id))
+
+    facts = facts or Facts.of(source())
     prefix = job_prefix(job_id)
-    sheet = Sheet(storage, prefix, {run.index: run for run in state.runs.planned(job_id)}, results)
+    links = Links(storage, prefix)
+    thumbs = set(storage.list_keys(thumbs_prefix(prefix)))
+    failed = list(zip(facts.failed_at, facts.failed))[:MAX_FAILURE_ROWS]
+    option_names = facts.varying.names
+    pages = max(1, -(-facts.total // page_size))
     started = time.monotonic()
-    tasks = sheet.tasks()
-    sheet.thumbs |= make_thumbnails(storage, tasks, budget_s=thumb_budget_s)
-    log.info("report %s: %d thumbnails made in %.1f s", job_id, len(tasks), time.monotonic() - started)
-    pages = max(1, -(-len(results) // page_size))
-    keys = []
-    for page in range(1, pages + 1):
-        chunk = results[(page - 1) * page_size: page * page_size]
-        key = page_key(prefix, page)
-        storage.put_text(key, render_page(sheet, summary, chunk, page, pages, page_size), "text/html; charset=utf-8")
-        keys.append(key)
+    made = 0
+    keys: list[str] = []
+    # A window of pages at a time: its thumbnails made together (in parallel, first pages
+    # first), then its pages written; what is held is one window's results and runs.
+    window = page_size * PAGES_PER_WINDOW
+    results_in = source()
+    while True:
+        chunk = list(itertools.islice(results_in, window))
+        if not chunk and keys:
+            break
+        sheet = Sheet(storage, prefix, _runs_of(state, job_id, chunk), chunk, option_names=option_names,
+                      thumbs=thumbs, links=links, total=facts.total, failed=failed)
+        left_s = thumb_budget_s - (time.monotonic() - started)
+        if left_s > 0:
+            new = make_thumbnails(storage, sheet.tasks(), budget_s=left_s)
+            thumbs |= new
+            made += len(new)
+        for start in range(0, max(1, len(chunk)), page_size):
+            page = len(keys) + 1
+            key = page_key(prefix, page)
+            text = render_page(sheet, summary, chunk[start:start + page_size], page, pages, page_size)
+            storage.put_text(key, text, "text/html; charset=utf-8")
+            keys.append(key)
+        if len(chunk) < window:
+            break
+    log.info("report %s: %d pages, %d thumbnails made in %.1f s", job_id, len(keys), made, time.monotonic() - started)
     return keys
+
+
+def _runs_of(state: State, job_id: str, results: list[RunResult]) -> dict[int, Run]:
+    """The planned runs of one page's results (read together); one Redis does not have is
+    left out (its card shows no inputs)."""
+    state.runs.load([(job_id, r.index) for r in results])
+    runs = {}
+    for r in results:
+        try:
+            runs[r.index] = state.runs.run(job_id, r.index)
+        except JobNotFound:
+            continue
+    return runs
 
 
 _E = html.escape
@@ -199,7 +274,7 @@ def _header(sheet: Sheet, summary: dict) -> str:
 
 
 def _failures(sheet: Sheet, summary: dict, option_names: list[str], page_size: int) -> str:
-    failed = [(n, r) for n, r in enumerate(sheet.results) if r.failed]
+    failed = sheet.failed
     if not failed:
         return ""
     reasons = summary["failure_reasons"]
@@ -216,9 +291,10 @@ def _failures(sheet: Sheet, summary: dict, option_names: list[str], page_size: i
             f'<td>{_E(r.prompt)}</td><td class="num">{r.variant}</td><td>{_options(r, option_names)}</td>'
             f'<td>{_kind(r)}</td><td class="reason">{_E(r.error or "unknown")}</td></tr>'
         )
-    more = (f'<p class="note">… and {len(failed) - MAX_FAILURE_ROWS} more in results.jsonl</p>'
-            if len(failed) > MAX_FAILURE_ROWS else "")
-    return (f"{by_reason}<h2>Failed runs ({len(failed)})</h2><table><tr><th>run</th><th>image set</th>"
+    count = len(summary["failures"])
+    more = (f'<p class="note">… and {count - MAX_FAILURE_ROWS} more in results.jsonl</p>'
+            if count > MAX_FAILURE_ROWS else "")
+    return (f"{by_reason}<h2>Failed runs ({count})</h2><table><tr><th>run</th><th>image set</th>"
             f"<th>prompt</th><th>v</th><th>options</th><th>kind</th><th>reason</th></tr>{''.join(rows)}</table>{more}")
 
 
@@ -309,7 +385,7 @@ def _checks(result: RunResult) -> str:
 
 def render_page(sheet: Sheet, summary: dict, results: list[RunResult], page: int, pages: int, page_size: int) -> str:
     option_names = sheet.option_names
-    total = len(sheet.results)
+    total = sheet.total
     first = (page - 1) * page_size + 1
     span = f"runs {first}–{first + len(results) - 1} of {total}" if results else "no runs"
     if page == 1:

@@ -9,7 +9,7 @@ local output root, so the folder can be moved or zipped, and presigned for S3 (v
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,26 +72,54 @@ def input_name(ref: InputRef) -> str:
     return posixpath.basename(ref.uri.split("?", 1)[0]) or ref.uri
 
 
-def varying_options(results: list[RunResult]) -> list[str]:
+class Varying:
+    """Options that differ between runs of a job (the ones worth a caption), learnt one
+    result at a time: at most two values kept per option."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, set[str]] = {}
+
+    def add(self, result: RunResult) -> None:
+        for name, value in result.options.items():
+            values = self._seen.setdefault(name, set())
+            if len(values) < 2:
+                values.add(str(value))
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, values in self._seen.items() if len(values) > 1]
+
+
+def varying_options(results: Iterable[RunResult]) -> list[str]:
     """Options that differ between runs of this job: the ones worth a caption."""
-    seen: dict[str, set[str]] = {}
+    varying = Varying()
     for r in results:
-        for name, value in r.options.items():
-            seen.setdefault(name, set()).add(str(value))
-    return [name for name, values in seen.items() if len(values) > 1]
+        varying.add(r)
+    return varying.names
 
 
 class Sheet:
-    """Decides, for every run on the sheet, which thumbnails to make and what to show."""
+    """Decides, for the runs on one page of the sheet (``results``, with their planned
+    ``runs`` by index), which thumbnails to make and what to show.
 
-    def __init__(self, storage: Storage, prefix: str, runs: dict[int, Run], results: list[RunResult]):
+    A job's report is written page by page; what its pages share is given: the option
+    names worth a caption, the thumbnails already made (``thumbs``: updated as more are
+    made), the links (``links``), the number of results (``total``) and its failed runs with
+    their positions (``failed``, for the table on page 1). Left out, they are those of
+    ``results`` alone (a job of one page)."""
+
+    def __init__(self, storage: Storage, prefix: str, runs: dict[int, Run], results: list[RunResult], *,
+                 option_names: list[str] | None = None, thumbs: set[str] | None = None, links: Links | None = None,
+                 total: int | None = None, failed: list[tuple[int, RunResult]] | None = None):
         self.storage = storage
         self.prefix = prefix
         self.runs = runs
         self.results = results
-        self.links = Links(storage, prefix)
-        self.thumbs: set[str] = set(storage.list_keys(thumbs_prefix(prefix)))
-        self.option_names = varying_options(results)
+        self.links = links or Links(storage, prefix)
+        self.thumbs: set[str] = thumbs if thumbs is not None else set(storage.list_keys(thumbs_prefix(prefix)))
+        self.option_names = option_names if option_names is not None else varying_options(results)
+        self.total = len(results) if total is None else total
+        self.failed = failed if failed is not None else [(n, r) for n, r in enumerate(results) if r.failed]
 
     def _input_reader(self, ref: InputRef) -> Callable[[], bytes] | None:
         if ref.kind == "local":
@@ -106,19 +134,20 @@ class Sheet:
     def tasks(self) -> list[ThumbTask]:
         """Missing thumbnails in sheet order, so that the first pages are served first."""
         tasks: list[ThumbTask] = []
-        planned = set(self.thumbs)
+        made = self.thumbs
+        planned: set[str] = set()
         for result in self.results:
             run = self.runs.get(result.index)
             for ref in run.inputs if run else ():
                 key = input_thumb_key(self.prefix, ref)
-                read = None if key in planned else self._input_reader(ref)
+                read = None if key in planned or key in made else self._input_reader(ref)
                 if read is not None:
                     planned.add(key)
                     tasks.append(ThumbTask(key, read, input_name(ref)))
             output = result.shown_output
             if output and not result.thumbnail:
                 key = output_thumb_key(self.prefix, result.index)
-                if key not in planned:
+                if key not in planned and key not in made:
                     planned.add(key)
                     tasks.append(ThumbTask(key, lambda output=output: self.storage.get_bytes(output), output))
         return tasks

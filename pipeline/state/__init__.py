@@ -24,7 +24,7 @@ from collections.abc import Callable
 from .alerts import AlertRecord, Alerts
 from .budget import Budget
 from .connection import RIDE_OUT_S, UNAVAILABLE, Connection, flush, wait_until_up
-from .jobs import ACTIVE, BUDGET_EXHAUSTED, Jobs, JobStatus, new_job_id
+from .jobs import ACTIVE, BUDGET_EXHAUSTED, FINISHED_TTL_S, Jobs, JobStatus, new_job_id
 from .latency import Latency
 from .limits import LimitsBackend
 from .lost_submits import LostSubmits
@@ -39,10 +39,10 @@ from .uploads import Uploads
 from .webhook_events import WebhookEvents
 
 __all__ = [
-    "ACTIVE", "AlertRecord", "Alerts", "BUDGET_EXHAUSTED", "RIDE_OUT_S", "UNAVAILABLE", "Budget", "Connection",
-    "Due", "DueIndex", "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency", "LimitsBackend",
-    "LostSubmits", "Metrics", "Released", "RunState", "Runs", "ScheduleState", "Snapshot", "StartClaim", "State",
-    "Takeover", "TaskLeases", "Uploads", "flush",
+    "ACTIVE", "AlertRecord", "Alerts", "BUDGET_EXHAUSTED", "FINISHED_TTL_S", "RIDE_OUT_S", "UNAVAILABLE", "Budget",
+    "Connection", "Due", "DueIndex", "FairQueue", "Finished", "IndexPending", "JobStatus", "Jobs", "Latency",
+    "LimitsBackend", "LostSubmits", "Metrics", "Released", "RunState", "Runs", "ScheduleState", "Snapshot",
+    "StartClaim", "State", "Takeover", "TaskLeases", "Uploads", "flush",
     "new_job_id", "wait_until_up",
 ]
 
@@ -77,11 +77,19 @@ class State:
         log by default)."""
         return cls(Connection.from_url(url, report, ride_out_s))
 
+    def memory_used(self) -> int:
+        """What Redis holds in all, in bytes (``INFO memory``'s ``used_memory``)."""
+        return int(self._conn.redis.info("memory")["used_memory"])
+
     def schedule(self, name: str) -> ScheduleState:
         return ScheduleState(self._conn, name)
 
-    def finalized(self, job_id: str) -> None:
+    def finalized(self, job_id: str, keep_s: int = FINISHED_TTL_S) -> None:
         """The job's records are written: it leaves the to-finalize list and the fair queue
-        (whose entry only refused late requeues; a resume registers the job again)."""
+        (whose entry only refused late requeues; a resume registers the job again), and
+        everything Redis holds for it expires in ``keep_s`` seconds (0: never), storage
+        being its record from then on (``Jobs.expire``)."""
         self.jobs.finalized(job_id)
         self.fair.remove(job_id)
+        if keep_s > 0:
+            self.jobs.expire(job_id, keep_s)

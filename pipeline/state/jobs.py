@@ -1,5 +1,11 @@
 """Job records: one hash per job (``ep:job:<id>``) of counters and facts, and the jobs index.
 
+A job's planned runs are stored as its plan's blueprint (``ep:job:<id>:plan``: the parts its
+runs share, ``pipeline.blueprint``), written once: a million-run catalog job costs Redis its
+image sets and prompts (about 35 bytes a run), not a JSON per run. Runs given as a plain
+list (not a plan's ``PlannedRuns``), and runs added later beyond the planned ones, are kept
+one JSON each in ``ep:job:<id>:runs`` (``state.Runs`` reads either).
+
 Guaranteed: a job's counters change only inside the scripts of ``runs`` and ``budget`` (so
 concurrent workers and redelivered tasks never count twice); a job never goes back to
 queued once running; a stop reason, once set, is kept (the first one wins) until ``reopen``;
@@ -27,11 +33,13 @@ from typing import NamedTuple
 
 from ..errors import JobLost, JobNotFound
 from ..ledger import from_micros, to_micros, usd
+from ..blueprint import PlannedRuns
 from ..plan import Run
 from . import keys
 from .connection import Connection
 
 ACTIVE = ("queued", "running")
+FINISHED_TTL_S = 7 * 24 * 3600  # a finalized job's keys expire after this (settings.finished_job_ttl_s)
 BUDGET_EXHAUSTED = "budget_exhausted"
 MARKED_RUNNING = 1024  # jobs a process remembers having marked running
 STAMP = "%Y%m%dT%H%M%SZ"
@@ -143,12 +151,12 @@ class Jobs:
         extra: dict[str, int | str] | None = None,
         batch: int = 2000,
     ) -> None:
-        """Record a job and its planned runs (written ``batch`` at a time), queued."""
-        runs_key = keys.job(job_id, "runs")
+        """Record a job and its planned runs (written ``batch`` fields at a time), queued: a
+        plan's ``PlannedRuns`` as its blueprint, any other runs one JSON each."""
         pipe = self._r.pipeline(transaction=False)
         pending = 0
-        for run in runs:
-            pipe.hset(runs_key, str(run.index), json.dumps(run.to_dict(), separators=(",", ":")))
+        for key, field, value in _run_fields(job_id, runs):
+            pipe.hset(key, field, value)
             pending += 1
             if pending >= batch:
                 pipe.execute()
@@ -208,6 +216,40 @@ class Jobs:
     def regenerated(self, job_id: str) -> dict[int, int]:
         """Each regenerated run's index -> the index of the run added for it (``add_runs``)."""
         return {int(k): int(v) for k, v in self._r.hgetall(keys.job(job_id, "regenerated")).items()}
+
+    def _keys_of(self, job_id: str) -> list[str]:
+        """The job's record and every part of it Redis holds now."""
+        pattern = keys.job(re.sub(r"([*?\[\]\\])", r"\\\1", job_id), "*")
+        return [keys.job(job_id), *self._r.scan_iter(match=pattern, count=1000)]
+
+    def memory(self, job_id: str) -> int:
+        """The bytes Redis holds for the job: ``MEMORY USAGE`` of each of its keys."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._keys_of(job_id):
+            pipe.memory_usage(key, samples=0)
+        return sum(int(n or 0) for n in pipe.execute())
+
+    def expire(self, job_id: str, ttl_s: int) -> None:
+        """Let everything Redis holds for a finalized job go in ``ttl_s`` seconds: its
+        records (results, ledger, report, run index) are in storage, where ``status
+        --output``, ``resume --output`` and the next plans read them. A job asked about
+        after that is one Redis does not know (``missing``)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._keys_of(job_id):
+            pipe.expire(key, ttl_s)
+        pipe.execute()
+
+    def ttl(self, job_id: str) -> int | None:
+        """Seconds until the job's record expires; None when it does not (or is gone)."""
+        left = int(self._r.ttl(keys.job(job_id)))
+        return left if left >= 0 else None
+
+    def persist(self, job_id: str) -> None:
+        """Keep the job again until it is finalized once more (``reopen``)."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._keys_of(job_id):
+            pipe.persist(key)
+        pipe.execute()
 
     def known(self, job_id: str) -> bool:
         """Whether Redis has the job's record."""
@@ -374,6 +416,7 @@ class Jobs:
             # The job's own budget now, whatever its schedule's was (for its budget alerts).
             fields.update(budget_usd=str(budget_usd), budget_micros=to_micros(budget_usd), budget_of="job")
         self._r.hset(key, mapping=fields)
+        self.persist(job_id)
 
     def set_final(self, job_id: str, status: str, finished_at: str) -> None:
         self._r.hset(keys.job(job_id), mapping={"status": status, "finished_at": finished_at})
@@ -390,3 +433,18 @@ class Jobs:
         (their finalize task was lost)."""
         now = float(self._r.time()[0])
         return list(self._r.zrangebyscore(keys.TO_FINALIZE, "-inf", now - older_than_s))
+
+
+def _run_fields(job_id: str, runs: Iterable[Run]) -> Iterable[tuple[str, str, str]]:
+    """(key, field, value) of what stores ``runs``: a blueprint's head and image-set chunks,
+    or a JSON per run."""
+    if isinstance(runs, PlannedRuns):
+        blueprint = runs.blueprint
+        plan_key = keys.job(job_id, "plan")
+        for chunk, text in blueprint.set_chunks():
+            yield plan_key, f"sets:{chunk}", text
+        yield plan_key, "head", blueprint.head()  # last: a head is only read with its sets there
+        return
+    runs_key = keys.job(job_id, "runs")
+    for run in runs:
+        yield runs_key, str(run.index), json.dumps(run.to_dict(), separators=(",", ":"))

@@ -1,6 +1,12 @@
 """Runs: the planned runs of each job and everything that happens to one run in Redis.
 
-Per job, hashes keyed by run index: ``runs`` (planned, JSON), ``pred`` (prediction id),
+A job's planned runs are its blueprint (``plan``: a head and chunks of image sets, written
+by ``Jobs.create``), from which each process builds a run on demand, keeping the heads and
+set chunks it read last; ``runs`` holds a JSON per run for the runs outside a blueprint (a
+job recorded from a plain list, runs added beyond the planned ones): an index the blueprint
+does not cover is read there.
+
+Per job, hashes keyed by run index: ``runs`` (see above), ``pred`` (prediction id),
 ``results`` (result line), ``submitting``/``submitting_open``/``lost`` (submit marks),
 ``failed`` (failed predictions given up for a new submit), ``reserved`` (see ``budget``),
 and ``ledger`` (entry id -> ledger line); per run, a start
@@ -15,11 +21,13 @@ Redis no longer has (its state was lost) is never started or finished: those ste
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
+from ..blueprint import SETS_PER_CHUNK, Blueprint, SetPart, set_chunk
 from ..errors import JobLost, JobNotFound
 from ..plan import Run
 from . import keys
@@ -27,6 +35,8 @@ from .connection import Connection
 from .metrics import utc_day
 
 RUNS_CACHED = 8192  # planned runs a process keeps in memory (about 1 KB each)
+PLANS_CACHED = 64  # jobs' blueprint heads a process keeps
+CHUNKS_CACHED = 256  # blueprint set chunks a process keeps (64 image sets, ~20 KB each)
 
 
 class StartClaim(NamedTuple):
@@ -88,6 +98,8 @@ class Runs:
         self._begin_submit = conn.script("begin_submit.lua")
         self._drop_failed = conn.script("drop_failed_prediction.lua")
         self._cache: OrderedDict[tuple[str, int], Run] = OrderedDict()
+        self._plans: OrderedDict[str, Blueprint | None] = OrderedDict()
+        self._chunks: OrderedDict[tuple[str, int], list[SetPart]] = OrderedDict()
 
     # planned runs
     def run(self, job_id: str, index: int) -> Run:
@@ -100,37 +112,121 @@ class Runs:
         return self._remember(job_id, index, self._r.hget(keys.job(job_id, "runs"), str(index)))
 
     def load(self, wanted: Iterable[tuple[str, int]]) -> None:
-        """Read the planned runs of ``wanted`` (job id, index) that this process does not
-        hold yet, in one round trip (a poller's batch, say). One that Redis does not have is
-        left out (``run`` says why: its job was lost, say)."""
+        """Read what the planned runs of ``wanted`` (job id, index) that this process does
+        not hold yet are built from, in a round trip or two (a poller's batch, say). One that
+        Redis does not have is left out (``run`` says why: its job was lost, say)."""
         missing = list(dict.fromkeys(key for key in wanted if key not in self._cache))
         if not missing:
             return
+        self._load_plans({job_id for job_id, _ in missing})
+        chunks = {(job_id, index) for job_id, index in missing if self._covers(job_id, index)}
+        wanted_chunks = list(dict.fromkeys(
+            (job_id, self._plans[job_id].locate(index)[0] // SETS_PER_CHUNK)  # type: ignore[union-attr]
+            for job_id, index in chunks))
         pipe = self._r.pipeline(transaction=False)
-        for job_id, index in missing:
+        needed = [c for c in wanted_chunks if c not in self._chunks]
+        for job_id, chunk in needed:
+            pipe.hget(keys.job(job_id, "plan"), f"sets:{chunk}")
+        listed = [key for key in missing if key not in chunks]
+        for job_id, index in listed:
             pipe.hget(keys.job(job_id, "runs"), str(index))
-        for (job_id, index), raw in zip(missing, pipe.execute()):
+        replies = pipe.execute()
+        for key, raw in zip(needed, replies):
+            if raw:
+                self._keep_chunk(key, set_chunk(raw))
+        for (job_id, index), raw in zip(listed, replies[len(needed):]):
             if raw:
                 self._remember(job_id, index, raw)
+        for job_id, index in chunks:
+            if (job_id, self._plans[job_id].locate(index)[0] // SETS_PER_CHUNK) in self._chunks:  # type: ignore[union-attr]
+                self._remember(job_id, index, None)
 
     def _remember(self, job_id: str, index: int, raw: str | None) -> Run:
-        if not raw:
-            if not self._r.hexists(keys.job(job_id), "total"):
-                raise JobLost(job_id)
-            raise JobNotFound(f"job {job_id!r} has no run {index}")
-        run = self._cache[(job_id, index)] = Run.from_dict(json.loads(raw))
+        """The run from its JSON (``raw``, from ``runs``), else built from the job's blueprint."""
+        if raw:
+            run = Run.from_dict(json.loads(raw))
+        else:
+            self._load_plans({job_id})
+            if not self._covers(job_id, index):
+                if not self._r.hexists(keys.job(job_id), "total"):
+                    raise JobLost(job_id)
+                raise JobNotFound(f"job {job_id!r} has no run {index}")
+            run = self._plans[job_id].run(index)  # type: ignore[union-attr]
+        self._cache[(job_id, index)] = run
         if len(self._cache) > RUNS_CACHED:
             self._cache.popitem(last=False)
         return run
 
+    def _covers(self, job_id: str, index: int) -> bool:
+        blueprint = self._plans.get(job_id)
+        return blueprint is not None and 0 <= index < len(blueprint)
+
+    def _load_plans(self, job_ids: set[str]) -> None:
+        """Read the blueprint heads of ``job_ids`` this process does not hold (one round trip).
+        A job without one (its runs listed one by one, or lost) is asked again next time."""
+        unknown = [job_id for job_id in job_ids if self._plans.get(job_id) is None]
+        if not unknown:
+            for job_id in job_ids:
+                self._plans.move_to_end(job_id)
+            return
+        pipe = self._r.pipeline(transaction=False)
+        for job_id in unknown:
+            pipe.hget(keys.job(job_id, "plan"), "head")
+        for job_id, head in zip(unknown, pipe.execute()):
+            if head:
+                self._plans[job_id] = Blueprint.from_head(head, lambda pos, job_id=job_id: self._set(job_id, pos))
+        while len(self._plans) > PLANS_CACHED:
+            self._plans.popitem(last=False)
+
+    def _set(self, job_id: str, pos: int) -> SetPart:
+        """Image set ``pos`` of the job's blueprint, from the chunk holding it (read once)."""
+        key = (job_id, pos // SETS_PER_CHUNK)
+        chunk = self._chunks.get(key)
+        if chunk is None:
+            raw = self._r.hget(keys.job(job_id, "plan"), f"sets:{key[1]}")
+            if not raw:
+                raise JobLost(job_id)  # the head was read, so the job's parts were lost since
+            chunk = self._keep_chunk(key, set_chunk(raw))
+        else:
+            self._chunks.move_to_end(key)
+        return chunk[pos % SETS_PER_CHUNK]
+
+    def _keep_chunk(self, key: tuple[str, int], chunk: list[SetPart]) -> list[SetPart]:
+        self._chunks[key] = chunk
+        if len(self._chunks) > CHUNKS_CACHED:
+            self._chunks.popitem(last=False)
+        return chunk
+
     def planned(self, job_id: str) -> Iterator[Run]:
+        """Every planned run of the job: its blueprint's in order, then those listed one by one."""
+        self._load_plans({job_id})
+        blueprint = self._plans.get(job_id)
+        if blueprint is not None:
+            yield from blueprint
         for _, raw in self._r.hscan_iter(keys.job(job_id, "runs"), count=1000):
             yield Run.from_dict(json.loads(raw))
 
     def planned_count(self, job_id: str) -> int:
-        return int(self._r.hlen(keys.job(job_id, "runs")))
+        self._load_plans({job_id})
+        blueprint = self._plans.get(job_id)
+        return (len(blueprint) if blueprint is not None else 0) + int(self._r.hlen(keys.job(job_id, "runs")))
 
     # results and ledger
+    def iter_results(self, job_id: str, batch: int = 1000) -> Iterator[dict]:
+        """The job's result lines in index order, read ``batch`` indices a round trip: a
+        million-run job's results are never all in memory at once."""
+        key = keys.job(job_id, "results")
+        count = int(self._r.hlen(key))
+        found = start = 0
+        # Results are keyed by run index: every one is below the planned runs plus the results.
+        top = self.planned_count(job_id) + count
+        while found < count and start < top:
+            for raw in self._r.hmget(key, [str(i) for i in range(start, start + batch)]):
+                if raw is not None:
+                    found += 1
+                    yield json.loads(raw)
+            start += batch
+
     def results(self, job_id: str) -> list[dict]:
         lines = [json.loads(v) for _, v in self._r.hscan_iter(keys.job(job_id, "results"), count=1000)]
         return sorted(lines, key=lambda line: line["index"])
@@ -295,6 +391,25 @@ class Runs:
         if int(code) == -2:
             raise JobLost(job_id)
         return Finished(int(code), int(pending), int(waited_ms) / 1000)
+
+    def finish_many(self, job_id: str, outcome: str, results: Iterable[tuple[int, dict]], batch: int = 1000) -> bool:
+        """``finish_run`` for many runs without a ledger line (runs skipped as done already),
+        ``batch`` script calls a round trip; True when one of them was the job's last. Each
+        run finishes once, as with ``finish_run``."""
+        last = False
+        it = iter(results)
+        while chunk := list(itertools.islice(it, batch)):
+            pipe = self._r.pipeline(transaction=False)
+            for index, result in chunk:
+                self._finish(
+                    keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
+                          keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending")],
+                    args=[index, outcome, _json(result), "", "", 0, ""], client=pipe)
+            for code, _, _ in pipe.execute():
+                if int(code) == -2:
+                    raise JobLost(job_id)
+                last = last or int(code) == 1
+        return last
 
     # resuming
     def reopen(self, job_id: str, index: int, counter: str = "failed") -> bool:

@@ -7,12 +7,18 @@ Uniqueness is judged without the extension: the ``.json`` sidecar sits beside ea
 Rendering every key of a 100,000-run manifest costs as much as planning would spend
 rendering them again, so a manifest whose keys are safe and distinct by their shape alone is
 not rendered here (``distinct_by_shape``); any other is, and every problem is reported.
+
+Duplicates are found in bounded memory, never with one set of every key: a first pass keeps
+an 8-byte hash per key in an array, sorted, whose repeats name the few hashes worth a look;
+only when there are some (or an unsafe key) does a second pass render the keys again,
+holding just the keys whose hash repeats, and report exactly as one pass over a set would.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterator, Mapping
 
 from ...modelspec import ModelSpec
 from ...plan import PairRuns, option_sets, pair_runs, pairs, render_output_keys
@@ -36,10 +42,34 @@ def output_keys(ctx: Context) -> None:
     then how many more)."""
     if distinct_by_shape(ctx.manifest, ctx.specs):
         return
+    repeated, unsafe = _repeated_hashes(ctx)
+    if not repeated and not unsafe:
+        return
     path: DocPath = ("output_key",)
     first: dict[str, tuple[PairRuns, Mapping[str, str], int]] = {}
     reported = 0
     hidden = 0
+    for pair, options, variant, key in _keys(ctx):
+        problem = unsafe_key(key)
+        if problem is None and key not in first:
+            if hash(key) in repeated:  # only a key whose hash repeats can be met again
+                first[key] = (pair, options, variant)
+            continue
+        if reported >= MAX_RUN_ISSUES:
+            hidden += 1
+            continue
+        reported += 1
+        run = _describe(pair, options, variant)
+        if problem is not None:
+            ctx.add(path, f"{key!r} for {run} {problem}")
+        else:
+            ctx.add(path, f"{key!r} is the output of two runs: {_describe(*first[key])} and {run}")
+    if hidden:
+        ctx.add(path, f"and {hidden} more runs with an unsafe or shared output key")
+
+
+def _keys(ctx: Context) -> Iterator[tuple[PairRuns, Mapping[str, str], int, str]]:
+    """Every run's output key (without extension) in plan order, with what it was made of."""
     for pair in pair_runs(ctx.manifest, ctx.specs):
         for options in pair.option_sets:
             try:
@@ -47,21 +77,23 @@ def output_keys(ctx: Context) -> None:
             except KeyError:
                 continue  # an unknown model leaves spec defaults unresolved; reported already
             for variant, key in enumerate(keys, start=1):
-                problem = unsafe_key(key)
-                if problem is None and key not in first:
-                    first[key] = (pair, options, variant)
-                    continue
-                if reported >= MAX_RUN_ISSUES:
-                    hidden += 1
-                    continue
-                reported += 1
-                run = _describe(pair, options, variant)
-                if problem is not None:
-                    ctx.add(path, f"{key!r} for {run} {problem}")
-                else:
-                    ctx.add(path, f"{key!r} is the output of two runs: {_describe(*first[key])} and {run}")
-    if hidden:
-        ctx.add(path, f"and {hidden} more runs with an unsafe or shared output key")
+                yield pair, options, variant, key
+
+
+def _repeated_hashes(ctx: Context) -> tuple[set[int], bool]:
+    """The hashes that more than one safe key has (a superset of the repeated keys'), and
+    whether some key is unsafe; 8 bytes held per key."""
+    hashes = array("q")
+    unsafe = False
+    for _, _, _, key in _keys(ctx):
+        if unsafe_key(key) is None:
+            hashes.append(hash(key))
+        else:
+            unsafe = True
+    import numpy as np  # only for manifests whose keys are rendered
+
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    return set(ordered[1:][ordered[1:] == ordered[:-1]].tolist()), unsafe
 
 
 def distinct_by_shape(manifest: Manifest, specs: Mapping[str, ModelSpec]) -> bool:
