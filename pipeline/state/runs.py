@@ -370,7 +370,16 @@ class Runs:
         counters (``metrics``) count its outcome, a failure's ``error_kind`` and its cost, and a
         charge claims the budget alerts it crosses (``Alerts``) in that step too. Raises
         ``JobLost`` (having written nothing) when Redis no longer has the job."""
-        code, pending, waited_ms = self._finish(
+        code, pending, waited_ms = self._finish_call(job_id, index, outcome, result, ledger_line, cost_micros,
+                                                     index_line)
+        if int(code) == -2:
+            raise JobLost(job_id)
+        return Finished(int(code), int(pending), int(waited_ms) / 1000)
+
+    def _finish_call(self, job_id: str, index: int, outcome: str, result: dict, ledger_line: dict | None,
+                     cost_micros: int, index_line: str, client=None):
+        """One ``finish_run.lua`` call (on ``client``, a pipeline, when given)."""
+        return self._finish(
             keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
                   keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending"), keys.METRICS,
                   keys.job(job_id, "alerts"), keys.ALERTS, keys.ALERTS_DUE],
@@ -387,10 +396,8 @@ class Runs:
                 keys.DAY_BUDGET_PREFIX,
                 keys.DAY_SPEND_SUFFIX,
             ],
+            client=client,
         )
-        if int(code) == -2:
-            raise JobLost(job_id)
-        return Finished(int(code), int(pending), int(waited_ms) / 1000)
 
     def finish_many(self, job_id: str, outcome: str, results: Iterable[tuple[int, dict]], batch: int = 1000) -> bool:
         """``finish_run`` for many runs without a ledger line (runs skipped as done already),
@@ -401,10 +408,7 @@ class Runs:
         while chunk := list(itertools.islice(it, batch)):
             pipe = self._r.pipeline(transaction=False)
             for index, result in chunk:
-                self._finish(
-                    keys=[keys.job(job_id), keys.job(job_id, "results"), keys.job(job_id, "ledger"),
-                          keys.job(job_id, "reserved"), keys.TO_FINALIZE, keys.job(job_id, "index-pending")],
-                    args=[index, outcome, _json(result), "", "", 0, ""], client=pipe)
+                self._finish_call(job_id, index, outcome, result, None, 0, "", client=pipe)
             for code, _, _ in pipe.execute():
                 if int(code) == -2:
                     raise JobLost(job_id)
