@@ -190,7 +190,9 @@ class ConcurrencyLimiter:
 
     A holder that works longer than ``lease_s`` must ``renew`` before its lease runs out; an
     expired lease is never renewed (its slot may already be someone else's), the holder must
-    acquire again.
+    acquire again. A holder that knows it will next look later than ``lease_s`` from now asks
+    for a longer lease (``hold_s``): its slot then comes back at most that long after its
+    last renewal, if it dies.
 
     Parameters:
       backend: the state layer's ``LimitsBackend``.
@@ -216,12 +218,13 @@ class ConcurrencyLimiter:
         """Extend ``holder``'s lease by ``lease_s`` from now; False if it had none left."""
         return self.renew_many([holder]) == 1
 
-    def renew_many(self, holders: Iterable[str]) -> int:
-        """Renew several leases in one call (a poller's batch); returns how many were live."""
+    def renew_many(self, holders: Iterable[str], hold_s: float = 0.0) -> int:
+        """Renew several leases in one call (a poller's batch), each to ``lease_s`` from now
+        or ``hold_s`` if longer; returns how many were live."""
         holders = list(holders)
         if not holders:
             return 0
-        return self.backend.lease_renew(self.key, self.lease_us, holders)
+        return self.backend.lease_renew(self.key, max(self.lease_us, _us(hold_s)), holders)
 
     def release(self, holder: str) -> None:
         """Give ``holder``'s slot back at once (a no-op if it holds none)."""
@@ -245,6 +248,9 @@ class AccountLimits:
     ``try_start`` until it returns 0.0; submit; ``heartbeat`` at least every ``lease_s`` while
     it runs (``heartbeat_many`` for a poller's batch); ``finished`` when it reaches a terminal
     status. If the submit is answered 429: ``rate_limited(retry_after)`` then ``finished``.
+    A holder whose next heartbeat is due later than ``lease_s`` (a prediction first checked
+    just after the model's latency, a minute say) takes or renews its lease for ``hold_s``
+    instead, in the same call: no renewal is made only to keep a slot.
 
     The provider counts arrivals, not our grants: if the first start of a minute reaches it a
     few milliseconds later than the last, a schedule at exactly ``images_per_minute`` puts one
@@ -306,11 +312,12 @@ class AccountLimits:
             **options,
         )
 
-    def try_start(self, holder: str) -> float:
+    def try_start(self, holder: str, hold_s: float = 0.0) -> float:
         """0.0: ``holder`` may submit now (lease and token taken); else seconds to wait first.
 
-        A holder that has a lease already keeps it (renewed) but still needs a token: every
-        submit is a start for the provider.
+        The lease lasts ``lease_s``, or ``hold_s`` if longer. A holder that has a lease
+        already keeps it (renewed) but still needs a token: every submit is a start for the
+        provider.
         """
         wait_us = self.backend.start(
             rate_key=self.rate.key,
@@ -319,7 +326,7 @@ class AccountLimits:
             throttle_key=self.throttle.key,
             holder=holder,
             limit=self.concurrency.limit,
-            lease_us=self.concurrency.lease_us,
+            lease_us=max(self.concurrency.lease_us, _us(hold_s)),
             interval_us=self.rate.interval_us,
             catch_up_us=self.rate.catch_up_us,
             recovery_us=self.throttle.recovery_us,
@@ -335,9 +342,10 @@ class AccountLimits:
         """Keep ``holder``'s slot; False if its lease had already expired."""
         return self.concurrency.renew(holder)
 
-    def heartbeat_many(self, holders: Iterable[str]) -> int:
-        """Keep several slots in one call; returns how many leases were still live."""
-        return self.concurrency.renew_many(holders)
+    def heartbeat_many(self, holders: Iterable[str], hold_s: float = 0.0) -> int:
+        """Keep several slots in one call, for ``lease_s`` or ``hold_s`` if longer; returns
+        how many leases were still live."""
+        return self.concurrency.renew_many(holders, hold_s)
 
     def rate_limited(self, retry_after_s: float | None = None, message: str = "") -> float:
         """The provider answered 429: pause and slow the whole fleet; returns the pause (s).

@@ -253,6 +253,25 @@ def test_renewed_lease_is_kept_and_expired_one_is_not_renewed(r, key, backend):
     assert limiter.renew_many(["a", "b"]) == 1
 
 
+def test_a_lease_asked_for_longer_holds_its_slot_that_long_and_no_longer(r, key, backend):
+    # A prediction first checked after a minute takes its slot for that long at the start
+    # and at each check: no renewal only to keep it, and a dead holder's slot still comes back.
+    limits = AccountLimits(backend, key, images_per_minute=60_000, max_concurrent=1, lease_s=0.4)
+
+    assert limits.try_start("a", hold_s=1.2) == 0.0
+    time.sleep(0.7)
+    assert limits.try_start("b") > 0, "held past lease_s, as asked"
+    time.sleep(0.7)
+    assert limits.in_use() == 0, "not renewed: the slot came back once the hold ran out"
+    assert limits.try_start("b") == 0.0
+    assert limits.heartbeat_many(["b"], hold_s=1.2) == 1
+    time.sleep(0.7)
+    assert limits.in_use() == 1 and limits.try_start("c") > 0
+    assert limits.heartbeat_many(["b"]) == 1, "a renewal without hold_s lasts lease_s"
+    time.sleep(0.55)
+    assert limits.in_use() == 0
+
+
 # --- throttle -------------------------------------------------------------------------
 
 def test_a_429_pauses_every_process_then_the_rate_recovers(redis_url, r, key, backend):
