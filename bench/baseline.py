@@ -5,7 +5,7 @@ sidecar to storage (S3 through boto3 in a thread pool, since boto3 blocks; or a 
 directory). Nothing is durable: no Redis, no claim, no ledger, no retries; a crash loses
 everything in flight. It is what one would write in an afternoon, written carefully:
 
-- the account's limits held locally (a smooth rate with the same 2% headroom as editpipe,
+- the account's limits held locally (a smooth rate with the same 1% headroom as editpipe,
   and a semaphore of ``max_concurrent`` predictions), which one process can do exactly;
 - at most ``requests_at_once`` HTTP requests at a time, so thousands of waiting predictions
   never queue inside httpx's pool (encode/httpx#3215);
@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 RUN_KEY_HEADER = "X-Editpipe-Run-Key"
-HEADROOM = 0.02
+HEADROOM = 0.01
 FIRST_POLL_CAP_S = 15.0  # as editpipe's first poll (half its due-index lease)
 
 
