@@ -206,9 +206,10 @@ def editpipe_workers(settings: Settings, *, count: int, concurrency: int,
 
 
 @contextmanager
-def workdir() -> Iterator[Path]:
-    """A temporary folder with ``redis/`` and ``logs/`` in it, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
+def workdir(under: str | None = None) -> Iterator[Path]:
+    """A temporary folder (in ``under``, else the system's) with ``redis/`` and ``logs/`` in
+    it, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="editpipe-bench-", dir=under) as tmp:
         work = Path(tmp)
         for sub in ("redis", "logs"):
             (work / sub).mkdir()
