@@ -206,9 +206,10 @@ def editpipe_workers(settings: Settings, *, count: int, concurrency: int,
 
 
 @contextmanager
-def workdir() -> Iterator[Path]:
-    """A temporary folder with ``redis/`` and ``logs/`` in it, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="editpipe-bench-") as tmp:
+def workdir(under: str | None = None) -> Iterator[Path]:
+    """A temporary folder (in ``under``, else the system's) with ``redis/`` and ``logs/`` in
+    it, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="editpipe-bench-", dir=under) as tmp:
         work = Path(tmp)
         for sub in ("redis", "logs"):
             (work / sub).mkdir()
@@ -281,12 +282,16 @@ class RssSampler:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes and their live descendants."""
+    """User + system CPU seconds of these processes and their descendants: the live ones',
+    and those of children that exited and were waited for (counted in their parent's
+    ``children_user`` and ``children_system``), so a pool child replaced during a
+    measurement still counts. A process that exits unwaited-for between two readings is
+    lost, as /proc keeps nothing of it."""
     total = 0.0
     for proc in _processes(pids):
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
+            total += t.user + t.system + t.children_user + t.children_system
         except psutil.NoSuchProcess:
             pass
     return total

@@ -5,12 +5,13 @@ sidecar to storage (S3 through boto3 in a thread pool, since boto3 blocks; or a 
 directory). Nothing is durable: no Redis, no claim, no ledger, no retries; a crash loses
 everything in flight. It is what one would write in an afternoon, written carefully:
 
-- the account's limits held locally (a smooth rate with the same 2% headroom as editpipe,
+- the account's limits held locally (a smooth rate with the same 1% headroom as editpipe,
   and a semaphore of ``max_concurrent`` predictions), which one process can do exactly;
 - at most ``requests_at_once`` HTTP requests at a time, so thousands of waiting predictions
   never queue inside httpx's pool (encode/httpx#3215);
-- polls on editpipe's schedule (``pipeline/dispatch.py``: the first near the latency seen
-  so far, then growing, never under 2 s), so both make the same requests. With
+- polls on editpipe's schedule (``pipeline/dispatch.py``: the first just after the latency
+  seen so far, then growing, never under 2 s; while none is known, spaced by how long the
+  oldest prediction has run, at most 30 s apart), so both make the same requests. With
   ``learn_latency=False`` it polls on the provider's plain guidance instead, as a loop
   without that idea would: the first poll 2 s after the submit, then 1.5 times longer each
   time (2, 3, 4.5 s, ...).
@@ -32,8 +33,8 @@ from pathlib import Path
 import httpx
 
 RUN_KEY_HEADER = "X-Editpipe-Run-Key"
-HEADROOM = 0.02
-FIRST_POLL_CAP_S = 15.0  # as editpipe's first poll (half its due-index lease)
+HEADROOM = 0.01
+FIRST_POLL_AFTER = 1.05  # as editpipe's first poll (``dispatch.FIRST_POLL_AFTER``)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Baseline:
         self.poll_initial_s = poll_initial_s
         self.poll_max_s = poll_max_s
         self.expected: float | None = None
+        self.first_submit: float | None = None  # while the latency is unknown
         self.learn_latency = learn_latency
         self.outcome = Outcome()
 
@@ -119,13 +121,21 @@ class Baseline:
         async with self.http_slots:
             return await self.client.request(method, url, **kwargs)
 
+    def _floor(self) -> float:
+        """While no prediction has completed: how long the oldest has run (editpipe's
+        ``Dispatch.latency_floor``); 0 on the plain schedule."""
+        if not self.learn_latency or self.expected is not None or self.first_submit is None:
+            return 0.0
+        return min(self.poll_max_s, time.monotonic() - self.first_submit)
+
     def _first_poll(self) -> float:
-        guess = self.poll_initial_s if self.expected is None else 0.85 * self.expected
-        return min(max(self.poll_initial_s, guess), FIRST_POLL_CAP_S)
+        if self.expected is None:
+            return max(self.poll_initial_s, self._floor())
+        return max(self.poll_initial_s, FIRST_POLL_AFTER * self.expected)
 
     def _next_poll(self, attempt: int) -> float:
         base = max(self.poll_initial_s, 0.15 * (self.expected or 0.0))
-        return min(self.poll_max_s, base * 1.5**attempt)
+        return max(min(self.poll_max_s, base * 1.5**attempt), self._floor())
 
     async def run_one(self, work: Work, slot: asyncio.Semaphore) -> None:
         try:
@@ -139,6 +149,8 @@ class Baseline:
 
     async def _run(self, work: Work) -> None:
         submitted = time.monotonic()
+        if self.first_submit is None:
+            self.first_submit = submitted
         answer = await self._request("POST", self.endpoint, json=work.payload,
                                      headers={RUN_KEY_HEADER: work.run_key})
         answer.raise_for_status()

@@ -15,7 +15,11 @@ The design, and why (measured on a 2-core machine):
   while a sorted-set member costs a few bytes. The first check is timed just after the
   model's latency as seen so far (polls cost CPU in proportion to how often they happen;
   the provider's own ``timings.inference`` sharpens the estimate), then at a growing
-  interval, never less than 2 s apart as the provider asks.
+  interval, never less than 2 s apart as the provider asks. The prediction's concurrency
+  lease is taken (and renewed by each check) to last half a lease past its next check
+  (``Dispatch.hold_s``), so a minute-long edit is checked once, not every half lease only to
+  keep its slot (bench/inflight at 60 s: 2.3 checks a prediction with the first check at
+  half the 60 s lease).
 - Completed predictions go to collect tasks (download, store, charge), spread over the
   worker pool, since storage writes are the slow part; eight to a message, since each
   message costs CPU to send, fetch and ack (one to a message, ``bench/overhead``'s workers
@@ -95,7 +99,9 @@ class Dispatch:
         self.ctx = ctx
         self.tasks = tasks
         self.state = ctx.state
-        self._latency: dict[str, tuple[float | None, float]] = {}  # model -> (seconds, read at)
+        # model -> (latency seen, or None; while None, when its oldest prediction was
+        # submitted, if known; when this was read)
+        self._latency: dict[str, tuple[float | None, float | None, float]] = {}
 
     # runs waiting to start
     def add_job(self, job_id: str) -> None:
@@ -145,8 +151,11 @@ class Dispatch:
         if step.action == "poll":
             # Just after the expected completion; at once for a prediction found already
             # submitted (a redelivery), whose time is unknown.
-            delay = self.first_poll_s(self.state.runs.run(job_id, index).model) if step.delay_s else 0.0
+            model = self.state.runs.run(job_id, index).model
+            delay = self.first_poll_s(model) if step.delay_s else 0.0
             now = time.time()
+            if step.delay_s:
+                self._note_submit(model, now)
             self.schedule(list(settled), [(Due(job_id, index, 0, step.failures, now, now).member, delay)])
             if wake_poller:
                 self.tasks.wake_poller()
@@ -166,13 +175,42 @@ class Dispatch:
     def take_due(self, n: int = POLL_BATCH) -> list[Due]:
         return self.state.due.take(n, DUE_LEASE_S)
 
-    def expected_latency(self, model: str) -> float | None:
-        """The model's latency as seen so far (shared in Redis; read at most once a second)."""
+    def _latency_read(self, model: str) -> tuple[float | None, float | None]:
         now = time.monotonic()
         cached = self._latency.get(model)
-        if cached is None or now - cached[1] > 1.0:
-            cached = self._latency[model] = (self.state.latency.get(model), now)
-        return cached[0]
+        if cached is None or now - cached[2] > 1.0:
+            cached = self._latency[model] = (*self.state.latency.read(model), now)
+        return cached[0], cached[1]
+
+    def expected_latency(self, model: str) -> float | None:
+        """The model's latency as seen so far (shared in Redis; read at most once a second)."""
+        return self._latency_read(model)[0]
+
+    def latency_floor(self, model: str) -> float:
+        """While no prediction of the model has been seen completed: how long ago its oldest
+        was submitted (0 when its latency is known, or no submit was noted).
+
+        None of its predictions finished in that time, so an edit of this model probably
+        takes at least that long: a check sooner than that, of a younger prediction, would
+        most likely find it running. Checks are spaced by it (up to ``poll_max_s``) instead
+        of the provider's plain 2 s, 3 s, 4.5 s...: at 60 s, a fresh deployment's first
+        minute of predictions were checked 5 to 7 times each on the plain schedule. A model
+        that turns out faster is found late by less than its own latency: a prediction
+        submitted ``a`` seconds after the oldest is checked ``a`` seconds after its submit,
+        and the oldest, checked at twice its age at the latest, shows the latency by twice
+        that latency."""
+        expected, since = self._latency_read(model)
+        if expected is not None or since is None:
+            return 0.0
+        return max(0.0, time.time() - since)
+
+    def _note_submit(self, model: str, submitted_at: float) -> None:
+        """Note the first submit of a model whose latency is unknown (once per process until
+        the note is read back: ``latency_floor``)."""
+        expected, since = self._latency_read(model)
+        if expected is None and since is None:
+            self.state.latency.note_unknown(model, submitted_at)
+            self._latency[model] = (None, submitted_at, self._latency[model][2])
 
     def observe_latency(self, model: str, samples: list[float]) -> None:
         """Fold ``samples`` into the moving average of how long the model's predictions take
@@ -183,7 +221,7 @@ class Dispatch:
         if new is None:
             return
         self.state.latency.set(model, new)
-        self._latency[model] = (new, time.monotonic())
+        self._latency[model] = (new, None, time.monotonic())
 
     def latency_sample(self, due: "Due", inference_s: float | None) -> float | None:
         """How long a prediction found completed took, as well as the checks can tell; None
@@ -207,13 +245,19 @@ class Dispatch:
 
     def first_poll_s(self, model: str) -> float:
         """The first check of a new prediction: just after its expected completion, not sooner
-        than the provider's 2 s, not later than half a concurrency lease."""
+        than the provider's 2 s. Its lease is taken to outlast it (``hold_s``)."""
         settings = self.ctx.settings
         expected = self.expected_latency(model)
-        guess = settings.poll_initial_s if expected is None else FIRST_POLL_AFTER * expected
-        # The first check renews the prediction's concurrency lease, so it comes within half
-        # of it.
-        return min(max(settings.poll_initial_s, guess), self._lease_s() / 2)
+        if expected is None:
+            return max(settings.poll_initial_s, min(settings.poll_max_s, self.latency_floor(model)))
+        return max(settings.poll_initial_s, FIRST_POLL_AFTER * expected)
+
+    def hold_s(self, next_check_s: float) -> float:
+        """How long a prediction's concurrency lease must last from now when its next check
+        (which renews it) is ``next_check_s`` away: half a lease past it, the margin a check
+        filed within half a lease always had. If nothing checks it by then (its run left the
+        due index), its slot comes back."""
+        return next_check_s + self._lease_s() / 2
 
     def until_expected(self, model: str, submitted_at: float) -> float:
         """Seconds from now until a first check would have been due for a prediction
@@ -221,17 +265,23 @@ class Dispatch:
         expected = self.expected_latency(model)
         if expected is None:
             return 0.0
-        due_at = submitted_at + min(FIRST_POLL_AFTER * expected, self._lease_s() / 2)
+        due_at = submitted_at + FIRST_POLL_AFTER * expected
         return max(0.0, due_at - time.time())
 
     def _lease_s(self) -> float:
         return self.ctx.limits.concurrency.lease_s if self.ctx.limits is not None else 2 * DUE_LEASE_S
 
     def next_poll_s(self, model: str, attempt: int) -> float:
+        """The check after a prediction was seen running: 1.5 times longer each time, from 2 s
+        or 15% of the latency seen; while none is known, no sooner than ``latency_floor``;
+        never more than ``poll_max_s``."""
         settings = self.ctx.settings
-        expected = self.expected_latency(model) or 0.0
-        base = max(settings.poll_initial_s, 0.15 * expected)
-        return min(settings.poll_max_s, base * (1.5 ** attempt))
+        expected = self.expected_latency(model)
+        base = max(settings.poll_initial_s, 0.15 * (expected or 0.0))
+        growing = min(settings.poll_max_s, base * (1.5 ** attempt))
+        if expected is None:
+            return max(growing, min(settings.poll_max_s, self.latency_floor(model)))
+        return growing
 
 
 def pump(dispatch: Dispatch, token: str, slice_s: float = SLICE_S) -> bool:
@@ -275,7 +325,15 @@ def _start(dispatch: Dispatch, job_id: str, index: int, token: str, settled: Seq
     ctx = dispatch.ctx
     admit = None
     if ctx.limits is not None:
-        admit = ctx.limits.try_start if admit_until is None else _admit_in_place(ctx.limits.try_start, admit_until)
+        limits = ctx.limits
+
+        def try_start(holder: str) -> float:
+            # Asked once the run is claimed (so its planned run is in this process's cache):
+            # the lease lasts past the first check of its prediction.
+            model = ctx.state.runs.run(job_id, index).model
+            return limits.try_start(holder, hold_s=dispatch.hold_s(dispatch.first_poll_s(model)))
+
+        admit = try_start if admit_until is None else _admit_in_place(try_start, admit_until)
     with run_context(job_id, index):
         step = start_run(ctx, job_id, index, token=token, failures=failures, admit=admit)
         dispatch.follow(job_id, index, step, settled, wake_poller=wake_poller or step.action != "poll")
@@ -316,6 +374,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
     lost = ctx.state.jobs.unknown(due.job_id for due in taken) if taken else set()
     added: list[tuple[str, float]] = []
     running: list[str] = []
+    latest_check = 0.0  # the furthest next check of a prediction seen running
     completed: list[tuple[str, int, Prediction]] = []
     latencies: dict[str, list[float]] = {}
     polls = dict.fromkeys(POLL_OUTCOMES, 0)  # the batch's checks by outcome, for the metrics
@@ -345,6 +404,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             delay = max(delay, dispatch.until_expected(run.model, due.submitted_at))
             added.append((nxt.member, delay))
             running.append(slot_holder(due.job_id, due.index))
+            latest_check = max(latest_check, delay)
             continue
         if step.action == "collect" and step.prediction is not None:
             sample = dispatch.latency_sample(due, step.prediction.inference_s)
@@ -358,7 +418,7 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
             continue
         dispatch.follow(due.job_id, due.index, step)
     if running and ctx.limits is not None:
-        ctx.limits.heartbeat_many(running)
+        ctx.limits.heartbeat_many(running, hold_s=dispatch.hold_s(latest_check))
     for model, samples in latencies.items():
         dispatch.observe_latency(model, samples)
     if checks:

@@ -140,14 +140,21 @@ def test_rejected_api_key_stops_the_job_with_a_clear_message_and_never_leaks_the
 
 def test_429s_and_5xx_are_retried_and_the_job_completes(tmp_path, settings, sim, workers, bucket, s3):
     sim.configure(max_concurrent=2, error_5xx_rate=0.15)
-    manifest = write_manifest(tmp_path, f"s3://{bucket}/out")
+    # The random 5xx come from the simulator's seeded draws, whose order follows the timing of
+    # the submits (a 1% change of the start rate left this job without one): half the runs
+    # meet a 5xx for sure on their first submit.
+    manifest = write_manifest(tmp_path, f"s3://{bucket}/out", prompts="""
+  - id: editorial
+    text: A model wearing the {product}, warm natural light. [sim:500-once]
+  - id: flatlay
+    text: A flat-lay of the {product} on beige linen.""")
     workers.start(count=1, concurrency=6)
 
     status = run_job(settings, manifest, timeout_s=180)
 
     stats = sim.stats()
     assert status.status == "succeeded", workers.logs()[-3000:]
-    assert stats["count_429"] > 0 and stats["injected_5xx"] > 0
+    assert stats["count_429"] > 0 and stats["injected_5xx"] >= 6
     assert stats["peak_concurrency"] <= 2
     assert stats["billed_count"] == 12 and status.spent_usd == Decimal(stats["billed_usd"])
 

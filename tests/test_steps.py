@@ -240,3 +240,50 @@ def test_a_finished_job_leaves_the_fair_queue_and_a_resume_brings_its_runs_back(
     assert fair_entries() == 6 and tasks.submits == []
     assert pump(dispatch, "pump-token", slice_s=30) is False
     assert sim.stats()["submits"] == 2
+
+
+def test_a_minute_long_edit_is_first_checked_after_its_latency_with_its_slot_held_until_then(
+    tmp_path, fresh, sim, bucket
+):
+    sim.configure(latency_s=60.0, jitter_s=0.0)
+    ctx, dispatch, tasks = steps(fresh)
+    job_id = new_job(tmp_path, fresh, dispatch, bucket, sets=1)
+    model = ctx.state.runs.run(job_id, 0).model
+    ctx.state.latency.set(model, 60.0)  # as an earlier job had seen it
+    r = redis.Redis.from_url(fresh.redis_url or "", decode_responses=True)
+
+    assert pump(dispatch, "pump-token", slice_s=5) is False
+    now = time.time()
+
+    [(member, due_at)] = r.zrange(keys.DUE, 0, -1, withscores=True)
+    assert Due.parse(member).attempt == 0
+    # Once, just after the minute the latency says, not every half lease (30 s) to keep the slot.
+    assert 62 < due_at - now <= 63.5
+    assert ctx.limits is not None
+    held_until = r.zscore(ctx.limits.concurrency.key, f"{job_id}:0") / 1e6
+    lease_s = ctx.limits.concurrency.lease_s
+    assert held_until - due_at > lease_s / 2 - 1, "the slot outlasts the first check by half a lease"
+    assert held_until - now > lease_s, "longer than a plain lease"
+
+
+def test_while_no_prediction_has_completed_checks_wait_as_long_as_the_oldest_has_run(fresh):
+    defaults = fresh.with_overrides(poll_initial_s=2.0, poll_max_s=30.0)  # the provider's 2 s; editpipe's 30 s
+    ctx, dispatch, tasks = steps(defaults)
+    plain = Dispatch(ctx, tasks)
+    model = "openai/gpt-image-2/edit"
+    assert (plain.first_poll_s(model), plain.next_poll_s(model, 0)) == (2.0, 2.0), "nothing noted: the plain schedule"
+
+    ctx.state.latency.note_unknown(model, time.time() - 20)  # the oldest was submitted 20 s ago
+    ctx.state.latency.note_unknown(model, time.time() - 5)  # a younger one changes nothing
+    waiting = Dispatch(ctx, tasks)
+    assert 19.5 < waiting.first_poll_s(model) < 21
+    assert 19.5 < waiting.next_poll_s(model, 0) < 21
+    assert waiting.next_poll_s(model, 8) == 30.0, "never more than poll_max_s apart"
+
+    ctx.state.latency.note_unknown("other/model", time.time() - 300)
+    assert Dispatch(ctx, tasks).first_poll_s("other/model") == 30.0
+
+    ctx.state.latency.set(model, 4.0)
+    known = Dispatch(ctx, tasks)
+    assert known.latency_floor(model) == 0.0
+    assert abs(known.first_poll_s(model) - 4.2) < 0.01, "once known, just after the latency"

@@ -64,6 +64,11 @@ def latency(model: str) -> str:
     return f"{PREFIX}:latency:{model}"
 
 
+def latency_unknown_since(model: str) -> str:
+    """When the oldest prediction of a model whose latency is not known yet was submitted."""
+    return f"{PREFIX}:latency:{model}:unknown-since"
+
+
 def upload(identity: str) -> str:
     return f"{PREFIX}:upload:{identity}"
 
