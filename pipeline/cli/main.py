@@ -6,6 +6,7 @@ Exit codes (manifest.md): 0 every run succeeded or was skipped; 1 some runs fail
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -37,7 +38,17 @@ if TYPE_CHECKING:
 
 
 class EditpipeGroup(click.Group):
-    """Turns our errors into a one-line message and the documented exit code."""
+    """Turns our errors into a one-line message and the documented exit code, and loads the
+    commands of ``LAZY_COMMANDS`` when they are used (or listed by ``--help``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attr = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -406,24 +417,16 @@ def webhook_server(host: str, port: int, metrics: bool) -> None:
                 print=say)
 
 
-def _attach_commands() -> None:
-    from ..simulator.cli import simulate_api
-    from .publish import publish_command
-    from .regenerate import regenerate_command
-    from .metrics_server import metrics_server
-    from .report import report_command
-    from .review import review_command
-    from .schedules import schedules
-    from .top import top
-
-    main.add_command(simulate_api, "simulate-api")
-    main.add_command(report_command, "report")
-    main.add_command(review_command, "review")
-    main.add_command(regenerate_command, "regenerate")
-    main.add_command(publish_command, "publish")
-    main.add_command(schedules, "schedules")
-    main.add_command(metrics_server, "metrics-server")
-    main.add_command(top, "top")
-
-
-_attach_commands()
+# Commands whose modules are imported when the command is asked for, so that every command
+# (a refusal of a hopeless manifest included) starts without the others' imports (imagehash
+# and numpy for the checks, prometheus_client, aiohttp's server, the simulator).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "simulate-api": ("pipeline.simulator.cli", "simulate_api"),
+    "report": ("pipeline.cli.report", "report_command"),
+    "review": ("pipeline.cli.review", "review_command"),
+    "regenerate": ("pipeline.cli.regenerate", "regenerate_command"),
+    "publish": ("pipeline.cli.publish", "publish_command"),
+    "schedules": ("pipeline.cli.schedules", "schedules"),
+    "metrics-server": ("pipeline.cli.metrics_server", "metrics_server"),
+    "top": ("pipeline.cli.top", "top"),
+}

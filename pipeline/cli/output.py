@@ -8,7 +8,7 @@ from rich.console import Console
 from ..state import JobStatus, State
 from ..ledger import usd
 from ..records import JobState, RunResult
-from ..report.finalize import PUBLISH_MESSAGE
+from ..manifest.publish import PUBLISH_MESSAGE
 
 # No emoji codes: an issue at line 100, col 3 would print ":100:" as 💯.
 console = Console(stderr=False, highlight=False, soft_wrap=True, emoji=False)

@@ -97,6 +97,7 @@ class PublishSpec:
 
 
 RECORD_FIELD = "publish"  # the job record's field that holds a job's spec (``record_field``)
+PUBLISH_MESSAGE = "publish_message"  # the job record's field: what publishing did or waits for
 
 
 def record_field(spec: PublishSpec | None) -> dict[str, str]:

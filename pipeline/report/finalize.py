@@ -24,7 +24,7 @@ from pathlib import Path
 from ..state import BUDGET_EXHAUSTED, JobStatus, State
 from ..layout import job_file, job_prefix, page_key
 from ..ledger import LedgerEntry, parse_time, usd, utc_now
-from ..manifest.publish import RECORD_FIELD, from_record
+from ..manifest.publish import PUBLISH_MESSAGE, RECORD_FIELD, from_record
 from ..notify import notify
 from ..publish import OpenRoot, at_finish, open_like
 from ..records import JobState, RunResult
@@ -33,7 +33,6 @@ from ..storage import Storage
 from .pages import PAGE_SIZE, Facts, write_report
 
 log = logging.getLogger(__name__)
-PUBLISH_MESSAGE = "publish_message"  # the job record's field: what publishing did or waits for
 
 
 def _jsonl(lines: Iterable[dict]) -> str:
