@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="prefork children per worker")
     parser.add_argument("--pumps", type=int, default=2)
     parser.add_argument("--no-loop", action="store_true", help="skip the bare loop (no CPU target then)")
+    parser.add_argument("--top-commands", type=int, default=6, help="how many Redis commands to list per run")
     parser.add_argument("--no-learned-loop", action="store_true",
                         help="skip the bare loop on the latency-aware schedule (the record-only run)")
     args = parser.parse_args()
@@ -156,7 +157,7 @@ def main() -> int:
                   f"{verdict(checks['rss'])}  ({rss.peak / 2**20:.0f} MiB)")
             print(f"  worker CPU per run               {ep_cpu_ms:8.2f}   ms  ({worker_cpu:.1f} s of CPU for {runs:,} runs; "
                   f"this process, planning excluded, following the job: {own_cpu:.1f} s)")
-            top = ", ".join(f"{name} {calls / max(1, runs):.1f}" for name, calls in commands.most_common(6))
+            top = ", ".join(f"{name} {calls / max(1, runs):.1f}" for name, calls in commands.most_common(args.top_commands))
             print(f"  Redis commands per run           {commands.total() / max(1, runs):8.1f}   ({top}; commands "
                   "inside scripts included, this process's too)", flush=True)
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 from PIL import Image
 
-from pipeline.dispatch import Dispatch, poll_due, pump
+from pipeline.dispatch import POLL_GATHER_S, Dispatch, poll_due, poll_slice, pump
 from pipeline.execution import Context, Next, collect, poll_run, start_run
 from pipeline.provider import Prediction
 from pipeline.report import finalize_job
@@ -178,6 +178,38 @@ def test_poll_due_hands_completed_predictions_to_collection_and_keeps_running_on
     assert sorted((d.index, d.attempt) for d in due) == [(0, 1), (1, 1)]
     assert left is not None and left > 0
     assert ctx.state.jobs.status(job_id).finished == 0  # collection is the collect step's
+
+
+def test_checks_coming_due_within_the_gather_window_are_made_in_one_batch(tmp_path, fresh, sim, bucket):
+    """Checks come due one by one; the poller makes those due within ``POLL_GATHER_S`` of a
+    batch's start in the next batch, not one batch (Redis round trips, a collect message)
+    each."""
+    ctx, dispatch, tasks = steps(fresh)
+    calls: list[int] = []
+    record = tasks.collect
+
+    def collect(completed: list[tuple[str, int, Prediction]]) -> None:
+        calls.append(len(completed))
+        record(completed)
+
+    tasks.collect = collect  # type: ignore[method-assign]
+    job_id = new_job(tmp_path, fresh, dispatch, bucket, sets=6)
+    sim.configure(latency_s=0.0, jitter_s=0.0)
+    for index in range(6):
+        assert start_run(ctx, job_id, index, token=f"t{index}").action == "poll"
+    wait_completed(sim, 6)
+    now = time.time()
+    # The first due now, the others one after another within the window.
+    spacing = POLL_GATHER_S * 0.8 / 5
+    dispatch.schedule([], [(Due(job_id, i, 0, 0, now).member, i * spacing) for i in range(6)])
+
+    left = poll_slice(dispatch, slice_s=3 * POLL_GATHER_S)
+
+    assert sorted(i for _, i, _ in tasks.collected) == list(range(6))
+    assert sim.stats()["polls"] == 6
+    assert len(calls) <= 2, calls  # six, one a member, without the gathering
+    # What is left are the completed ones' safety-net checks, due long after this slice.
+    assert left is not None and left > 3 * POLL_GATHER_S
 
 
 def test_pump_stops_when_the_queue_is_empty(tmp_path, fresh, sim, bucket):

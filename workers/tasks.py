@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
 from celery import Task
 from celery.signals import worker_process_init
 
-from pipeline.dispatch import SLICE_S, Completed, Dispatch, poll_due, pump as pump_runs
+from pipeline.dispatch import SLICE_S, Completed, Dispatch, poll_slice, pump as pump_runs
 from pipeline.errors import JobLost, ProviderTransient
 from pipeline.execution import Context, collect
 from pipeline.ledger import to_micros
@@ -191,19 +190,13 @@ def poller(token: str | None = None) -> None:
     token = token or uuid.uuid4().hex
     if not _take_lease(TaskLeases.POLLER, token):
         return
-    deadline = time.monotonic() + SLICE_S
-    while True:
-        next_due = poll_due(d)
-        left = deadline - time.monotonic()
-        if next_due is None:
-            state.tasks.unlease(TaskLeases.POLLER, token)
-            if state.due.has_due():
-                d.tasks.wake_poller()
-            return
-        if next_due > left:
-            poller.apply_async((token,), countdown=max(0.0, min(next_due, POLLER_WAIT_S)))
-            return
-        time.sleep(next_due)
+    wait = poll_slice(d)
+    if wait is None:
+        state.tasks.unlease(TaskLeases.POLLER, token)
+        if state.due.has_due():
+            d.tasks.wake_poller()
+        return
+    poller.apply_async((token,), countdown=max(0.0, min(wait, POLLER_WAIT_S)))
 
 
 @app.task(name=names.COLLECT, bind=True, max_retries=None)
