@@ -10,8 +10,8 @@ The design, and why (measured on a 2-core machine):
   in Redis for every process on every machine, unlike Celery's per-worker ``rate_limit``
   (4 workers at ``120/m`` started 327 in one minute).
 - A submitted prediction becomes a member of the *due index*, a sorted set by next check
-  time. A *poller* takes due members in batches (those due within ``POLL_GATHER_S`` of a
-  batch's start wait for the next, so that a batch's round trips and collect messages serve
+  time. A *poller* takes due members in batches (those due within ``POLL_GATHER_S``, or 2%
+  of their model's latency, of a batch's start wait for the next, so that a batch's round trips and collect messages serve
   dozens of checks, not one) and checks each with one GET; an image
   takes 10-60 s, so blocking a worker per prediction would need thousands of processes,
   while a sorted-set member costs a few bytes. The first check is timed just after the
@@ -67,8 +67,12 @@ POLL_BATCH = 200
 # backlog is checked at once). Checks come due one by one (at 80 starts a second, one every
 # 12 ms), and a batch's own costs (its Redis round trips, a collect message) are the same
 # for one member as for forty: bench/inflight at ultra sent 1,876 collect messages for 2,000
-# runs when each due member was checked as it came due. A check is late by this at most.
+# runs when each due member was checked as it came due. A check is late by this at most, and
+# by no more than ``GATHER_SHARE`` of its model's latency: a completed prediction holds its
+# concurrency slot until it is collected, and a 3 s edit found 0.5 s late would hold it 15%
+# longer (a concurrency-bound account would start that much less).
 POLL_GATHER_S = 0.5
+GATHER_SHARE = 0.02
 START = Due.START  # the attempt number of a start check (see ``pump``)
 ADMIT_WAIT_S = 0.25  # the longest a pump waits for the limits with a run's claim in hand
 ADMIT_EARLY_S = 0.0003
@@ -261,6 +265,14 @@ class Dispatch:
             return max(settings.poll_initial_s, min(settings.poll_max_s, self.latency_floor(model)))
         return max(settings.poll_initial_s, FIRST_POLL_AFTER * expected)
 
+    def gather_s(self, model: str) -> float:
+        """How late a check of ``model`` may be made so that it joins a batch: up to
+        ``POLL_GATHER_S``, and ``GATHER_SHARE`` of the latency seen (while none is known, of
+        ``latency_floor``, which the latency is at least)."""
+        expected = self.expected_latency(model)
+        latency = expected if expected is not None else self.latency_floor(model)
+        return min(POLL_GATHER_S, GATHER_SHARE * latency)
+
     def hold_s(self, next_check_s: float) -> float:
         """How long a prediction's concurrency lease must last from now when its next check
         (which renews it) is ``next_check_s`` away: half a lease past it, the margin a check
@@ -382,22 +394,24 @@ def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
 @dataclass(frozen=True)
 class Polled:
     """What one batch of checks left: seconds until the next member is due (None: nothing in
-    flight), and whether the batch was full (more may be due already)."""
+    flight), whether the batch was full (more may be due already), and how long after its
+    start the next batch may wait to gather checks (``Dispatch.gather_s``)."""
 
     next_due_s: float | None
     full: bool
+    gather_s: float = POLL_GATHER_S
 
     def wait_s(self, elapsed_s: float) -> float:
         """How long to wait before the next batch, this one having taken ``elapsed_s``: until
-        the next member is due, and ``POLL_GATHER_S`` after this batch began at the earliest
-        (at once after a full batch). Only meaningful when something is in flight."""
+        the next member is due, and ``gather_s`` after this batch began at the earliest (at
+        once after a full batch). Only meaningful when something is in flight."""
         due = self.next_due_s or 0.0
-        return due if self.full else max(due, POLL_GATHER_S - elapsed_s)
+        return due if self.full else max(due, self.gather_s - elapsed_s)
 
 
 def poll_slice(dispatch: Dispatch, slice_s: float = SLICE_S) -> float | None:
     """Check due predictions in batches for up to ``slice_s`` seconds, a batch at most every
-    ``POLL_GATHER_S`` unless the one before was full. Returns None once nothing is in flight,
+    ``Polled.gather_s`` unless the one before was full. Returns None once nothing is in flight,
     else how long after the slice the next batch is due (the caller hands over to a new
     task for it)."""
     deadline = time.monotonic() + slice_s
@@ -473,7 +487,9 @@ def poll_batch(dispatch: Dispatch, batch: int = POLL_BATCH) -> Polled:
         ctx.state.metrics.record_polls(polls, latencies)
     if completed:
         dispatch.tasks.collect(completed)
-    return Polled(dispatch.schedule([d.member for d in checks], added), full=len(taken) >= batch)
+    models = {ctx.state.runs.run(due.job_id, due.index).model for due in checks}
+    gather = min((dispatch.gather_s(model) for model in models), default=POLL_GATHER_S)
+    return Polled(dispatch.schedule([d.member for d in checks], added), full=len(taken) >= batch, gather_s=gather)
 
 
 def _poll_outcome(step: Next, due: Due) -> str:

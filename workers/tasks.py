@@ -47,7 +47,11 @@ log = logging.getLogger(__name__)
 _context: Context | None = None
 _dispatch: Dispatch | None = None
 LEASE_S = SLICE_S + 10
-COLLECT_BATCH = 8  # completed predictions per collect message
+COLLECT_BATCH = 8  # completed predictions per collect message, at most
+# A batch of checks' completions go to at least this many messages (while each holds one or
+# more), so that a few completions are stored side by side in the pool, not one after
+# another in one child: each holds its concurrency slot until it is stored.
+COLLECT_SPREAD = 4
 # The longest the poller waits on a countdown. A check filed meanwhile (a new prediction's)
 # may be due before the earliest the poller saw, and nothing wakes a poller that holds its
 # lease: it waits this long past its time at most. The members due far off are mostly
@@ -93,11 +97,12 @@ class CeleryTasks:
         _kick(TaskLeases.POLLER, poller)
 
     def collect(self, completed: Completed) -> None:
-        """``COLLECT_BATCH`` to a message (a message costs CPU to send, fetch and ack: see
-        ``pipeline.dispatch``)."""
+        """Up to ``COLLECT_BATCH`` to a message (a message costs CPU to send, fetch and ack: see
+        ``pipeline.dispatch``), spread over ``COLLECT_SPREAD`` messages while fewer will do."""
         items = [(job_id, index, p.id, p.outputs, p.nsfw) for job_id, index, p in completed]
-        for start in range(0, len(items), COLLECT_BATCH):
-            collect_runs.delay(items[start : start + COLLECT_BATCH])
+        size = min(COLLECT_BATCH, max(1, -(-len(items) // COLLECT_SPREAD)))
+        for start in range(0, len(items), size):
+            collect_runs.delay(items[start : start + size])
 
     def finalize(self, job_id: str) -> None:
         finalize.delay(job_id)

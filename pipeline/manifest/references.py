@@ -35,6 +35,8 @@ class References:
 
     def problem(self, ref: str) -> str | None:
         """Why ``ref`` cannot be fetched, or None when it can."""
+        if ref in self._refs:  # a local file every row of a catalog names, judged once
+            return self._refs[ref]
         kind = image_kind(ref)
         if kind == "s3":
             bucket, _, key = ref[len("s3://") :].partition("/")
@@ -44,15 +46,14 @@ class References:
             return None if host else f"{ref!r} has no host"
         if "://" in ref:
             return f"{ref!r}: images are local paths, s3:// URIs or http(s) URLs"
-        if ref not in self._refs:
-            path = os.path.abspath(os.path.join(self.base_dir, ref))
-            if path not in self._files:
-                self._files[path] = _file_problem(path)
-            problem = self._files[path]
-            if problem is _MISSING:
-                self._refs[ref] = f"no file {ref!r} (looked for {path})"
-            else:
-                self._refs[ref] = None if problem is None else f"{ref!r} {problem}"
+        path = os.path.abspath(os.path.join(self.base_dir, ref))
+        if path not in self._files:
+            self._files[path] = _file_problem(path)
+        problem = self._files[path]
+        if problem is _MISSING:
+            self._refs[ref] = f"no file {ref!r} (looked for {path})"
+        else:
+            self._refs[ref] = None if problem is None else f"{ref!r} {problem}"
         return self._refs[ref]
 
 
