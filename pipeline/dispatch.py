@@ -63,14 +63,12 @@ SLICE_S = 3.0  # how long a pump or poller task runs before it hands over to a n
 DUE_LEASE_S = 30.0
 START_AFTER_CLAIM_S = 2.0  # a popped run's start check comes due this long after its claim would end
 POLL_BATCH = 200
-# The least time between the starts of two batches of checks, unless the first was full (a
-# backlog is checked at once). Checks come due one by one (at 80 starts a second, one every
-# 12 ms), and a batch's own costs (its Redis round trips, a collect message) are the same
-# for one member as for forty: bench/inflight at ultra sent 1,876 collect messages for 2,000
-# runs when each due member was checked as it came due. A check is late by this at most, and
-# by no more than ``GATHER_SHARE`` of its model's latency: a completed prediction holds its
-# concurrency slot until it is collected, and a 3 s edit found 0.5 s late would hold it 15%
-# longer (a concurrency-bound account would start that much less).
+# The least time between the starts of two batches of checks, unless the first was full.
+# Checks come due one by one (at ultra, one every 12 ms), and a batch's own costs (Redis
+# round trips, a collect message) are the same for one as for forty: bench/inflight sent
+# 1,876 collect messages for 2,000 runs with each checked as it came due. A check is late by
+# this at most, and by no more than ``GATHER_SHARE`` of its model's latency: a completed
+# prediction holds its slot until collected (a 3 s edit 0.5 s late holds it 15% longer).
 POLL_GATHER_S = 0.5
 GATHER_SHARE = 0.02
 START = Due.START  # the attempt number of a start check (see ``pump``)
@@ -386,8 +384,7 @@ def _admit_in_place(try_start: Callable[[str], float], until: float) -> Callable
 
 
 def poll_due(dispatch: Dispatch, batch: int = POLL_BATCH) -> float | None:
-    """Check one batch of due predictions. Returns the seconds until the next is due (None:
-    nothing in flight)."""
+    """Check one batch of due predictions; seconds until the next is due (None: none in flight)."""
     return poll_batch(dispatch, batch).next_due_s
 
 
