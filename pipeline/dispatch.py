@@ -11,8 +11,9 @@ The design, and why (measured on a 2-core machine):
   (4 workers at ``120/m`` started 327 in one minute).
 - A submitted prediction becomes a member of the *due index*, a sorted set by next check
   time. A *poller* takes due members in batches (those due within ``POLL_GATHER_S``, or 2%
-  of their model's latency, of a batch's start wait for the next, so that a batch's round trips and collect messages serve
-  dozens of checks, not one) and checks each with one GET; an image
+  of their model's latency, of a batch's start wait for the next, so that a batch's round
+  trips and collect messages serve dozens of checks, not one) and checks each with one GET;
+  an image
   takes 10-60 s, so blocking a worker per prediction would need thousands of processes,
   while a sorted-set member costs a few bytes. The first check is timed just after the
   model's latency as seen so far (polls cost CPU in proportion to how often they happen;
