@@ -408,10 +408,9 @@ class Polled:
 
 
 def poll_slice(dispatch: Dispatch, slice_s: float = SLICE_S) -> float | None:
-    """Check due predictions in batches for up to ``slice_s`` seconds, a batch at most every
-    ``Polled.gather_s`` unless the one before was full. Returns None once nothing is in flight,
-    else how long after the slice the next batch is due (the caller hands over to a new
-    task for it)."""
+    """Check due predictions in batches for up to ``slice_s`` seconds (``Polled.wait_s`` apart).
+    None once nothing is in flight, else how long after the slice the next batch is due (the
+    caller hands over to a new task for it)."""
     deadline = time.monotonic() + slice_s
     while True:
         began = time.monotonic()
@@ -437,6 +436,7 @@ def poll_batch(dispatch: Dispatch, batch: int = POLL_BATCH) -> Polled:
     latest_check = 0.0  # the furthest next check of a prediction seen running
     completed: list[tuple[str, int, Prediction]] = []
     latencies: dict[str, list[float]] = {}
+    models: set[str] = set()  # of the predictions checked, for how long the next batch may gather
     polls = dict.fromkeys(POLL_OUTCOMES, 0)  # the batch's checks by outcome, for the metrics
     # The batch's runs and their states in two round trips, not three per prediction. A
     # state read here can only be behind by a collect finishing meanwhile, which the
@@ -451,6 +451,7 @@ def poll_batch(dispatch: Dispatch, batch: int = POLL_BATCH) -> Polled:
             _start(dispatch, due.job_id, due.index, f"poller:{due.member}", [due.member], failures=due.failures)
             continue
         run = ctx.state.runs.run(due.job_id, due.index)
+        models.add(run.model)
         with run_context(due.job_id, due.index, states[due].prediction_id):
             step = poll_run(ctx, due.job_id, due.index, attempt=due.attempt, failures=due.failures,
                             state=states[due])
@@ -485,8 +486,7 @@ def poll_batch(dispatch: Dispatch, batch: int = POLL_BATCH) -> Polled:
         ctx.state.metrics.record_polls(polls, latencies)
     if completed:
         dispatch.tasks.collect(completed)
-    models = {ctx.state.runs.run(due.job_id, due.index).model for due in checks}
-    gather = min((dispatch.gather_s(model) for model in models), default=POLL_GATHER_S)
+    gather = min(map(dispatch.gather_s, models), default=POLL_GATHER_S)
     return Polled(dispatch.schedule([d.member for d in checks], added), full=len(taken) >= batch, gather_s=gather)
 
 
