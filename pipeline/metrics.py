@@ -122,9 +122,8 @@ def families(snap: Snapshot, settings: Settings) -> Iterator[Metric]:
         left.add_metric(["day", snap.today], max(0.0, float(cap) - usd(snap.day_held_micros)))
     yield from (runs, planned, info, queue, spend, budget, left)
 
-    total = CounterMetricFamily("editpipe_spend_usd", "Money charged for predictions (USD), every job together.")
-    total.add_metric([], usd(snap.spend_micros))
-    yield total
+    yield CounterMetricFamily("editpipe_spend_usd", "Money charged for predictions (USD), every job together.",
+                              value=usd(snap.spend_micros))
     by_schedule = CounterMetricFamily("editpipe_schedule_spend_usd", "Money charged for a schedule's jobs (USD).",
                                       labels=["schedule"])
     for name, micros in sorted(snap.spend_by_schedule.items()):
@@ -142,15 +141,12 @@ def families(snap: Snapshot, settings: Settings) -> Iterator[Metric]:
                             value=lim.in_flight)
     yield GaugeMetricFamily("editpipe_predictions_in_flight_limit", "The account's concurrency cap.",
                             value=concurrent)
-    starts = CounterMetricFamily("editpipe_starts", "Predictions started (admitted by the account's limits).")
-    starts.add_metric([], lim.starts_total)
-    yield starts
+    yield CounterMetricFamily("editpipe_starts", "Predictions started (admitted by the account's limits).",
+                              value=lim.starts_total)
     yield GaugeMetricFamily("editpipe_starts_last_minute", "Predictions started in the last 60 seconds.",
                             value=lim.starts_last_minute)
     yield GaugeMetricFamily("editpipe_starts_per_minute_limit", "The account's starts per minute.", value=per_minute)
-    limited = CounterMetricFamily("editpipe_rate_limited", "HTTP 429 answers to submits.")
-    limited.add_metric([], lim.rate_limited_total)
-    yield limited
+    yield CounterMetricFamily("editpipe_rate_limited", "HTTP 429 answers to submits.", value=lim.rate_limited_total)
     yield GaugeMetricFamily("editpipe_throttle_pause_seconds", "Seconds left of the fleet-wide pause after a 429.",
                             value=lim.pause_s)
     yield GaugeMetricFamily("editpipe_throttle_rate_factor",
@@ -175,16 +171,13 @@ def families(snap: Snapshot, settings: Settings) -> Iterator[Metric]:
     for outcome in POLL_OUTCOMES:
         polls.add_metric([outcome], snap.polls.get(outcome, 0))
     yield polls
-    received = CounterMetricFamily("editpipe_webhooks_received", "Webhook POSTs received.")
-    received.add_metric([], snap.webhooks_received)
-    yield received
+    yield CounterMetricFamily("editpipe_webhooks_received", "Webhook POSTs received.", value=snap.webhooks_received)
     refused = CounterMetricFamily("editpipe_webhooks_refused", "Webhook POSTs refused, by reason.", labels=["reason"])
     for reason in WEBHOOK_REFUSALS:
         refused.add_metric([reason], snap.webhooks_refused.get(reason, 0))
     yield refused
-    collected = CounterMetricFamily("editpipe_webhooks_collected", "Webhooks that sent their run's collect.")
-    collected.add_metric([], snap.webhooks_collected)
-    yield collected
+    yield CounterMetricFamily("editpipe_webhooks_collected", "Webhooks that sent their run's collect.",
+                              value=snap.webhooks_collected)
 
 
 def _buckets(hist: Histogram) -> list[tuple[str, int]]:
